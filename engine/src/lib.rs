@@ -1,0 +1,122 @@
+//! HexaCoder's inference engine: decoder-only code models on candle.
+//!
+//! The type to read first is [`Engine`]: a loaded model with its tokenizer, fill-in-the-middle
+//! template and prefix cache, and [`Engine::generate`], which runs one request. Models are
+//! loaded with [`load::load`] from files that [`hub::resolve`] finds (a GGUF file, an HF
+//! directory, or a hub id).
+//!
+//! Design decisions:
+//! - Our own decoder code on `candle-core`/`candle-nn` rather than a serving framework, so that
+//!   every projection has a hook point ([`nn::LinearHook`]) where a LoRA side branch is added per
+//!   request, unmerged, and so that the trainer reuses the exact forward pass
+//!   ([`models::llama::Outputs::All`]).
+//! - The forward pass takes a ragged batch of sequences: weights are read once per step for all
+//!   of them, which is what bounds decoding speed on a CPU.
+//! - Quantized weights stay quantized; candle's slow legacy types are re-quantized to Q8_0 at
+//!   load ([`load::Requantize`]).
+//! - The engine knows nothing about HTTP or JSON wire formats.
+#![deny(missing_docs)]
+
+mod error;
+mod generate;
+mod prefix_cache;
+mod sampling;
+mod text;
+
+pub mod config;
+pub mod fim;
+pub mod hub;
+pub mod load;
+pub mod models;
+pub mod nn;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{Error, Result};
+pub use generate::{FinishReason, GenerateRequest, GeneratedToken, Generation, OnDelta, Sample};
+pub use prefix_cache::{PrefixCache, PrefixCacheStats};
+pub use sampling::SamplingParams;
+
+use fim::FimTemplate;
+use models::llama::Model;
+use tokenizer::Tokenizer;
+
+/// A loaded model, ready to generate.
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    fim: Option<FimTemplate>,
+    chat_template: Option<String>,
+    name: String,
+    path: PathBuf,
+    prefix_cache: PrefixCache,
+    prefill_chunk: usize,
+}
+
+/// Below this many shared tokens a prefix-cache copy is not worth it.
+const PREFIX_CACHE_MIN_MATCH: usize = 4;
+
+impl Engine {
+    /// Assembles an engine from its parts (see [`load::load`] for the usual way in).
+    pub fn new(
+        model: Model,
+        tokenizer: Tokenizer,
+        fim: Option<FimTemplate>,
+        chat_template: Option<String>,
+        name: String,
+        path: PathBuf,
+        options: &load::LoadOptions,
+    ) -> Self {
+        Engine {
+            model,
+            tokenizer,
+            fim,
+            chat_template,
+            name,
+            path,
+            prefix_cache: PrefixCache::new(options.prefix_cache_bytes, PREFIX_CACHE_MIN_MATCH),
+            prefill_chunk: options.prefill_chunk.max(1),
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The FIM template, if the model has one.
+    pub fn fim(&self) -> Option<&FimTemplate> {
+        self.fim.as_ref()
+    }
+
+    /// The model's own chat template (Jinja), if it ships one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The model's name (`general.name` or the file name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Prefix-cache counters.
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.prefix_cache.stats()
+    }
+
+    /// Positions a sequence may hold (prompt plus completion).
+    pub fn context_length(&self) -> usize {
+        self.model.max_positions()
+    }
+}

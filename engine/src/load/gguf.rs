@@ -1,0 +1,331 @@
+//! GGUF v2/v3 files (llama.cpp's format): metadata, tensors, and the HF-to-GGUF name map.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{Arch, RopeStyle, TransformerConfig};
+use crate::models::WeightSource;
+use crate::nn::{Embedding, Linear};
+use crate::{Error, Result};
+
+/// A parsed GGUF header: metadata and tensor directory, not yet the tensor data.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+}
+
+impl GgufFile {
+    /// Reads the header of `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = Content::read(&mut BufReader::new(file))
+            .map_err(|e| Error::invalid_model(path, format!("not a readable GGUF file: {e}")))?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A metadata value, or `None` when the key is absent.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn required(&self, key: &str) -> Result<&Value> {
+        self.get(key)
+            .ok_or_else(|| Error::invalid_model(&self.path, format!("missing metadata key {key}")))
+    }
+
+    /// A required integer (any GGUF integer type).
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        value_to_usize(self.required(key)?).ok_or_else(|| self.bad_type(key, "an integer"))
+    }
+
+    /// An optional integer.
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key)
+            .map(|v| value_to_usize(v).ok_or_else(|| self.bad_type(key, "an integer")))
+            .transpose()
+    }
+
+    /// An optional float.
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        self.get(key)
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                other => value_to_usize(other)
+                    .map(|x| x as f32)
+                    .ok_or_else(|| self.bad_type(key, "a number")),
+            })
+            .transpose()
+    }
+
+    /// An optional string.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        self.get(key)
+            .map(|v| {
+                v.to_string()
+                    .map(|s| s.as_str())
+                    .map_err(|_| self.bad_type(key, "a string"))
+            })
+            .transpose()
+    }
+
+    /// An optional bool.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key)
+            .map(|v| v.to_bool().map_err(|_| self.bad_type(key, "a bool")))
+            .transpose()
+    }
+
+    /// A required array.
+    pub fn array(&self, key: &str) -> Result<&Vec<Value>> {
+        self.required(key)?
+            .to_vec()
+            .map_err(|_| self.bad_type(key, "an array"))
+    }
+
+    fn bad_type(&self, key: &str, expected: &str) -> Error {
+        Error::invalid_model(&self.path, format!("metadata key {key} is not {expected}"))
+    }
+
+    /// The architecture named by `general.architecture`.
+    pub fn arch(&self) -> Result<Arch> {
+        match self.opt_str("general.architecture")? {
+            Some("llama") => Ok(Arch::Llama),
+            Some("qwen2") => Ok(Arch::Qwen2),
+            Some(other) => Err(Error::Unsupported(format!(
+                "GGUF architecture {other:?} in {}; supported: llama, qwen2",
+                self.path.display()
+            ))),
+            None => Err(Error::invalid_model(
+                &self.path,
+                "missing metadata key general.architecture",
+            )),
+        }
+    }
+
+    /// Hyper-parameters from `{arch}.*` metadata and tensor shapes.
+    pub fn config(&self) -> Result<TransformerConfig> {
+        let arch = self.arch()?;
+        let a = arch.name();
+        let hidden_size = self.usize(&format!("{a}.embedding_length"))?;
+        let num_attention_heads = self.usize(&format!("{a}.attention.head_count"))?;
+        let num_key_value_heads = self
+            .opt_usize(&format!("{a}.attention.head_count_kv"))?
+            .unwrap_or(num_attention_heads);
+        let head_dim = self
+            .opt_usize(&format!("{a}.attention.key_length"))?
+            .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let embd = self.tensor_info("token_embd.weight")?;
+        let vocab_size = embd.0;
+        let config = TransformerConfig {
+            arch,
+            vocab_size,
+            hidden_size,
+            intermediate_size: self.usize(&format!("{a}.feed_forward_length"))?,
+            num_hidden_layers: self.usize(&format!("{a}.block_count"))?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: self
+                .opt_f32(&format!("{a}.attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-6) as f64,
+            rope_theta: self
+                .opt_f32(&format!("{a}.rope.freq_base"))?
+                .unwrap_or(10_000.0),
+            // llama.cpp's converter permutes LLaMA's q/k rows for interleaved RoPE; not Qwen2's.
+            rope_style: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::Half,
+            },
+            max_position_embeddings: self.usize(&format!("{a}.context_length"))?,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        };
+        config
+            .validate()
+            .map_err(|reason| Error::invalid_model(&self.path, reason))?;
+        Ok(config)
+    }
+
+    /// `(rows, cols)` of a 2-D tensor as candle sees it (`[out, in]`).
+    fn tensor_info(&self, name: &str) -> Result<(usize, usize)> {
+        let info =
+            self.content.tensor_infos.get(name).ok_or_else(|| {
+                Error::invalid_model(&self.path, format!("missing tensor {name}"))
+            })?;
+        info.shape
+            .dims2()
+            .map_err(|_| Error::invalid_model(&self.path, format!("tensor {name} is not 2-D")))
+    }
+
+    /// Reads every tensor into memory.
+    pub fn load_tensors(&self, device: &Device, requantize: Requantize) -> Result<GgufWeights> {
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut reader = BufReader::new(file);
+        let mut tensors = HashMap::with_capacity(self.content.tensor_infos.len());
+        for name in self.content.tensor_infos.keys() {
+            let tensor = self
+                .content
+                .tensor(&mut reader, name, device)
+                .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
+            let tensor = match requantize {
+                Requantize::LegacyToQ8_0 if is_slow_legacy(tensor.dtype()) => {
+                    QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?
+                }
+                _ => tensor,
+            };
+            tensors.insert(name.clone(), Arc::new(tensor));
+        }
+        Ok(GgufWeights {
+            path: self.path.clone(),
+            tensors,
+            device: device.clone(),
+        })
+    }
+}
+
+/// What to do with tensor types that candle multiplies slowly on CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requantize {
+    /// Keep every tensor as stored.
+    Keep,
+    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 to Q8_0 at load. On x86 candle has repacked AVX-512
+    /// kernels for Q8_0 and the k-quants but none for the legacy 4/5-bit types, whose
+    /// batched (prefill) path is 50-70x slower. Q8_0 holds them almost exactly.
+    LegacyToQ8_0,
+}
+
+fn is_slow_legacy(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    )
+}
+
+fn value_to_usize(value: &Value) -> Option<usize> {
+    match *value {
+        Value::U8(x) => Some(x as usize),
+        Value::U16(x) => Some(x as usize),
+        Value::U32(x) => Some(x as usize),
+        Value::U64(x) => usize::try_from(x).ok(),
+        Value::I8(x) => usize::try_from(x).ok(),
+        Value::I16(x) => usize::try_from(x).ok(),
+        Value::I32(x) => usize::try_from(x).ok(),
+        Value::I64(x) => usize::try_from(x).ok(),
+        _ => None,
+    }
+}
+
+/// The GGUF name of an HF checkpoint tensor name.
+pub fn gguf_name(hf_name: &str) -> Option<String> {
+    let fixed = match hf_name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let gguf_module = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf_module}.{suffix}"))
+}
+
+/// The tensors of a GGUF file, in memory.
+pub struct GgufWeights {
+    path: PathBuf,
+    tensors: HashMap<String, Arc<QTensor>>,
+    device: Device,
+}
+
+impl GgufWeights {
+    fn get(&self, hf_name: &str, shape: &[usize]) -> Result<&Arc<QTensor>> {
+        let name = gguf_name(hf_name).ok_or_else(|| {
+            Error::invalid_model(&self.path, format!("no GGUF name for {hf_name}"))
+        })?;
+        let tensor = self
+            .tensors
+            .get(&name)
+            .ok_or_else(|| Error::invalid_model(&self.path, format!("missing tensor {name}")))?;
+        if tensor.shape().dims() != shape {
+            return Err(Error::invalid_model(
+                &self.path,
+                format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    tensor.shape().dims()
+                ),
+            ));
+        }
+        Ok(tensor)
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self
+            .get(name, shape)?
+            .dequantize(&self.device)?
+            .to_dtype(DType::F32)?)
+    }
+
+    fn linear(
+        &self,
+        prefix: &str,
+        out_features: usize,
+        in_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weight = self
+            .get(&format!("{prefix}.weight"), &[out_features, in_features])?
+            .clone();
+        let bias = if bias {
+            Some(self.dense(&format!("{prefix}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Linear::quantized(weight, bias)
+    }
+
+    fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        let table = self.get(name, &[vocab, hidden])?;
+        Ok(match table.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Embedding::Dense(table.dequantize(&self.device)?.to_dtype(DType::F32)?)
+            }
+            _ => Embedding::Quantized(table.clone()),
+        })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|name| self.tensors.contains_key(&name))
+    }
+}

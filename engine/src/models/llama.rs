@@ -1,0 +1,380 @@
+//! The LLaMA decoder (Touvron et al., 2023): pre-norm blocks of grouped-query attention with
+//! rotary embeddings and a SwiGLU MLP, RMSNorm throughout. Matches HF `transformers`'
+//! `LlamaForCausalLM` and candle-transformers' `llama.rs`; the integration tests check logits
+//! against the latter on random weights.
+//!
+//! The forward pass takes a *ragged batch*: the new tokens of several sequences concatenated.
+//! Projections run once over all of them (the weights are read once per step, which is what
+//! bounds decoding speed), and attention runs per sequence against its own KV cache.
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+
+use crate::Result;
+use crate::config::{Arch, RopeStyle, TransformerConfig};
+use crate::models::WeightSource;
+use crate::nn::{self, Embedding, KvCache, Linear, LinearHook, Proj, RmsNorm, Rope};
+
+/// `config.json` of a HF LLaMA checkpoint.
+#[derive(Debug, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Residual width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads; equal to query heads when absent.
+    pub num_key_value_heads: Option<usize>,
+    /// Head width; `hidden_size / num_attention_heads` when absent.
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    /// Trained context.
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// Tied output projection.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v/o (some LLaMA variants).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// RoPE scaling (LLaMA 3.1 style); refused for now rather than silently ignored.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+fn default_rope_theta() -> f32 {
+    10_000.0
+}
+
+fn default_max_positions() -> usize {
+    4096
+}
+
+impl LlamaConfig {
+    /// The engine's view of this configuration.
+    pub fn into_config(self) -> Result<TransformerConfig, String> {
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(format!(
+                "rope_scaling {:?} is not supported",
+                self.rope_scaling
+            ));
+        }
+        Ok(TransformerConfig {
+            arch: Arch::Llama,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            rope_style: RopeStyle::Half,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            attention_bias: self.attention_bias,
+        })
+    }
+}
+
+/// One sequence's share of a ragged batch.
+pub struct SeqInput<'a> {
+    /// The sequence's cache; the new tokens are appended to it.
+    pub cache: &'a mut KvCache,
+    /// How many of the batch's tokens belong to this sequence (they are contiguous).
+    pub n_tokens: usize,
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outputs {
+    /// None (an intermediate prefill chunk).
+    None,
+    /// The last new position of each sequence: `[n_seqs, vocab]`.
+    LastOfEachSeq,
+    /// Every new position: `[n_tokens, vocab]` (training, scoring, parity tests).
+    All,
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A LLaMA-family causal language model.
+pub struct Model {
+    config: TransformerConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+}
+
+impl Model {
+    /// Builds the model from `weights`; `max_positions` caps the RoPE tables (and so the context).
+    pub fn load(
+        config: &TransformerConfig,
+        weights: &dyn WeightSource,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let c = config;
+        let (hidden, heads, kv_heads, head_dim) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let embed_tokens = weights.embedding("model.embed_tokens.weight", c.vocab_size, hidden)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for layer_idx in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{layer_idx}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            let bias = c.attention_bias;
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::new(
+                    weights.dense(&format!("{p}.input_layernorm.weight"), &[hidden])?,
+                    c.rms_norm_eps,
+                ),
+                self_attn: Attention {
+                    q_proj: weights.linear(
+                        &format!("{attn}.q_proj"),
+                        heads * head_dim,
+                        hidden,
+                        bias,
+                    )?,
+                    k_proj: weights.linear(
+                        &format!("{attn}.k_proj"),
+                        kv_heads * head_dim,
+                        hidden,
+                        bias,
+                    )?,
+                    v_proj: weights.linear(
+                        &format!("{attn}.v_proj"),
+                        kv_heads * head_dim,
+                        hidden,
+                        bias,
+                    )?,
+                    o_proj: weights.linear(
+                        &format!("{attn}.o_proj"),
+                        hidden,
+                        heads * head_dim,
+                        false,
+                    )?,
+                },
+                post_attention_layernorm: RmsNorm::new(
+                    weights.dense(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
+                    c.rms_norm_eps,
+                ),
+                mlp: Mlp {
+                    gate_proj: weights.linear(
+                        &format!("{mlp}.gate_proj"),
+                        c.intermediate_size,
+                        hidden,
+                        false,
+                    )?,
+                    up_proj: weights.linear(
+                        &format!("{mlp}.up_proj"),
+                        c.intermediate_size,
+                        hidden,
+                        false,
+                    )?,
+                    down_proj: weights.linear(
+                        &format!("{mlp}.down_proj"),
+                        hidden,
+                        c.intermediate_size,
+                        false,
+                    )?,
+                },
+            });
+        }
+        let norm = RmsNorm::new(
+            weights.dense("model.norm.weight", &[hidden])?,
+            c.rms_norm_eps,
+        );
+        let lm_head = if c.tie_word_embeddings || !weights.contains("lm_head.weight") {
+            embed_tokens.as_linear()?
+        } else {
+            weights.linear("lm_head", c.vocab_size, hidden, false)?
+        };
+        let rope = Rope::new(head_dim, max_positions, c.rope_theta, c.rope_style, device)?;
+        Ok(Model {
+            config: c.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Positions a sequence may hold.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// An empty KV cache shaped for this model.
+    pub fn new_cache(&self) -> KvCache {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            &self.device,
+        )
+    }
+
+    /// The projection `proj` of layer `layer_idx` (for adapters that need shapes or merging).
+    pub fn projection(&self, layer_idx: usize, proj: Proj) -> Option<&Linear> {
+        let layer = self.layers.get(layer_idx)?;
+        Some(match proj {
+            Proj::Q => &layer.self_attn.q_proj,
+            Proj::K => &layer.self_attn.k_proj,
+            Proj::V => &layer.self_attn.v_proj,
+            Proj::O => &layer.self_attn.o_proj,
+            Proj::Gate => &layer.mlp.gate_proj,
+            Proj::Up => &layer.mlp.up_proj,
+            Proj::Down => &layer.mlp.down_proj,
+        })
+    }
+
+    /// Runs `tokens`, the concatenated new tokens of `seqs`, appending to each sequence's cache.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        seqs: &mut [SeqInput<'_>],
+        outputs: Outputs,
+        hook: Option<&dyn LinearHook>,
+    ) -> Result<Option<Tensor>> {
+        let n_total: usize = seqs.iter().map(|s| s.n_tokens).sum();
+        if n_total != tokens.len() || seqs.iter().any(|s| s.n_tokens == 0) {
+            return Err(crate::Error::InvalidRequest(format!(
+                "ragged batch of {} tokens does not match sequence lengths {:?}",
+                tokens.len(),
+                seqs.iter().map(|s| s.n_tokens).collect::<Vec<_>>()
+            )));
+        }
+        let mut masks = Vec::with_capacity(seqs.len());
+        for seq in seqs.iter_mut() {
+            let end = seq.cache.len() + seq.n_tokens;
+            if end > self.max_positions() {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "sequence of {end} positions exceeds the context of {}",
+                    self.max_positions()
+                )));
+            }
+            seq.cache.reserve(seq.n_tokens)?;
+            masks.push(nn::causal_mask(
+                seq.n_tokens,
+                seq.cache.len(),
+                &self.device,
+            )?);
+        }
+        let c = &self.config;
+        let mut xs = self.embed_tokens.forward(tokens, &self.device)?;
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
+            let residual = &xs;
+            let hs = layer.input_layernorm.forward(&xs)?;
+            let attn = &layer.self_attn;
+            let q = attn.q_proj.forward_hooked(&hs, hook, layer_idx, Proj::Q)?;
+            let k = attn.k_proj.forward_hooked(&hs, hook, layer_idx, Proj::K)?;
+            let v = attn.v_proj.forward_hooked(&hs, hook, layer_idx, Proj::V)?;
+            let mut per_seq = Vec::with_capacity(seqs.len());
+            let mut offset = 0;
+            for (seq, mask) in seqs.iter_mut().zip(&masks) {
+                let n = seq.n_tokens;
+                let past = seq.cache.len();
+                let heads = |xs: &Tensor, n_heads: usize| -> Result<Tensor> {
+                    Ok(xs
+                        .narrow(0, offset, n)?
+                        .reshape((n, n_heads, c.head_dim))?
+                        .transpose(0, 1)?)
+                };
+                let q = self.rope.apply(&heads(&q, c.num_attention_heads)?, past)?;
+                let k = self.rope.apply(&heads(&k, c.num_key_value_heads)?, past)?;
+                let v = heads(&v, c.num_key_value_heads)?;
+                let (k, v) = seq.cache.write(layer_idx, &k, &v)?;
+                per_seq.push(nn::attend(&q, &k, &v, mask.as_ref())?);
+                offset += n;
+            }
+            let attn_out = if per_seq.len() == 1 {
+                per_seq.remove(0)
+            } else {
+                Tensor::cat(&per_seq, 0)?
+            };
+            let attn_out = attn
+                .o_proj
+                .forward_hooked(&attn_out, hook, layer_idx, Proj::O)?;
+            xs = (residual + attn_out)?;
+            let hs = layer.post_attention_layernorm.forward(&xs)?;
+            let mlp = &layer.mlp;
+            let gate = mlp
+                .gate_proj
+                .forward_hooked(&hs, hook, layer_idx, Proj::Gate)?
+                .silu()?;
+            let up = mlp.up_proj.forward_hooked(&hs, hook, layer_idx, Proj::Up)?;
+            let down = mlp
+                .down_proj
+                .forward_hooked(&(gate * up)?, hook, layer_idx, Proj::Down)?;
+            xs = (xs + down)?;
+        }
+        for seq in seqs.iter_mut() {
+            seq.cache.advance(seq.n_tokens);
+        }
+        let xs = match outputs {
+            Outputs::None => return Ok(None),
+            Outputs::All => xs,
+            Outputs::LastOfEachSeq => {
+                let mut last = Vec::with_capacity(seqs.len());
+                let mut end = 0u32;
+                for seq in seqs.iter() {
+                    end += seq.n_tokens as u32;
+                    last.push(end - 1);
+                }
+                xs.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?
+            }
+        };
+        Ok(Some(self.lm_head.forward(&self.norm.forward(&xs)?)?))
+    }
+}

@@ -1,0 +1,227 @@
+//! Layers shared by every architecture: linear projections with a LoRA hook point,
+//! RMSNorm, rotary embeddings, the KV cache and ragged-batch attention.
+
+mod attention;
+mod kv_cache;
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+pub use attention::{Rope, attend, causal_mask};
+pub use kv_cache::KvCache;
+
+use crate::Result;
+
+/// The seven projections of a decoder layer, named as PEFT's `target_modules` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proj {
+    /// Attention query.
+    Q,
+    /// Attention key.
+    K,
+    /// Attention value.
+    V,
+    /// Attention output.
+    O,
+    /// MLP gate.
+    Gate,
+    /// MLP up.
+    Up,
+    /// MLP down.
+    Down,
+}
+
+impl Proj {
+    /// Every projection, in checkpoint order.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The module name in HF checkpoints and PEFT configs (`q_proj`, …).
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    /// The parent module in HF checkpoints (`self_attn` or `mlp`).
+    pub fn parent(self) -> &'static str {
+        match self {
+            Proj::Q | Proj::K | Proj::V | Proj::O => "self_attn",
+            Proj::Gate | Proj::Up | Proj::Down => "mlp",
+        }
+    }
+}
+
+/// A side branch added to a projection's output, chosen per forward call.
+///
+/// This is where LoRA plugs in: the model stays shared and unmerged, and each forward call
+/// passes the hook of the adapter (or mix of adapters, one per batch row) it wants.
+pub trait LinearHook {
+    /// The value to add to projection `proj` of layer `layer_idx` for input `xs`
+    /// (`[tokens, in_features]`), or `None` where this hook does not touch that projection.
+    fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// A projection `y = W·x + b`, with `W` quantized or dense.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl Linear {
+    /// Wraps a weight of shape `[out, in]`.
+    pub fn new(
+        weight: QMatMul,
+        bias: Option<Tensor>,
+        out_features: usize,
+        in_features: usize,
+    ) -> Self {
+        Linear {
+            weight,
+            bias,
+            out_features,
+            in_features,
+        }
+    }
+
+    /// A dense f32 weight.
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        Ok(Linear {
+            weight: QMatMul::Tensor(weight),
+            bias,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// A quantized weight.
+    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.shape().dims2()?;
+        Ok(Linear {
+            weight: QMatMul::from_arc(weight)?,
+            bias,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// The weight as stored (quantized or dense).
+    pub fn weight(&self) -> &QMatMul {
+        &self.weight
+    }
+
+    /// `xs` is `[tokens, in]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = self.weight.forward(xs)?;
+        Ok(match &self.bias {
+            Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        })
+    }
+
+    /// The projection plus the hook's side branch, if any.
+    pub(crate) fn forward_hooked(
+        &self,
+        xs: &Tensor,
+        hook: Option<&dyn LinearHook>,
+        layer_idx: usize,
+        proj: Proj,
+    ) -> Result<Tensor> {
+        let ys = self.forward(xs)?;
+        match hook
+            .map(|hook| hook.delta(layer_idx, proj, xs))
+            .transpose()?
+            .flatten()
+        {
+            Some(delta) => Ok((ys + delta)?),
+            None => Ok(ys),
+        }
+    }
+}
+
+/// Root-mean-square layer norm with a learned scale.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// `weight` is the `[hidden]` scale.
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        RmsNorm {
+            weight,
+            eps: eps as f32,
+        }
+    }
+
+    /// Normalizes over the last dimension.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(xs, &self.weight, self.eps)?)
+    }
+}
+
+/// The token embedding table, kept quantized when the checkpoint is.
+#[derive(Clone, Debug)]
+pub enum Embedding {
+    /// A dense `[vocab, hidden]` table.
+    Dense(Tensor),
+    /// A quantized table; rows are dequantized on lookup.
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    /// Rows for `ids`, as `[ids.len(), hidden]` f32.
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let ids = Tensor::new(ids, device)?;
+        Ok(match self {
+            Embedding::Dense(table) => table.index_select(&ids, 0)?.to_dtype(DType::F32)?,
+            Embedding::Quantized(table) => table.embedding(&ids)?,
+        })
+    }
+
+    /// `(vocab, hidden)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Embedding::Dense(table) => table.dims2()?,
+            Embedding::Quantized(table) => table.shape().dims2()?,
+        })
+    }
+
+    /// The same matrix as an output projection (tied embeddings).
+    pub fn as_linear(&self) -> Result<Linear> {
+        match self {
+            Embedding::Dense(table) => Linear::dense(table.clone(), None),
+            Embedding::Quantized(table) => Linear::quantized(table.clone(), None),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The engine's integration tests: one binary, one module per feature.
+
+mod generation;
+mod gguf;
+mod hub;
+mod parity;
+mod real_model;
+mod support;
+mod tokenizer;

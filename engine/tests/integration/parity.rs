@@ -1,0 +1,191 @@
+//! Logits of our decoder against candle-transformers' `llama`/`qwen2` on the same random
+//! weights, for every position.
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::VarBuilder;
+use hexacoder_engine::config::Arch;
+use hexacoder_engine::models::llama::{Outputs, SeqInput};
+
+use crate::support::{self, Tiny, max_abs_diff};
+
+const PROMPT: &[u32] = &[5, 17, 42, 3, 64, 90, 11, 7, 33, 2, 71, 60];
+
+/// Our logits for every position of `PROMPT`, in one forward pass: `[len, vocab]`.
+fn ours_all_positions(tiny: Tiny) -> (tempfile::TempDir, Tensor) {
+    let (dir, engine) = support::tiny_engine(tiny, 1, &support::options());
+    let model = engine.model();
+    let mut cache = model.new_cache();
+    let logits = model
+        .forward(
+            PROMPT,
+            &mut [SeqInput {
+                cache: &mut cache,
+                n_tokens: PROMPT.len(),
+            }],
+            Outputs::All,
+            None,
+        )
+        .expect("forward")
+        .expect("logits");
+    (dir, logits)
+}
+
+fn reference_vb(dir: &std::path::Path) -> VarBuilder<'static> {
+    let path = dir.join("model/model.safetensors");
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu).expect("vb") }
+}
+
+#[test]
+fn qwen2_matches_candle_transformers_at_every_position() {
+    let tiny = Tiny::small(Arch::Qwen2);
+    let (dir, ours) = ours_all_positions(tiny);
+    let config: candle_transformers::models::qwen2::Config =
+        serde_json::from_value(tiny.config_json()).expect("reference config");
+    let vb = reference_vb(dir.path());
+    let mut model = candle_transformers::models::qwen2::Model::new(&config, vb.clone())
+        .expect("reference model");
+    let ids = Tensor::new(PROMPT, &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("batch");
+    let hidden = model
+        .forward(&ids, 0, None)
+        .expect("reference forward")
+        .squeeze(0)
+        .expect("squeeze");
+    let lm_head = candle_nn::Linear::new(
+        vb.get((tiny.vocab_size(), tiny.hidden), "lm_head.weight")
+            .expect("head"),
+        None,
+    );
+    let reference = lm_head.forward(&hidden).expect("head forward");
+    assert_eq!(ours.dims(), reference.dims());
+    let diff = max_abs_diff(&ours, &reference);
+    assert!(diff < 1e-4, "max |ours - candle-transformers| = {diff}");
+}
+
+#[test]
+fn llama_matches_candle_transformers_at_every_position() {
+    for tied in [false, true] {
+        let tiny = Tiny {
+            tied,
+            ..Tiny::small(Arch::Llama)
+        };
+        let (dir, ours) = ours_all_positions(tiny);
+        let config: candle_transformers::models::llama::LlamaConfig =
+            serde_json::from_value(tiny.config_json()).expect("reference config");
+        let config = config.into_config(false);
+        let model =
+            candle_transformers::models::llama::Llama::load(reference_vb(dir.path()), &config)
+                .expect("reference");
+        // The reference returns the last position only: run every prefix without a cache.
+        for end in 1..=PROMPT.len() {
+            let mut cache = candle_transformers::models::llama::Cache::new(
+                false,
+                DType::F32,
+                &config,
+                &Device::Cpu,
+            )
+            .expect("cache");
+            let ids = Tensor::new(&PROMPT[..end], &Device::Cpu)
+                .expect("ids")
+                .unsqueeze(0)
+                .expect("batch");
+            let reference = model
+                .forward(&ids, 0, &mut cache)
+                .expect("reference forward")
+                .squeeze(0)
+                .expect("squeeze");
+            let diff = max_abs_diff(&ours.i(end - 1).expect("row"), &reference);
+            assert!(
+                diff < 1e-4,
+                "tied={tied} position {}: max diff {diff}",
+                end - 1
+            );
+        }
+    }
+}
+
+/// Decoding with the KV cache one token at a time, and a ragged batch of two sequences,
+/// give the same logits as one full forward pass.
+#[test]
+fn incremental_and_ragged_batch_match_full_forward() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let tiny = Tiny::small(arch);
+        let (_dir, full) = ours_all_positions(tiny);
+        let (_dir2, engine) = support::tiny_engine(tiny, 1, &support::options());
+        let model = engine.model();
+        // Prefill 5, then one token at a time.
+        let mut cache = model.new_cache();
+        let first = model
+            .forward(
+                &PROMPT[..5],
+                &mut [SeqInput {
+                    cache: &mut cache,
+                    n_tokens: 5,
+                }],
+                Outputs::LastOfEachSeq,
+                None,
+            )
+            .expect("prefill")
+            .expect("logits");
+        assert!(max_abs_diff(&first.i(0).expect("row"), &full.i(4).expect("row")) < 1e-4);
+        for pos in 5..PROMPT.len() {
+            let step = model
+                .forward(
+                    &PROMPT[pos..pos + 1],
+                    &mut [SeqInput {
+                        cache: &mut cache,
+                        n_tokens: 1,
+                    }],
+                    Outputs::LastOfEachSeq,
+                    None,
+                )
+                .expect("step")
+                .expect("logits");
+            let diff = max_abs_diff(&step.i(0).expect("row"), &full.i(pos).expect("row"));
+            assert!(diff < 1e-4, "{arch:?} position {pos}: {diff}");
+        }
+        // A ragged batch: sequence A continues from 3 cached tokens, B starts fresh.
+        let mut cache_a = model.new_cache();
+        model
+            .forward(
+                &PROMPT[..3],
+                &mut [SeqInput {
+                    cache: &mut cache_a,
+                    n_tokens: 3,
+                }],
+                Outputs::None,
+                None,
+            )
+            .expect("prefill a");
+        let mut cache_b = model.new_cache();
+        let tokens: Vec<u32> = PROMPT[3..7].iter().chain(&PROMPT[..2]).copied().collect();
+        let both = model
+            .forward(
+                &tokens,
+                &mut [
+                    SeqInput {
+                        cache: &mut cache_a,
+                        n_tokens: 4,
+                    },
+                    SeqInput {
+                        cache: &mut cache_b,
+                        n_tokens: 2,
+                    },
+                ],
+                Outputs::LastOfEachSeq,
+                None,
+            )
+            .expect("ragged")
+            .expect("logits");
+        assert!(
+            max_abs_diff(&both.i(0).expect("a"), &full.i(6).expect("row")) < 1e-4,
+            "{arch:?} ragged a"
+        );
+        assert!(
+            max_abs_diff(&both.i(1).expect("b"), &full.i(1).expect("row")) < 1e-4,
+            "{arch:?} ragged b"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! Tokenizers built from GGUF metadata against independently built `tokenizer.json` files
+//! (`shared/reference/tokenizers/`), on every CodeLMSec prompt and a few hard cases.
+
+use hexacoder_engine::load::gguf::GgufFile;
+use hexacoder_engine::tokenizer::Tokenizer;
+
+use crate::support;
+
+fn prompts() -> Vec<String> {
+    let path = support::shared_dir().join("bench/codelmsec/codelmsec_prompts.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let json: serde_json::Value = serde_json::from_str(l).expect("jsonl");
+            json["prompt"].as_str().expect("prompt").to_string()
+        })
+        .collect();
+    assert_eq!(prompts.len(), 280);
+    prompts.extend(
+        [
+            "\tindented\twith tabs\r\nand CRLF\r\n",
+            "# 注释：计算斐波那契数列\ndef fib(n): return n",
+            "emoji 🦀🔒 in a string: s = \"✓ ok\"",
+            "x = 12345678901234567890 + 0.5e-10",
+            "<|endoftext|> special in text <|fim_prefix|>",
+            "   \n\n\n    \t  trailing   ",
+        ]
+        .map(String::from),
+    );
+    prompts
+}
+
+fn check(model_id: &str, reference_file: &str) {
+    let Some(path) = support::real_model(model_id) else {
+        return;
+    };
+    let ours = Tokenizer::from_gguf(&GgufFile::open(&path).expect("gguf header"))
+        .expect("tokenizer from gguf");
+    let reference_path = support::shared_dir()
+        .join("reference/tokenizers")
+        .join(reference_file);
+    let reference = tokenizers::Tokenizer::from_file(&reference_path).expect("reference tokenizer");
+    let mut mismatches = Vec::new();
+    for prompt in prompts() {
+        let expected = reference
+            .encode(prompt.as_str(), false)
+            .expect("reference encode")
+            .get_ids()
+            .to_vec();
+        let got = ours.encode(&prompt).expect("encode");
+        if got != expected {
+            mismatches.push(format!("{prompt:?}: ours {got:?} reference {expected:?}"));
+            continue;
+        }
+        // Special tokens are dropped from generated text, so compare decoding on the rest.
+        let normal: Vec<u32> = got
+            .iter()
+            .copied()
+            .filter(|&id| !ours.is_special(id))
+            .collect();
+        let expected_text = reference.decode(&normal, true).expect("reference decode");
+        assert_eq!(
+            ours.decode(&normal),
+            expected_text,
+            "{model_id}: decode of {prompt:?}"
+        );
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{model_id}: {} mismatches, first: {}",
+        mismatches.len(),
+        mismatches[0]
+    );
+}
+
+#[test]
+fn qwen2_tokenizer_from_gguf_matches_reference() {
+    check("qwen2.5-coder-0.5b", "qwen2.5-coder.tokenizer.json");
+}
+
+#[test]
+fn smollm2_tokenizer_from_gguf_matches_reference() {
+    check("smollm2-135m", "smollm2.tokenizer.json");
+}
+
+#[test]
+fn qwen2_special_tokens_and_end_of_generation() {
+    let Some(path) = support::real_model("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let tokenizer =
+        Tokenizer::from_gguf(&GgufFile::open(&path).expect("gguf header")).expect("tokenizer");
+    assert_eq!(tokenizer.token_id("<|fim_prefix|>"), Some(151659));
+    assert_eq!(tokenizer.token_id("<|fim_suffix|>"), Some(151661));
+    assert_eq!(tokenizer.token_id("<|fim_middle|>"), Some(151660));
+    assert!(
+        tokenizer.is_end_of_generation(151643),
+        "<|endoftext|> ends generation"
+    );
+    assert!(tokenizer.is_special(151643));
+    // <tool_call> is a user-defined token: added, but not special. (shared/models.md lists
+    // the FIM ids in another order; the vocabulary has middle = 151660, suffix = 151661.)
+    assert!(!tokenizer.is_special(151657));
+    // Encoding "plain" keeps user text from becoming control tokens.
+    assert_eq!(
+        tokenizer.encode("<|fim_middle|>").expect("encode"),
+        vec![151660]
+    );
+    assert!(
+        !tokenizer
+            .encode_plain("<|fim_middle|>")
+            .expect("encode")
+            .contains(&151660)
+    );
+}
