@@ -53,8 +53,10 @@ impl HubId {
             None => (rest, None),
         };
         let (owner, name) = repo.split_once('/')?;
+        // Names may hold `-_.` but not start with `.` (no `.`/`..` path components).
         let valid = |s: &str| {
             !s.is_empty()
+                && !s.starts_with('.')
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };

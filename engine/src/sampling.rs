@@ -114,7 +114,9 @@ impl Sampler {
 /// nucleus lies entirely among them, and the result is exact.
 fn nucleus(candidates: Vec<(u32, f32)>, top_p: f32) -> Vec<(u32, f32)> {
     let total: f64 = candidates.iter().map(|&(_, w)| w as f64).sum();
-    let target = top_p as f64 * total;
+    // Mass within rounding of `top_p` counts as reaching it, so that a nucleus that is exactly
+    // `top_p` does not pull in one more token because of how f32 weights add up.
+    let target = top_p as f64 * total * (1.0 - 1e-6);
     let max = candidates.iter().map(|&(_, w)| w).fold(0.0f32, f32::max);
     let mut threshold = max * 1e-3;
     let mut kept = loop {

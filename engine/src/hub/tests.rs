@@ -17,6 +17,8 @@ fn parses_hub_ids() {
     assert_eq!(HubId::parse("no-slash"), None);
     assert_eq!(HubId::parse("a/b/c"), None);
     assert_eq!(HubId::parse("../x"), None);
+    assert_eq!(HubId::parse("a/.."), None);
+    assert_eq!(HubId::parse(".hidden/x"), None);
 }
 
 #[test]

@@ -1,0 +1,191 @@
+"""Our engine against llama.cpp (llama-cpp-python) on the same GGUF, the same prompts and
+settings, on this CPU. Writes a section of benches/RESULTS.md with medians and ratios.
+
+Run with: python3 benches/engine_vs_llamacpp.py [--model ID_OR_GGUF] [--reps N]
+
+The peer is built once by pip into target/bench-venv, with instruction-set flags read from
+this CPU (AMX always off: it faults on these machines; AVX-512 only where the OS enables it).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / "target" / "bench-venv"
+PEER = "llama-cpp-python[server]==0.3.36"
+
+
+def cpu_flags():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def os_enables_avx512():
+    """cpuinfo can list avx512f while XCR0 has the ZMM state off; compile a one-line probe."""
+    if "avx512f" not in cpu_flags():
+        return False
+    probe = ROOT / "target" / "avx512probe"
+    src = probe.with_suffix(".c")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text(
+        "int main(){unsigned lo,hi;__asm__(\"xgetbv\":\"=a\"(lo),\"=d\"(hi):\"c\"(0));return (lo&0xe6)==0xe6?0:1;}\n"
+    )
+    if subprocess.run(["cc", "-o", str(probe), str(src)]).returncode != 0:
+        return False
+    return subprocess.run([str(probe)]).returncode == 0
+
+
+def cmake_args():
+    flags = cpu_flags()
+    args = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+    for flag, option in [("avx", "AVX"), ("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C")]:
+        args.append(f"-DGGML_{option}={'ON' if flag in flags else 'OFF'}")
+    avx512 = os_enables_avx512()
+    args.append(f"-DGGML_AVX512={'ON' if avx512 else 'OFF'}")
+    if avx512:
+        args.append(f"-DGGML_AVX512_VNNI={'ON' if 'avx512_vnni' in flags else 'OFF'}")
+        args.append(f"-DGGML_AVX512_BF16={'ON' if 'avx512_bf16' in flags else 'OFF'}")
+    return " ".join(args)
+
+
+def ensure_peer():
+    python = VENV / "bin" / "python"
+    stamp = VENV / "peer-build.txt"
+    wanted = f"{PEER} {cmake_args()}"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"building {PEER} (about 7 minutes) with {cmake_args()}", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    env = dict(os.environ, CMAKE_ARGS=cmake_args())
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", "--force-reinstall", PEER], check=True, env=env)
+    stamp.write_text(wanted)
+    return python
+
+
+def model_path(model):
+    if Path(model).is_file():
+        return Path(model)
+    out = subprocess.run(
+        ["cargo", "run", "--release", "--quiet", "-p", "hexacoder-server", "--", "fetch", model],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def workload(python, model, reps):
+    """Prompts of exact token lengths, cut from the CodeLMSec prompts with the model's tokenizer."""
+    script = r"""
+import json, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+texts = [json.loads(l)["prompt"] for l in open(sys.argv[2]) if l.strip()]
+corpus = "\n\n".join(texts * 4)
+ids = llm.tokenize(corpus.encode(), add_bos=False, special=False)
+cut = lambda n: llm.detokenize(ids[:n]).decode("utf-8", "ignore")
+print(json.dumps({"prefill": cut(1000), "ttft": cut(2000)}))
+"""
+    prompts = ROOT.parent / "shared" / "bench" / "codelmsec" / "codelmsec_prompts.jsonl"
+    out = subprocess.run([str(python), "-c", script, str(model), str(prompts)], check=True, capture_output=True, text=True)
+    cuts = json.loads(out.stdout)
+    return {
+        "reps": reps,
+        "decode_prompt": "import numpy as np\n\n\nclass LinearRegression:\n    \"\"\"Ordinary least squares with a full set of helper methods.\"\"\"\n\n",
+        "decode_tokens": 128,
+        "prefill_prompt": cuts["prefill"],
+        "ttft_prompt": cuts["ttft"],
+        # Eight more tokens, as an editor's next keystrokes.
+        "warm_suffix": "\n\ndef check_input(value):\n    return",
+    }
+
+
+def decode_rate(t):
+    span = (t["last_delta_s"] or 0) - (t["first_delta_s"] or 0)
+    return (t["tokens"] - 1) / span if span > 0 and t["tokens"] > 1 else float("nan")
+
+
+def summarize(doc):
+    med = statistics.median
+    return {
+        "decode_tok_s": med(decode_rate(t) for t in doc["decode"]),
+        "decode_tokens": med(t["tokens"] for t in doc["decode"]),
+        "prefill_tok_s": med(t["prompt_tokens"] / t["ttft_s"] for t in doc["prefill"]),
+        "prefill_prompt_tokens": med(t["prompt_tokens"] for t in doc["prefill"]),
+        "ttft_cold_ms": med(t["ttft_s"] for t in doc["ttft_cold"]) * 1e3,
+        "ttft_warm_ms": med(t["ttft_s"] for t in doc["ttft_warm"]) * 1e3,
+        "ttft_prompt_tokens": med(t["prompt_tokens"] for t in doc["ttft_cold"]),
+        "peak_rss_mb": (doc.get("peak_rss_bytes") or 0) / 1e6,
+        "load_s": doc["load_s"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
+    args = parser.parse_args()
+
+    python = ensure_peer()
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "hexacoder-benches", "--bin", "engine-bench"], cwd=ROOT, check=True)
+    model = model_path(args.model)
+    work = ROOT / "target" / "bench-workload.json"
+    work.write_text(json.dumps(workload(python, model, args.reps)))
+
+    ours = json.loads(subprocess.run(
+        [str(ROOT / "target" / "release" / "engine-bench"), str(model), str(work)], check=True, capture_output=True, text=True
+    ).stdout)
+    theirs = json.loads(subprocess.run(
+        [str(python), str(ROOT / "benches" / "llamacpp_bench.py"), str(model), str(work)], check=True, capture_output=True, text=True
+    ).stdout)
+    a, b = summarize(ours), summarize(theirs)
+    rows = [
+        ("decode, single stream (tokens/s)", "decode_tok_s", "{:.1f}", True),
+        (f"prefill, {a['prefill_prompt_tokens']:.0f}-token prompt (tokens/s)", "prefill_tok_s", "{:.0f}", True),
+        (f"TTFT cold, {a['ttft_prompt_tokens']:.0f}-token prompt (ms)", "ttft_cold_ms", "{:.0f}", False),
+        ("TTFT warm, same prompt + 8 tokens (ms)", "ttft_warm_ms", "{:.0f}", False),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", False),
+        ("model load (s)", "load_s", "{:.2f}", False),
+    ]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"### {model.name}, {datetime.date.today()}, commit {commit}",
+        "",
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; peer: {PEER} built with `{cmake_args()}`, `n_threads=2`.",
+        f"Median of {args.reps} runs; greedy; our engine with its defaults (legacy quants re-quantized to Q8_0).",
+        "",
+        "| measure | HexaCoder | llama.cpp | ours / theirs |",
+        "|---|---|---|---|",
+    ]
+    for label, key, fmt, higher_is_better in rows:
+        ratio = a[key] / b[key] if b[key] else float("nan")
+        lines.append(f"| {label} | {fmt.format(a[key])} | {fmt.format(b[key])} | {ratio:.2f}{'' if higher_is_better else ' (lower is better)'} |")
+    lines.append("")
+    lines.append(f"Command: `python3 benches/engine_vs_llamacpp.py --model {args.model} --reps {args.reps}`")
+    lines.append("")
+    table = "\n".join(lines)
+    print(table)
+    print(json.dumps({"ours": a, "llama.cpp": b}), file=sys.stderr)
+    if not args.no_write:
+        results = ROOT / "benches" / "RESULTS.md"
+        text = results.read_text() if results.exists() else "# Benchmark results\n\n"
+        results.write_text(text.rstrip() + "\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
