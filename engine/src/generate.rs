@@ -137,6 +137,7 @@ impl Engine {
             return Err(Error::InvalidRequest("n must be at least 1".into()));
         }
         let prompt = self.prompt_tokens(&request.prompt, request.suffix.as_deref())?;
+        let tokenized = started.elapsed();
         let context = self.model.max_positions();
         if prompt.len() + request.max_tokens > context {
             return Err(Error::ContextOverflow {
@@ -154,9 +155,20 @@ impl Engine {
             Some(hit) => hit,
             None => (self.model.new_cache(), 0),
         };
+        let looked_up = started.elapsed();
         let logits = self.prefill(&prompt[cached..], &mut cache)?;
+        let prefilled = started.elapsed();
         self.prefix_cache
             .insert(PREFIX_CACHE_NAMESPACE_BASE, &prompt, &cache)?;
+        tracing::debug!(
+            n_prompt = prompt.len(),
+            cached,
+            ?tokenized,
+            lookup = ?(looked_up - tokenized),
+            prefill = ?(prefilled - looked_up),
+            insert = ?(started.elapsed() - prefilled),
+            "prompt ready"
+        );
 
         let base_seed = request.sampling.seed.unwrap_or_else(rand::random);
         let mut running = Vec::with_capacity(request.n);

@@ -45,6 +45,10 @@ pub struct ModelArgs {
     /// (smaller, but much slower on CPU with candle's kernels).
     #[arg(long)]
     pub keep_legacy_quants: bool,
+    /// Multiply Q8_0 weights with candle's kernel instead of HexaCoder's AVX2 kernel (for
+    /// comparison; ours is used only where the CPU has AVX2 and FMA).
+    #[arg(long)]
+    pub candle_q8_kernel: bool,
     /// FIM template: `auto`, `off`, or three token texts `PREFIX,SUFFIX,MIDDLE`.
     #[arg(long, default_value = "auto")]
     pub fim: String,

@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use hexacoder_engine::fim::FimSetting;
 use hexacoder_engine::hub::{self, HubOptions, ModelFiles};
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
+use hexacoder_engine::nn::Q8Kernel;
 
 use crate::cli::ModelArgs;
 
@@ -56,6 +57,11 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
         },
         fim,
         prefix_cache_bytes: args.prefix_cache_bytes,
+        q8_kernel: if args.candle_q8_kernel {
+            Q8Kernel::Candle
+        } else {
+            Q8Kernel::Fastest
+        },
         ..LoadOptions::cpu()
     })
 }

@@ -86,6 +86,12 @@ fn main() -> Result<()> {
             .with_context(|| format!("workload.{key}"))
     };
     let reps = number("reps")?;
+    if let Ok(filter) = std::env::var("HEXACODER_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
 
     let load_started = Instant::now();
     let mut engine = load::load(&ModelFiles::Gguf(model.into()), &LoadOptions::cpu())?;

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Arch, RopeStyle, TransformerConfig};
 use crate::models::WeightSource;
-use crate::nn::{Embedding, Linear};
+use crate::nn::{Embedding, Linear, Q8Kernel};
 use crate::{Error, Result};
 
 /// A parsed GGUF header: metadata and tensor directory, not yet the tensor data.
@@ -174,7 +174,12 @@ impl GgufFile {
     }
 
     /// Reads every tensor into memory.
-    pub fn load_tensors(&self, device: &Device, requantize: Requantize) -> Result<GgufWeights> {
+    pub fn load_tensors(
+        &self,
+        device: &Device,
+        requantize: Requantize,
+        q8_kernel: Q8Kernel,
+    ) -> Result<GgufWeights> {
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
         let mut tensors = HashMap::with_capacity(self.content.tensor_infos.len());
@@ -193,6 +198,7 @@ impl GgufFile {
         }
         Ok(GgufWeights {
             path: self.path.clone(),
+            q8_kernel,
             tensors,
             device: device.clone(),
         })
@@ -263,6 +269,7 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
 /// The tensors of a GGUF file, in memory.
 pub struct GgufWeights {
     path: PathBuf,
+    q8_kernel: Q8Kernel,
     tensors: HashMap<String, Arc<QTensor>>,
     device: Device,
 }
@@ -312,7 +319,7 @@ impl WeightSource for GgufWeights {
         } else {
             None
         };
-        Linear::quantized(weight, bias)
+        Linear::quantized(weight, bias, self.q8_kernel)
     }
 
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
@@ -327,5 +334,9 @@ impl WeightSource for GgufWeights {
 
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|name| self.tensors.contains_key(&name))
+    }
+
+    fn q8_kernel(&self) -> Q8Kernel {
+        self.q8_kernel
     }
 }

@@ -10,6 +10,7 @@ use candle_core::Device;
 use crate::fim::{FimSetting, FimTemplate};
 use crate::hub::ModelFiles;
 use crate::models::llama::Model;
+use crate::nn::Q8Kernel;
 use crate::tokenizer::Tokenizer;
 use crate::{Engine, Error, Result};
 
@@ -30,6 +31,8 @@ pub struct LoadOptions {
     pub prefix_cache_bytes: usize,
     /// Prompt tokens per prefill forward pass (bounds attention memory).
     pub prefill_chunk: usize,
+    /// The CPU kernel for Q8_0 weights.
+    pub q8_kernel: Q8Kernel,
 }
 
 impl LoadOptions {
@@ -42,6 +45,7 @@ impl LoadOptions {
             fim: FimSetting::Auto,
             prefix_cache_bytes: 512 << 20,
             prefill_chunk: 512,
+            q8_kernel: Q8Kernel::Fastest,
         }
     }
 }
@@ -80,7 +84,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Engine> {
     .map(|key| gguf.opt_usize(key).ok().flatten().map(|id| id as u32));
     let fim = FimTemplate::choose(&options.fim, &tokenizer, declared)?;
     let chat_template = gguf.opt_str("tokenizer.chat_template")?.map(str::to_string);
-    let weights = gguf.load_tensors(&options.device, options.requantize)?;
+    let weights = gguf.load_tensors(&options.device, options.requantize, options.q8_kernel)?;
     let max_positions = context_length(config.max_position_embeddings, options);
     let model = Model::load(&config, &weights, max_positions, &options.device)?;
     let name = gguf

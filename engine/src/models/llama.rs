@@ -223,7 +223,7 @@ impl Model {
             c.rms_norm_eps,
         );
         let lm_head = if c.tie_word_embeddings || !weights.contains("lm_head.weight") {
-            embed_tokens.as_linear()?
+            embed_tokens.as_linear(weights.q8_kernel())?
         } else {
             weights.linear("lm_head", c.vocab_size, hidden, false)?
         };

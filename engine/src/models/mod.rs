@@ -8,7 +8,7 @@ pub mod qwen2;
 use candle_core::Tensor;
 
 use crate::Result;
-use crate::nn::{Embedding, Linear};
+use crate::nn::{Embedding, Linear, Q8Kernel};
 
 /// Where a model's tensors come from (a GGUF file, safetensors shards, or a test's `VarMap`).
 /// Names are HF checkpoint names (`model.layers.0.self_attn.q_proj.weight`).
@@ -27,4 +27,8 @@ pub trait WeightSource {
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding>;
     /// Whether a tensor exists.
     fn contains(&self, name: &str) -> bool;
+    /// The kernel for Q8_0 projections built from this source (also tied output heads).
+    fn q8_kernel(&self) -> Q8Kernel {
+        Q8Kernel::Fastest
+    }
 }

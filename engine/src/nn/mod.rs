@@ -3,6 +3,7 @@
 
 mod attention;
 mod kv_cache;
+mod q8;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 pub use attention::{Rope, attend, causal_mask};
 pub use kv_cache::KvCache;
+pub use q8::Q8Matrix;
 
 use crate::Result;
 
@@ -80,44 +82,52 @@ pub trait LinearHook {
 /// A projection `y = W·x + b`, with `W` quantized or dense.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
     out_features: usize,
     in_features: usize,
 }
 
-impl Linear {
-    /// Wraps a weight of shape `[out, in]`.
-    pub fn new(
-        weight: QMatMul,
-        bias: Option<Tensor>,
-        out_features: usize,
-        in_features: usize,
-    ) -> Self {
-        Linear {
-            weight,
-            bias,
-            out_features,
-            in_features,
-        }
-    }
+#[derive(Clone, Debug)]
+enum Weight {
+    Candle(QMatMul),
+    Q8(Arc<Q8Matrix>),
+}
 
-    /// A dense f32 weight.
+/// Which CPU kernel multiplies Q8_0 weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Q8Kernel {
+    /// [`Q8Matrix`] where the CPU has AVX2 and FMA, candle's elsewhere.
+    Fastest,
+    /// Always candle's.
+    Candle,
+}
+
+impl Linear {
+    /// A dense f32 weight of shape `[out, in]`.
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
         Ok(Linear {
-            weight: QMatMul::Tensor(weight),
+            weight: Weight::Candle(QMatMul::Tensor(weight)),
             bias,
             out_features,
             in_features,
         })
     }
 
-    /// A quantized weight.
-    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+    /// A quantized weight of shape `[out, in]`.
+    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>, kernel: Q8Kernel) -> Result<Self> {
         let (out_features, in_features) = weight.shape().dims2()?;
+        let own = match kernel {
+            Q8Kernel::Fastest if Q8Matrix::supported() => Q8Matrix::from_qtensor(&weight)?,
+            _ => None,
+        };
+        let weight = match own {
+            Some(matrix) => Weight::Q8(Arc::new(matrix)),
+            None => Weight::Candle(QMatMul::from_arc(weight)?),
+        };
         Ok(Linear {
-            weight: QMatMul::from_arc(weight)?,
+            weight,
             bias,
             out_features,
             in_features,
@@ -134,14 +144,22 @@ impl Linear {
         self.in_features
     }
 
-    /// The weight as stored (quantized or dense).
-    pub fn weight(&self) -> &QMatMul {
-        &self.weight
+    /// The weight as f32 `[out, in]` (for merging adapters and for tests).
+    pub fn dequantized_weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            Weight::Candle(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
+            Weight::Candle(QMatMul::Tensor(t)) => t.clone(),
+            Weight::Candle(QMatMul::TensorF16(t)) => t.to_dtype(candle_core::DType::F32)?,
+            Weight::Q8(matrix) => matrix.dequantize(&Device::Cpu)?,
+        })
     }
 
     /// `xs` is `[tokens, in]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.weight.forward(xs)?;
+        let ys = match &self.weight {
+            Weight::Candle(weight) => weight.forward(xs)?,
+            Weight::Q8(matrix) => matrix.matmul(xs)?,
+        };
         Ok(match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
             None => ys,
@@ -218,10 +236,10 @@ impl Embedding {
     }
 
     /// The same matrix as an output projection (tied embeddings).
-    pub fn as_linear(&self) -> Result<Linear> {
+    pub fn as_linear(&self, kernel: Q8Kernel) -> Result<Linear> {
         match self {
             Embedding::Dense(table) => Linear::dense(table.clone(), None),
-            Embedding::Quantized(table) => Linear::quantized(table.clone(), None),
+            Embedding::Quantized(table) => Linear::quantized(table.clone(), None, kernel),
         }
     }
 }

@@ -255,6 +255,7 @@ pub fn options() -> LoadOptions {
         fim: FimSetting::Auto,
         prefix_cache_bytes: 64 << 20,
         prefill_chunk: 512,
+        q8_kernel: hexacoder_engine::nn::Q8Kernel::Fastest,
     }
 }
 

@@ -1,0 +1,90 @@
+use candle_core::Module;
+use candle_core::quantized::QMatMul;
+
+use super::*;
+
+fn random(n: usize, seed: u32) -> Vec<f32> {
+    // A small deterministic generator; values in [-1, 1) with some outliers.
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let v = (state as f32 / u32::MAX as f32) * 2.0 - 1.0;
+            if i % 97 == 0 { v * 8.0 } else { v }
+        })
+        .collect()
+}
+
+#[test]
+fn matches_candle_q8_0_matmul() {
+    if !Q8Matrix::supported() {
+        eprintln!("skipping: no AVX2/FMA");
+        return;
+    }
+    for &(m, k, n) in &[
+        (1, 64, 7),
+        (3, 96, 33),
+        (4, 256, 16),
+        (5, 128, 17),
+        (70, 64, 40),
+        (130, 32, 3),
+    ] {
+        let w = Tensor::from_vec(random(n * k, 1 + n as u32), (n, k), &Device::Cpu).expect("w");
+        let x = Tensor::from_vec(random(m * k, 7 + m as u32), (m, k), &Device::Cpu).expect("x");
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
+        let exact = x
+            .matmul(&q.dequantize(&Device::Cpu).expect("deq").t().expect("t"))
+            .expect("exact");
+        let ours = Q8Matrix::from_qtensor(&q)
+            .expect("layout")
+            .expect("q8_0")
+            .matmul(&x)
+            .expect("ours");
+        let candle = QMatMul::from_qtensor(q)
+            .expect("qmatmul")
+            .forward(&x)
+            .expect("candle");
+        let max_abs = |t: Tensor| {
+            t.abs()
+                .and_then(|t| t.max_all())
+                .and_then(|t| t.to_scalar::<f32>())
+                .expect("max")
+        };
+        let ours_err = max_abs((&ours - &exact).expect("sub"));
+        let candle_err = max_abs((&candle - &exact).expect("sub"));
+        let scale = max_abs(exact.clone());
+        // Only the activations are quantized (to 8 bits, with f32 scales where candle uses
+        // f16 ones), so we must be at least about as close to the exact product as candle.
+        assert!(
+            ours_err <= 1.25 * candle_err + 1e-5 * scale,
+            "m={m} k={k} n={n}: ours {ours_err} candle {candle_err}"
+        );
+        assert!(
+            ours_err <= 3e-2 * scale,
+            "m={m} k={k} n={n}: ours {ours_err} scale {scale}"
+        );
+    }
+}
+
+#[test]
+fn dequantize_round_trips_the_stored_values() {
+    let w = Tensor::from_vec(random(4 * 64, 3), (4, 64), &Device::Cpu).expect("w");
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
+    let ours = Q8Matrix::from_qtensor(&q)
+        .expect("layout")
+        .expect("q8_0")
+        .dequantize(&Device::Cpu)
+        .expect("deq");
+    let theirs = q.dequantize(&Device::Cpu).expect("deq");
+    let diff = (ours - theirs)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("f32");
+    assert_eq!(diff, 0.0);
+}
