@@ -97,8 +97,10 @@ llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
 texts = [json.loads(l)["prompt"] for l in open(sys.argv[2]) if l.strip()]
 corpus = "\n\n".join(texts * 4)
 ids = llm.tokenize(corpus.encode(), add_bos=False, special=False)
-cut = lambda n: llm.detokenize(ids[:n]).decode("utf-8", "ignore")
-print(json.dumps({"prefill": cut(1000), "ttft": cut(2000)}))
+cut = lambda a, b: llm.detokenize(ids[a:b]).decode("utf-8", "ignore")
+# The prefill prompt starts where the TTFT prompt ends, so neither engine can reuse one
+# for the other: "cold" stays cold.
+print(json.dumps({"ttft": cut(0, 2000), "prefill": cut(3000, 4000)}))
 """
     prompts = ROOT.parent / "shared" / "bench" / "codelmsec" / "codelmsec_prompts.jsonl"
     out = subprocess.run([str(python), "-c", script, str(model), str(prompts)], check=True, capture_output=True, text=True)

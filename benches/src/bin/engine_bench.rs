@@ -94,7 +94,16 @@ fn main() -> Result<()> {
     }
 
     let load_started = Instant::now();
-    let mut engine = load::load(&ModelFiles::Gguf(model.into()), &LoadOptions::cpu())?;
+    let requantize = match std::env::var("HEXACODER_REQUANTIZE").as_deref() {
+        Ok("all") => load::Requantize::AllToQ8_0,
+        Ok("keep") => load::Requantize::Keep,
+        _ => load::Requantize::LegacyToQ8_0,
+    };
+    let options = LoadOptions {
+        requantize,
+        ..LoadOptions::cpu()
+    };
+    let mut engine = load::load(&ModelFiles::Gguf(model.into()), &options)?;
     let load_s = load_started.elapsed().as_secs_f64();
     // One untimed request warms up thread pools and allocators, as the peer gets one too.
     run(&mut engine, "def warmup():", 4)?;

@@ -188,11 +188,17 @@ impl GgufFile {
                 .content
                 .tensor(&mut reader, name, device)
                 .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
-            let tensor = match requantize {
-                Requantize::LegacyToQ8_0 if is_slow_legacy(tensor.dtype()) => {
-                    QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?
+            let convert = match requantize {
+                Requantize::Keep => false,
+                Requantize::LegacyToQ8_0 => is_slow_legacy(tensor.dtype()),
+                Requantize::AllToQ8_0 => {
+                    tensor.rank() == 2 && is_quantized_not_q8_0(tensor.dtype())
                 }
-                _ => tensor,
+            };
+            let tensor = if convert {
+                QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?
+            } else {
+                tensor
             };
             tensors.insert(name.clone(), Arc::new(tensor));
         }
@@ -214,6 +220,16 @@ pub enum Requantize {
     /// kernels for Q8_0 and the k-quants but none for the legacy 4/5-bit types, whose
     /// batched (prefill) path is 50-70x slower. Q8_0 holds them almost exactly.
     LegacyToQ8_0,
+    /// Convert every quantized matrix (k-quants too) to Q8_0, so that all projections use
+    /// HexaCoder's AVX2 Q8_0 kernel. Costs memory bandwidth in decoding, saves prefill time.
+    AllToQ8_0,
+}
+
+fn is_quantized_not_q8_0(dtype: GgmlDType) -> bool {
+    !matches!(
+        dtype,
+        GgmlDType::Q8_0 | GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+    )
 }
 
 fn is_slow_legacy(dtype: GgmlDType) -> bool {

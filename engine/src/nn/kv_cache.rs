@@ -129,17 +129,26 @@ impl KvCache {
             self.head_dim,
             &self.device,
         );
-        res.reserve(len + extra)?;
-        if len > 0 {
-            for (dst, src) in res
-                .keys
-                .iter()
-                .zip(&self.keys)
-                .chain(res.values.iter().zip(&self.values))
-            {
-                dst.slice_set(&src.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
-            }
+        if len == 0 {
+            res.reserve(extra)?;
+            return Ok(res);
         }
+        // One pass per buffer: the narrowed history and a zeroed tail, concatenated.
+        let capacity = len + extra.max(1);
+        let tail = Tensor::zeros(
+            (self.n_kv_heads, capacity - len, self.head_dim),
+            DType::F32,
+            &self.device,
+        )?;
+        for (dst, src) in res
+            .keys
+            .iter_mut()
+            .zip(&self.keys)
+            .chain(res.values.iter_mut().zip(&self.values))
+        {
+            *dst = Tensor::cat(&[&src.narrow(1, 0, len)?, &tail], 1)?;
+        }
+        res.capacity = capacity;
         res.len = len;
         Ok(res)
     }
