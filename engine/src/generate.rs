@@ -158,15 +158,12 @@ impl Engine {
         let looked_up = started.elapsed();
         let logits = self.prefill(&prompt[cached..], &mut cache)?;
         let prefilled = started.elapsed();
-        self.prefix_cache
-            .insert(PREFIX_CACHE_NAMESPACE_BASE, &prompt, &cache)?;
         tracing::debug!(
             n_prompt = prompt.len(),
             cached,
             ?tokenized,
             lookup = ?(looked_up - tokenized),
             prefill = ?(prefilled - looked_up),
-            insert = ?(started.elapsed() - prefilled),
             "prompt ready"
         );
 
@@ -259,6 +256,13 @@ impl Engine {
             for (&index, row) in active.iter().zip(logits) {
                 rows[index] = row;
             }
+        }
+        // The prompt's KV state is remembered only now: the next request is the first that can
+        // use it, so the copy stays out of this one's time to first token. Every sample's
+        // cache starts with the prompt's positions, unchanged by decoding.
+        if let Some(seq) = running.last() {
+            self.prefix_cache
+                .insert(PREFIX_CACHE_NAMESPACE_BASE, &prompt, &seq.cache)?;
         }
         let samples = running
             .into_iter()

@@ -1,5 +1,6 @@
 //! GGUF v2/v3 files (llama.cpp's format): metadata, tensors, and the HF-to-GGUF name map.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
@@ -205,7 +206,7 @@ impl GgufFile {
         Ok(GgufWeights {
             path: self.path.clone(),
             q8_kernel,
-            tensors,
+            tensors: RefCell::new(tensors),
             device: device.clone(),
         })
     }
@@ -283,22 +284,25 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
 }
 
 /// The tensors of a GGUF file, in memory.
+///
+/// Projections are handed out by moving their tensor out of the map, so that a weight the
+/// kernel re-lays out is freed right away instead of living twice until loading ends.
 pub struct GgufWeights {
     path: PathBuf,
     q8_kernel: Q8Kernel,
-    tensors: HashMap<String, Arc<QTensor>>,
+    tensors: RefCell<HashMap<String, Arc<QTensor>>>,
     device: Device,
 }
 
 impl GgufWeights {
-    fn get(&self, hf_name: &str, shape: &[usize]) -> Result<&Arc<QTensor>> {
+    fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
         let name = gguf_name(hf_name).ok_or_else(|| {
             Error::invalid_model(&self.path, format!("no GGUF name for {hf_name}"))
         })?;
-        let tensor = self
-            .tensors
-            .get(&name)
-            .ok_or_else(|| Error::invalid_model(&self.path, format!("missing tensor {name}")))?;
+        let tensor =
+            self.tensors.borrow().get(&name).cloned().ok_or_else(|| {
+                Error::invalid_model(&self.path, format!("missing tensor {name}"))
+            })?;
         if tensor.shape().dims() != shape {
             return Err(Error::invalid_model(
                 &self.path,
@@ -327,9 +331,11 @@ impl WeightSource for GgufWeights {
         in_features: usize,
         bias: bool,
     ) -> Result<Linear> {
-        let weight = self
-            .get(&format!("{prefix}.weight"), &[out_features, in_features])?
-            .clone();
+        let name = format!("{prefix}.weight");
+        let weight = self.get(&name, &[out_features, in_features])?;
+        if let Some(gguf) = gguf_name(&name) {
+            self.tensors.borrow_mut().remove(&gguf);
+        }
         let bias = if bias {
             Some(self.dense(&format!("{prefix}.bias"), &[out_features])?)
         } else {
@@ -344,12 +350,12 @@ impl WeightSource for GgufWeights {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 Embedding::Dense(table.dequantize(&self.device)?.to_dtype(DType::F32)?)
             }
-            _ => Embedding::Quantized(table.clone()),
+            _ => Embedding::Quantized(table),
         })
     }
 
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|name| self.tensors.contains_key(&name))
+        gguf_name(name).is_some_and(|name| self.tensors.borrow().contains_key(&name))
     }
 
     fn q8_kernel(&self) -> Q8Kernel {
