@@ -107,7 +107,9 @@ fn main() -> Result<()> {
     let load_s = load_started.elapsed().as_secs_f64();
     // One untimed request warms up thread pools and allocators, as the peer gets one too.
     run(&mut engine, "def warmup():", 4)?;
-    // For profiling the prefix-cache path alone: one long prompt, then N distinct edits of it.
+    // For profiling the prefix-cache path alone (`HEXACODER_BENCH_WARM_LOOP=N`): one long
+    // prompt, then N distinct edits of it; `HEXACODER_BENCH_EDIT` shapes the edit (`{i}` is
+    // the iteration), default `_{i}`.
     if let Some(n) = std::env::var("HEXACODER_BENCH_WARM_LOOP")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -118,7 +120,13 @@ fn main() -> Result<()> {
             .map(|i| {
                 run(
                     &mut engine,
-                    &format!("{long}\n\ndef check_input_{i}(value):\n    return"),
+                    &format!(
+                        "{long}{}\n\ndef check_input(value):\n    return",
+                        std::env::var("HEXACODER_BENCH_EDIT")
+                            .ok()
+                            .map(|e| e.replace("{i}", &i.to_string()))
+                            .unwrap_or_else(|| format!("_{i}"))
+                    ),
                     1,
                 )
                 .map(|t| (t.ttft_s * 1e3, t.prompt_tokens - t.cached_tokens))
