@@ -279,6 +279,18 @@ impl Model {
         })
     }
 
+    /// Logits for every position of one sequence from scratch: `[tokens.len(), vocab]`
+    /// (training, scoring, and checking against references).
+    pub fn forward_all(&self, tokens: &[u32], hook: Option<&dyn LinearHook>) -> Result<Tensor> {
+        let mut cache = self.new_cache();
+        let mut seqs = [SeqInput {
+            cache: &mut cache,
+            n_tokens: tokens.len(),
+        }];
+        self.forward(tokens, &mut seqs, Outputs::All, hook)?
+            .ok_or_else(|| crate::Error::InvalidRequest("no logits for an empty sequence".into()))
+    }
+
     /// Runs `tokens`, the concatenated new tokens of `seqs`, appending to each sequence's cache.
     pub fn forward(
         &self,

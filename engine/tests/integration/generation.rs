@@ -4,7 +4,6 @@
 use candle_core::{D, IndexOp};
 use hexacoder_engine::config::Arch;
 use hexacoder_engine::fim::FimSetting;
-use hexacoder_engine::models::llama::{Outputs, SeqInput};
 use hexacoder_engine::{Engine, Error, FinishReason, GenerateRequest, Generation, SamplingParams};
 
 use crate::support::{self, Tiny};
@@ -111,19 +110,7 @@ fn logprobs_match_an_independent_full_forward_pass() {
             .copied()
             .chain(sample.tokens.iter().map(|t| t.id))
             .collect();
-        let mut cache = model.new_cache();
-        let logits = model
-            .forward(
-                &ids,
-                &mut [SeqInput {
-                    cache: &mut cache,
-                    n_tokens: ids.len(),
-                }],
-                Outputs::All,
-                None,
-            )
-            .expect("forward")
-            .expect("logits");
+        let logits = model.forward_all(&ids, None).expect("forward");
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).expect("log_softmax");
         let n_prompt = generation.prompt_tokens.len();
         for (step, token) in sample.tokens.iter().enumerate() {

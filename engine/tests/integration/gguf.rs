@@ -10,7 +10,6 @@ use hexacoder_engine::config::Arch;
 use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::gguf::gguf_name;
 use hexacoder_engine::load::{self, Requantize};
-use hexacoder_engine::models::llama::{Outputs, SeqInput};
 
 use crate::support::{self, Tiny, max_abs_diff};
 
@@ -174,19 +173,7 @@ fn unpermute(w: &Tensor, n_heads: usize) -> Tensor {
 
 fn all_logits(engine: &hexacoder_engine::Engine) -> Tensor {
     let model = engine.model();
-    let mut cache = model.new_cache();
-    model
-        .forward(
-            PROMPT,
-            &mut [SeqInput {
-                cache: &mut cache,
-                n_tokens: PROMPT.len(),
-            }],
-            Outputs::All,
-            None,
-        )
-        .expect("forward")
-        .expect("logits")
+    model.forward_all(PROMPT, None).expect("forward")
 }
 
 /// With f32 tensors the GGUF path (name map, llama's q/k permutation with interleaved RoPE)

@@ -14,19 +14,7 @@ const PROMPT: &[u32] = &[5, 17, 42, 3, 64, 90, 11, 7, 33, 2, 71, 60];
 fn ours_all_positions(tiny: Tiny) -> (tempfile::TempDir, Tensor) {
     let (dir, engine) = support::tiny_engine(tiny, 1, &support::options());
     let model = engine.model();
-    let mut cache = model.new_cache();
-    let logits = model
-        .forward(
-            PROMPT,
-            &mut [SeqInput {
-                cache: &mut cache,
-                n_tokens: PROMPT.len(),
-            }],
-            Outputs::All,
-            None,
-        )
-        .expect("forward")
-        .expect("logits");
+    let logits = model.forward_all(PROMPT, None).expect("forward");
     (dir, logits)
 }
 
