@@ -177,3 +177,47 @@ fn incremental_and_ragged_batch_match_full_forward() {
         );
     }
 }
+
+/// A checkpoint split into shards by `model.safetensors.index.json`, stored as bf16 or f16,
+/// loads and gives the f32 checkpoint's logits within half-precision rounding.
+#[test]
+fn sharded_half_precision_checkpoints_load() {
+    use std::collections::HashMap;
+
+    use hexacoder_engine::hub::ModelFiles;
+    use hexacoder_engine::load;
+
+    let tiny = Tiny::small(Arch::Qwen2);
+    let (_dir, reference) = ours_all_positions(tiny);
+    for dtype in [DType::BF16, DType::F16] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tiny.write_hf_dir(&tmp.path().join("m"), 1);
+        std::fs::remove_file(dir.join("model.safetensors")).expect("remove single file");
+        // Two shards: layers in one, everything else in the other, as HF's sharding does.
+        let weights = tiny.weights(1);
+        let (layers, rest): (HashMap<_, _>, HashMap<_, _>) = weights
+            .into_iter()
+            .partition(|(name, _)| name.starts_with("model.layers."));
+        let mut weight_map = serde_json::Map::new();
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", layers),
+            ("model-00002-of-00002.safetensors", rest),
+        ] {
+            let part: HashMap<String, Tensor> = part
+                .into_iter()
+                .map(|(name, t)| (name, t.to_dtype(dtype).expect("cast")))
+                .collect();
+            for name in part.keys() {
+                weight_map.insert(name.clone(), serde_json::json!(file));
+            }
+            candle_core::safetensors::save(&part, dir.join(file)).expect("save shard");
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).expect("index");
+        let engine = load::load(&ModelFiles::HfDir(dir), &support::options()).expect("load shards");
+        let logits = engine.model().forward_all(PROMPT, None).expect("forward");
+        let diff = max_abs_diff(&logits, &reference);
+        let scale = max_abs_diff(&reference, &reference.zeros_like().expect("zeros"));
+        assert!(diff < 0.05 * scale, "{dtype:?}: diff {diff} scale {scale}");
+    }
+}
