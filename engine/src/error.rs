@@ -60,6 +60,12 @@ pub enum Error {
         /// How many tokens too many.
         excess: usize,
     },
+    /// The request was cancelled before it finished (shutdown).
+    #[error("request cancelled")]
+    Cancelled,
+    /// The engine failed while running the request; other requests may have failed with it.
+    #[error("engine failure: {0}")]
+    Internal(String),
 }
 
 /// The engine's result type.

@@ -1,12 +1,11 @@
-//! One generation request end to end: prompt assembly, prefix-cache lookup, chunked
-//! prefill, then decoding all `n` samples together, one batched forward per step.
+//! What a generation request asks for and what it returns, and [`Engine::generate`], which
+//! runs one request alone through a [`Batch`].
 
-use std::time::{Duration, Instant};
+use std::cell::RefCell;
+use std::time::Duration;
 
-use crate::models::llama::{Outputs, SeqInput};
-use crate::nn::KvCache;
-use crate::sampling::{self, Sampler, SamplingParams};
-use crate::text::{Pushed, TextAssembler};
+use crate::batch::{Batch, BatchOptions, Event, Sink};
+use crate::sampling::SamplingParams;
 use crate::{Engine, Error, Result};
 
 /// What to generate.
@@ -27,6 +26,9 @@ pub struct GenerateRequest {
     /// Alternatives to report per token (0 for none). The chosen token's log-probability
     /// is always reported.
     pub top_logprobs: usize,
+    /// Never choose an end-of-generation token: every sample runs to `max_tokens` or a stop
+    /// string (benchmarks, load tests).
+    pub ignore_eos: bool,
 }
 
 /// Why a sample ended.
@@ -92,14 +94,24 @@ impl Generation {
 /// A streamed piece of text: sample index and new text. Returning `false` cancels.
 pub type OnDelta<'a> = dyn FnMut(usize, &str) -> bool + 'a;
 
-const PREFIX_CACHE_NAMESPACE_BASE: u64 = 0;
+pub(crate) const PREFIX_CACHE_NAMESPACE_BASE: u64 = 0;
 
-struct Running {
-    cache: KvCache,
-    sampler: Sampler,
-    text: TextAssembler,
-    tokens: Vec<GeneratedToken>,
-    finish_reason: Option<FinishReason>,
+/// Streams text to an [`OnDelta`] and keeps the final result.
+struct CallbackSink<'r, 'f> {
+    on_delta: &'r mut OnDelta<'f>,
+    result: &'r RefCell<Option<Result<Generation>>>,
+}
+
+impl Sink for CallbackSink<'_, '_> {
+    fn send(&mut self, event: Event) -> bool {
+        match event {
+            Event::Token { sample, text, .. } => text.is_empty() || (self.on_delta)(sample, &text),
+            Event::Finished(result) => {
+                *self.result.borrow_mut() = Some(result);
+                true
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -121,7 +133,8 @@ impl Engine {
         Ok(ids)
     }
 
-    /// Runs `request` to completion, streaming text through `on_delta`.
+    /// Runs `request` alone to completion, streaming text through `on_delta`. A server runs
+    /// many requests together with [`crate::Scheduler`] instead.
     ///
     /// # Errors
     /// Invalid parameters, a prompt that does not fit the context, `suffix` on a model
@@ -131,175 +144,23 @@ impl Engine {
         request: &GenerateRequest,
         on_delta: &mut OnDelta<'_>,
     ) -> Result<Generation> {
-        let started = Instant::now();
-        request.sampling.validate().map_err(Error::InvalidRequest)?;
-        if request.n == 0 {
-            return Err(Error::InvalidRequest("n must be at least 1".into()));
-        }
-        let prompt = self.prompt_tokens(&request.prompt, request.suffix.as_deref())?;
-        let tokenized = started.elapsed();
-        let context = self.model.max_positions();
-        if prompt.len() + request.max_tokens > context {
-            return Err(Error::ContextOverflow {
-                n_prompt: prompt.len(),
-                max_tokens: request.max_tokens,
-                context,
-                excess: prompt.len() + request.max_tokens - context,
+        let result = RefCell::new(None);
+        {
+            let mut batch = Batch::new(BatchOptions {
+                prefill_chunk: self.prefill_chunk,
+                interleaved_prefill_chunk: self.prefill_chunk,
             });
-        }
-        let (mut cache, cached) = match self.prefix_cache.lookup(
-            PREFIX_CACHE_NAMESPACE_BASE,
-            &prompt,
-            request.max_tokens,
-        )? {
-            Some(hit) => hit,
-            None => (self.model.new_cache(), 0),
-        };
-        let looked_up = started.elapsed();
-        let logits = self.prefill(&prompt[cached..], &mut cache)?;
-        let prefilled = started.elapsed();
-        tracing::debug!(
-            n_prompt = prompt.len(),
-            cached,
-            ?tokenized,
-            lookup = ?(looked_up - tokenized),
-            prefill = ?(prefilled - looked_up),
-            "prompt ready"
-        );
-
-        let base_seed = request.sampling.seed.unwrap_or_else(rand::random);
-        let mut running = Vec::with_capacity(request.n);
-        for index in 0..request.n {
-            let cache = if index + 1 == request.n {
-                std::mem::replace(&mut cache, self.model.new_cache())
-            } else {
-                cache.fork(cache.len(), request.max_tokens)?
+            let sink = CallbackSink {
+                on_delta,
+                result: &result,
             };
-            running.push(Running {
-                cache,
-                sampler: Sampler::new(&request.sampling, base_seed, index),
-                text: TextAssembler::new(&request.stop),
-                tokens: Vec::new(),
-                finish_reason: (request.max_tokens == 0).then_some(FinishReason::Length),
-            });
-        }
-        let mut rows: Vec<Vec<f32>> = vec![logits; request.n];
-        let mut time_to_first_token = None;
-        loop {
-            let mut cancelled = false;
-            for (index, (seq, logits)) in running.iter_mut().zip(&rows).enumerate() {
-                if seq.finish_reason.is_some() {
-                    continue;
-                }
-                let id = seq.sampler.sample(logits);
-                let lse = sampling::log_sum_exp(logits);
-                seq.tokens.push(GeneratedToken {
-                    id,
-                    logprob: logits[id as usize] - lse,
-                    top: sampling::top_logprobs(logits, lse, request.top_logprobs),
-                });
-                let delta = if self.tokenizer.is_end_of_generation(id) {
-                    seq.finish_reason = Some(FinishReason::EndOfGeneration);
-                    seq.text.finish()
-                } else {
-                    match seq.text.push(self.tokenizer.token_bytes(id)) {
-                        Pushed::Stopped(delta) => {
-                            seq.finish_reason = Some(FinishReason::Stop);
-                            delta
-                        }
-                        Pushed::Delta(delta) if seq.tokens.len() >= request.max_tokens => {
-                            seq.finish_reason = Some(FinishReason::Length);
-                            delta + &seq.text.finish()
-                        }
-                        Pushed::Delta(delta) => delta,
-                    }
-                };
-                if !delta.is_empty() && !on_delta(index, &delta) {
-                    cancelled = true;
-                }
-            }
-            time_to_first_token.get_or_insert_with(|| started.elapsed());
-            if cancelled {
-                for seq in running.iter_mut().filter(|s| s.finish_reason.is_none()) {
-                    seq.finish_reason = Some(FinishReason::Cancelled);
-                }
-            }
-            let active: Vec<usize> = (0..running.len())
-                .filter(|&i| running[i].finish_reason.is_none())
-                .collect();
-            if active.is_empty() {
-                break;
-            }
-            let tokens: Vec<u32> = active
-                .iter()
-                .map(|&i| {
-                    running[i]
-                        .tokens
-                        .last()
-                        .map(|t| t.id)
-                        .expect("one token sampled")
-                })
-                .collect();
-            let mut seqs: Vec<SeqInput<'_>> = running
-                .iter_mut()
-                .filter(|s| s.finish_reason.is_none())
-                .map(|s| SeqInput {
-                    cache: &mut s.cache,
-                    n_tokens: 1,
-                })
-                .collect();
-            let logits = self
-                .model
-                .forward(&tokens, &mut seqs, Outputs::LastOfEachSeq, None)?
-                .expect("logits asked for");
-            let logits = logits.to_vec2::<f32>()?;
-            for (&index, row) in active.iter().zip(logits) {
-                rows[index] = row;
+            batch.add(self, request.clone(), Box::new(sink));
+            while !batch.is_empty() {
+                batch.step(self)?;
             }
         }
-        // The prompt's KV state is remembered only now: the next request is the first that can
-        // use it, so the copy stays out of this one's time to first token. Every sample's
-        // cache starts with the prompt's positions, unchanged by decoding.
-        if let Some(seq) = running.last() {
-            self.prefix_cache
-                .insert(PREFIX_CACHE_NAMESPACE_BASE, &prompt, &seq.cache)?;
-        }
-        let samples = running
-            .into_iter()
-            .map(|seq| Sample {
-                text: seq.text.text().to_string(),
-                cumulative_logprob: seq.tokens.iter().map(|t| t.logprob as f64).sum(),
-                tokens: seq.tokens,
-                finish_reason: seq.finish_reason.unwrap_or(FinishReason::Length),
-            })
-            .collect();
-        Ok(Generation {
-            samples,
-            prompt_tokens: prompt,
-            cached_prompt_tokens: cached,
-            time_to_first_token: time_to_first_token.unwrap_or_default(),
-            elapsed: started.elapsed(),
-        })
-    }
-
-    /// Runs `tokens` through the model in chunks, appending to `cache`; returns the logits of
-    /// the last one.
-    fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let mut logits = None;
-        let chunks: Vec<&[u32]> = tokens.chunks(self.prefill_chunk).collect();
-        for (idx, chunk) in chunks.iter().enumerate() {
-            let outputs = if idx + 1 == chunks.len() {
-                Outputs::LastOfEachSeq
-            } else {
-                Outputs::None
-            };
-            let mut seqs = [SeqInput {
-                cache: &mut *cache,
-                n_tokens: chunk.len(),
-            }];
-            logits = self.model.forward(chunk, &mut seqs, outputs, None)?;
-        }
-        let logits = logits.ok_or_else(|| Error::InvalidRequest("nothing to prefill".into()))?;
-        Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+        result
+            .into_inner()
+            .ok_or_else(|| Error::InvalidRequest("request ended without a result".into()))?
     }
 }

@@ -1,7 +1,9 @@
 //! HexaCoder's inference engine: decoder-only code models on candle.
 //!
 //! The type to read first is [`Engine`]: a loaded model with its tokenizer, fill-in-the-middle
-//! template and prefix cache, and [`Engine::generate`], which runs one request. Models are
+//! template and prefix cache, and [`Engine::generate`], which runs one request. A server runs
+//! many at once through a [`Scheduler`], which owns the engine on its own thread and steps a
+//! continuous [`batch::Batch`]. Models are
 //! loaded with [`load::load`] from files that [`hub::resolve`] finds (a GGUF file, an HF
 //! directory, or a hub id).
 //!
@@ -23,20 +25,24 @@ mod prefix_cache;
 mod sampling;
 mod text;
 
+pub mod batch;
 pub mod config;
 pub mod fim;
 pub mod hub;
 pub mod load;
 pub mod models;
 pub mod nn;
+pub mod scheduler;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateRequest, GeneratedToken, Generation, OnDelta, Sample};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};
 pub use sampling::SamplingParams;
+pub use scheduler::{Rejected, Scheduler, SchedulerOptions, SchedulerStats};
 
 use fim::FimTemplate;
 use models::llama::Model;
@@ -45,7 +51,7 @@ use tokenizer::Tokenizer;
 /// A loaded model, ready to generate.
 pub struct Engine {
     model: Model,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     fim: Option<FimTemplate>,
     chat_template: Option<String>,
     name: String,
@@ -70,7 +76,7 @@ impl Engine {
     ) -> Self {
         Engine {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             fim,
             chat_template,
             name,
@@ -88,6 +94,11 @@ impl Engine {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The tokenizer, to share with threads that prepare requests.
+    pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
+        Arc::clone(&self.tokenizer)
     }
 
     /// The FIM template, if the model has one.

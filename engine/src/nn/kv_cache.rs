@@ -35,6 +35,11 @@ impl KvCache {
         .with_layers(n_layers)
     }
 
+    /// A cache with no layers, standing in for one that was moved out or never needed.
+    pub fn empty() -> Self {
+        KvCache::new(0, 0, 0, &Device::Cpu)
+    }
+
     fn with_layers(mut self, n_layers: usize) -> Self {
         // Zero-capacity placeholders; real buffers are made by the first `reserve`.
         self.keys =

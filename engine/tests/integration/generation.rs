@@ -17,6 +17,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         n: 1,
         stop: vec![],
         top_logprobs: 0,
+        ignore_eos: false,
     }
 }
 
@@ -99,6 +100,7 @@ fn logprobs_match_an_independent_full_forward_pass() {
     let req = GenerateRequest {
         n: 2,
         top_logprobs: 5,
+        ignore_eos: false,
         ..request("ret in", 16, sampled(3))
     };
     let generation = run(&mut engine, &req);

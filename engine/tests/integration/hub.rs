@@ -53,6 +53,7 @@ fn hub_id_resolves_offline_from_the_cache_and_loads() {
         n: 1,
         stop: vec![],
         top_logprobs: 0,
+        ignore_eos: false,
     };
     assert!(
         !engine

@@ -5,5 +5,6 @@ mod gguf;
 mod hub;
 mod parity;
 mod real_model;
+mod scheduler;
 mod support;
 mod tokenizer;
