@@ -178,7 +178,11 @@ impl<'a> Batch<'a> {
         if request.n == 0 {
             return Err(Error::InvalidRequest("n must be at least 1".into()));
         }
-        let prompt = engine.prompt_tokens(&request.prompt, request.suffix.as_deref())?;
+        let prompt = engine.prompt_tokens(
+            &request.prompt,
+            request.suffix.as_deref(),
+            &request.context_files,
+        )?;
         let context = engine.model.max_positions();
         if prompt.len() + request.max_tokens > context {
             return Err(Error::ContextOverflow {

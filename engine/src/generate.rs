@@ -26,10 +26,26 @@ pub struct GenerateRequest {
     /// Alternatives to report per token (0 for none). The chosen token's log-probability
     /// is always reported.
     pub top_logprobs: usize,
+    /// Other files shown to the model before the prompt (repository-level context), most
+    /// relevant last.
+    pub context_files: Vec<ContextFile>,
     /// Never choose an end-of-generation token: every sample runs to `max_tokens` or a stop
     /// string (benchmarks, load tests).
     pub ignore_eos: bool,
 }
+
+/// A file given as context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextFile {
+    /// Its path or name, as the model should see it.
+    pub name: String,
+    /// Its contents (or an excerpt).
+    pub text: String,
+}
+
+/// Repository-level tokens of Qwen2.5-Coder (and StarCoder2): files follow `<|file_sep|>`.
+const FILE_SEPARATOR: &str = "<|file_sep|>";
+const REPO_NAME: &str = "<|repo_name|>";
 
 /// Why a sample ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,9 +131,41 @@ impl Sink for CallbackSink<'_, '_> {
 }
 
 impl Engine {
-    /// The token ids the model sees for `prompt` (and `suffix`, as fill-in-the-middle).
-    pub fn prompt_tokens(&self, prompt: &str, suffix: Option<&str>) -> Result<Vec<u32>> {
+    /// The token ids the model sees for `prompt` (and `suffix`, as fill-in-the-middle),
+    /// after `context_files`.
+    ///
+    /// With the repository tokens, each file is `<|file_sep|>name\ntext` and the current file
+    /// gets its own separator; without them the files' text simply precedes the prompt. File
+    /// text is encoded with special tokens disabled, so it cannot forge the template.
+    pub fn prompt_tokens(
+        &self,
+        prompt: &str,
+        suffix: Option<&str>,
+        context_files: &[ContextFile],
+    ) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self.tokenizer.bos_to_add().into_iter().collect();
+        if !context_files.is_empty() {
+            match self.tokenizer.token_id(FILE_SEPARATOR) {
+                Some(separator) => {
+                    if let Some(repo) = self.tokenizer.token_id(REPO_NAME) {
+                        ids.push(repo);
+                        ids.extend(self.tokenizer.encode_plain("workspace\n")?);
+                    }
+                    for file in context_files {
+                        ids.push(separator);
+                        let text = format!("{}\n{}\n", file.name, file.text);
+                        ids.extend(self.tokenizer.encode_plain(&text)?);
+                    }
+                    ids.push(separator);
+                    ids.extend(self.tokenizer.encode_plain("current\n")?);
+                }
+                None => {
+                    for file in context_files {
+                        ids.extend(self.tokenizer.encode_plain(&format!("{}\n", file.text))?);
+                    }
+                }
+            }
+        }
         match suffix {
             Some(suffix) => {
                 let fim = self.fim.as_ref().ok_or(Error::NoFim)?;

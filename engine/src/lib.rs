@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{Error, Result};
-pub use generate::{FinishReason, GenerateRequest, GeneratedToken, Generation, OnDelta, Sample};
+pub use generate::{
+    ContextFile, FinishReason, GenerateRequest, GeneratedToken, Generation, OnDelta, Sample,
+};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};
 pub use sampling::SamplingParams;
 pub use scheduler::{Rejected, Scheduler, SchedulerOptions, SchedulerStats};

@@ -287,6 +287,11 @@ impl Tokenizer {
         self.special.contains(&id)
     }
 
+    /// The model's BOS token, whether or not prompts start with it (chat templates use it).
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
     /// The BOS token to prepend to prompts, if the model wants one.
     pub fn bos_to_add(&self) -> Option<u32> {
         if self.add_bos { self.bos } else { None }

@@ -16,6 +16,13 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the OpenAI-compatible HTTP API (plus llama.cpp's `/infill`).
+    ///
+    /// Every option can also come from an environment variable (shown below) or from the TOML
+    /// file given by `--config`, whose keys are the long option names (`port = 9000`,
+    /// `max-concurrent = 4`). Precedence: command line, then environment, then file, then
+    /// the default.
+    Serve(Box<ServeArgs>),
     /// Generate one completion and print it to stdout.
     Generate(Box<GenerateArgs>),
     /// Download, verify and cache catalogue models (default: the default model).
@@ -97,6 +104,63 @@ pub struct GenerateArgs {
     /// With `--json`: alternatives to report per token.
     #[arg(long, default_value_t = 0)]
     pub logprobs: usize,
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model selection and loading.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A TOML file with defaults for any of these options (keys are long option names).
+    #[arg(long, env = "HEXACODER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on. Keep the loopback default unless an API key is set.
+    #[arg(long, env = "HEXACODER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the address is printed on the first line).
+    #[arg(long, env = "HEXACODER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// The model name clients send in `model` (default: the `--model` value).
+    #[arg(long, env = "HEXACODER_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on every route except `/health`.
+    #[arg(long, env = "HEXACODER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Read the API key from this file (first line) instead.
+    #[arg(long, env = "HEXACODER_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+    /// Requests generated together at most (their decode steps are batched).
+    #[arg(long, env = "HEXACODER_MAX_CONCURRENT", default_value_t = 8)]
+    pub max_concurrent: usize,
+    /// Requests waiting for a place at most; beyond that the server answers 429.
+    #[arg(long, env = "HEXACODER_MAX_QUEUE", default_value_t = 32)]
+    pub max_queue: usize,
+    /// Seconds a request may take in all before it is cancelled (0: no limit).
+    #[arg(long, env = "HEXACODER_REQUEST_TIMEOUT", default_value_t = 300)]
+    pub request_timeout: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C before they are
+    /// cancelled.
+    #[arg(long, env = "HEXACODER_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "HEXACODER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Prompt tokens per forward pass while no other request is decoding.
+    #[arg(long, env = "HEXACODER_PREFILL_CHUNK", default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Prompt tokens per forward pass while other requests decode: smaller keeps their
+    /// inter-token latency low, larger gets new requests to their first token sooner.
+    #[arg(
+        long,
+        env = "HEXACODER_INTERLEAVED_PREFILL_CHUNK",
+        default_value_t = 64
+    )]
+    pub interleaved_prefill_chunk: usize,
+    /// Log format on stderr: `text` or `json` (one object per line). Verbosity comes from
+    /// `HEXACODER_LOG` (e.g. `info`, `hexacoder_server=debug`).
+    #[arg(long, env = "HEXACODER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// `fetch` options.

@@ -33,6 +33,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         n: args.n,
         stop: args.stop.clone(),
         top_logprobs: args.logprobs,
+        context_files: vec![],
         ignore_eos: false,
     };
     // Bad sampling values are reported before the model is fetched or loaded.

@@ -1,10 +1,14 @@
-//! `hexacoder-server`: the command line over the engine.
+//! `hexacoder-server`: the OpenAI-compatible HTTP server and the command line over the engine.
 //!
-//! Today it offers `generate` (one completion from the terminal) and `fetch` (download a
-//! catalogue model). The HTTP API (`serve`) lands on top of the same pieces: [`cli`] defines
-//! the options once, [`model_source`] turns `--model` into files, and [`generate`] maps CLI
-//! options to an `engine::GenerateRequest`.
+//! [`cli`] defines every option once and [`config`] merges environment and TOML file under
+//! it; [`model_source`] turns `--model` into a loaded engine; [`serve`] starts the engine's
+//! scheduler and the [`http`] API over it; [`generate`] is the one-off terminal mode.
 
+pub mod chat_template;
 pub mod cli;
+pub mod config;
 pub mod generate;
+pub mod http;
+pub mod metrics;
 pub mod model_source;
+pub mod serve;

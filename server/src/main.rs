@@ -1,20 +1,34 @@
-//! Run with: `hexacoder-server generate --model smollm2-135m --prompt 'def fibonacci(n):'`
+//! Run with: `hexacoder-server serve` (HTTP API) or
+//! `hexacoder-server generate --model smollm2-135m --prompt 'def fibonacci(n):'`.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use hexacoder_server::cli::{Cli, Command, FetchArgs};
+use hexacoder_server::cli::{Command, FetchArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEXACODER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = match hexacoder_server::config::parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (default_level, json) = match &cli.command {
+        Command::Serve(args) => ("info", args.log_format == "json"),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEXACODER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match &cli.command {
+        Command::Serve(args) => hexacoder_server::serve::run(args),
         Command::Generate(args) => hexacoder_server::generate::run(args),
         Command::Fetch(args) => fetch(args),
     };

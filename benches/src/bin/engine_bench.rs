@@ -31,6 +31,7 @@ fn run(engine: &mut Engine, prompt: &str, max_tokens: usize) -> Result<Timing> {
         n: 1,
         stop: vec![],
         top_logprobs: 0,
+        context_files: vec![],
         ignore_eos: false,
     };
     let started = Instant::now();

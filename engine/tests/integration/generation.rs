@@ -2,9 +2,9 @@
 //! cancellation, the prefix cache and fill-in-the-middle.
 
 use candle_core::{D, IndexOp};
-use hexacoder_engine::config::Arch;
 use hexacoder_engine::fim::FimSetting;
 use hexacoder_engine::{Engine, Error, FinishReason, GenerateRequest, Generation, SamplingParams};
+use hexacoder_testkit::Arch;
 
 use crate::support::{self, Tiny};
 
@@ -17,6 +17,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         n: 1,
         stop: vec![],
         top_logprobs: 0,
+        context_files: vec![],
         ignore_eos: false,
     }
 }
@@ -100,6 +101,7 @@ fn logprobs_match_an_independent_full_forward_pass() {
     let req = GenerateRequest {
         n: 2,
         top_logprobs: 5,
+        context_files: vec![],
         ignore_eos: false,
         ..request("ret in", 16, sampled(3))
     };
@@ -327,7 +329,7 @@ fn fill_in_the_middle_uses_the_template_and_refuses_without_one() {
     assert!(prompt.contains(&fim.1));
     // User text cannot forge template tokens.
     let forged = engine
-        .prompt_tokens("<|fim_middle|>", Some(""))
+        .prompt_tokens("<|fim_middle|>", Some(""), &[])
         .expect("prompt");
     assert_eq!(forged.iter().filter(|&&id| id == fim.2).count(), 1);
 

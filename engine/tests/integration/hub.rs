@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use hexacoder_engine::config::Arch;
 use hexacoder_engine::hub::{self, HubOptions, ModelFiles};
 use hexacoder_engine::{GenerateRequest, SamplingParams, load};
+use hexacoder_testkit::Arch;
 
 use crate::support::{self, Tiny};
 
@@ -53,6 +53,7 @@ fn hub_id_resolves_offline_from_the_cache_and_loads() {
         n: 1,
         stop: vec![],
         top_logprobs: 0,
+        context_files: vec![],
         ignore_eos: false,
     };
     assert!(

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::VarBuilder;
-use hexacoder_engine::config::Arch;
 use hexacoder_engine::models::llama::{Outputs, SeqInput};
+use hexacoder_testkit::Arch;
 
 use crate::support::{self, Tiny, max_abs_diff};
 

@@ -15,6 +15,7 @@ fn greedy(prompt: &str, suffix: Option<&str>, max_tokens: usize) -> GenerateRequ
         n: 1,
         stop: vec![],
         top_logprobs: 3,
+        context_files: vec![],
         ignore_eos: false,
     }
 }

@@ -7,11 +7,11 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use hexacoder_engine::batch::{BatchOptions, Event, Sink};
-use hexacoder_engine::config::Arch;
 use hexacoder_engine::{
     FinishReason, GenerateRequest, Generation, Rejected, SamplingParams, Scheduler,
     SchedulerOptions, SchedulerStats,
 };
+use hexacoder_testkit::Arch;
 
 use crate::support::{self, Tiny};
 
@@ -24,6 +24,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         n: 1,
         stop: vec![],
         top_logprobs: 0,
+        context_files: vec![],
         ignore_eos: false,
     }
 }

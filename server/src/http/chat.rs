@@ -1,0 +1,358 @@
+//! `POST /v1/chat/completions`: messages rendered with the model's chat template, then
+//! generated like a completion.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use hexacoder_engine::GenerateRequest;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::completions::{Usage, token_string};
+use super::error::{ApiError, ApiJson};
+use super::params::{self, Extension, OneOrMany, StreamOptions};
+use super::run::{Run, RunEvent, openai_finish_reason};
+use super::{AppState, response_id, sse, unix_now};
+use crate::chat_template::Message;
+
+/// Reply length when the request sets none, clamped to what the context leaves.
+const DEFAULT_MAX_TOKENS: usize = 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<WireMessage>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub hexacoder: Option<Extension>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "expected a string or an array of content parts")]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
+fn messages(wire: Vec<WireMessage>) -> Result<Vec<Message>, ApiError> {
+    if wire.is_empty() {
+        return Err(ApiError::bad_param(
+            "messages",
+            "`messages` must not be empty.",
+        ));
+    }
+    wire.into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(ApiError::bad_param(
+                    &format!("messages[{i}].role"),
+                    format!(
+                        "Unknown role {:?}; expected one of {}.",
+                        m.role,
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(text)) => text,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::bad_param(
+                                    &format!("messages[{i}].content[{j}]"),
+                                    format!("Only text content parts are supported, got {kind:?}."),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(Message {
+                role: m.role,
+                content,
+            })
+        })
+        .collect()
+}
+
+struct Plan {
+    request: GenerateRequest,
+    top_logprobs: Option<usize>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_param(
+            "tools",
+            "Tool calling is not supported by this server.",
+        ));
+    }
+    params::unsupported_zero("presence_penalty", req.presence_penalty)?;
+    params::unsupported_zero("frequency_penalty", req.frequency_penalty)?;
+    let messages = messages(req.messages)?;
+    let card = &state.model;
+    let prompt = card
+        .chat_template
+        .render(&messages, &card.tokenizer)
+        .map_err(|err| {
+            ApiError::bad_param("messages", format!("The chat template failed: {err}"))
+        })?;
+    let n = params::n(req.n)?;
+    let top_logprobs = match req.logprobs {
+        Some(true) => Some(params::top_logprobs("top_logprobs", req.top_logprobs)?),
+        _ if req.top_logprobs.is_some_and(|k| k > 0) => {
+            return Err(ApiError::bad_param(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`.",
+            ));
+        }
+        _ => None,
+    };
+    let extension = req.hexacoder.unwrap_or_default();
+    let sampling = params::sampling(
+        req.temperature,
+        req.top_p,
+        extension.top_k.map(|k| k as i64),
+        req.seed,
+    )?;
+    let prompt_len = card
+        .tokenizer
+        .encode(&prompt)
+        .map_err(|err| ApiError::bad_param("messages", err.to_string()))?
+        .len();
+    let default_max = DEFAULT_MAX_TOKENS.min(card.context_length.saturating_sub(prompt_len + 1));
+    let (param, value) = match req.max_completion_tokens {
+        Some(v) => ("max_completion_tokens", Some(v)),
+        None => ("max_tokens", req.max_tokens),
+    };
+    let max_tokens = params::max_tokens(param, value, default_max, card.context_length)?;
+    let mut stop = params::stop(req.stop)?;
+    stop.extend(card.chat_template.extra_stops());
+    let _ = req.user;
+    Ok(Plan {
+        request: GenerateRequest {
+            prompt,
+            suffix: None,
+            max_tokens,
+            sampling,
+            n,
+            stop,
+            top_logprobs: top_logprobs.unwrap_or(0),
+            context_files: extension.context_files(),
+            ignore_eos: extension.ignore_eos,
+        },
+        top_logprobs,
+        stream: req.stream.unwrap_or(false),
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let plan = plan(&state, req)?;
+    let run = Run::start(&state, "/v1/chat/completions", vec![plan.request.clone()])?;
+    let id = response_id("chatcmpl");
+    let created = unix_now();
+    if plan.stream {
+        let translate = StreamTranslate {
+            state: Arc::clone(&state),
+            id,
+            created,
+            plan,
+            started: HashSet::new(),
+            usage: Usage::default(),
+        };
+        return Ok(sse::response(run, translate));
+    }
+    let generations = run.collect().await?;
+    let mut usage = Usage::default();
+    let mut choices = Vec::new();
+    for generation in &generations {
+        usage.add(generation);
+        for (index, sample) in generation.samples.iter().enumerate() {
+            let logprobs = plan.top_logprobs.map(|_| {
+                json!({"content": sample.tokens.iter().map(|t| token_logprob(&state, t)).collect::<Vec<_>>()})
+            });
+            choices.push(json!({
+                "index": index,
+                "message": {"role": "assistant", "content": sample.text},
+                "logprobs": logprobs,
+                "finish_reason": openai_finish_reason(sample.finish_reason),
+            }));
+        }
+    }
+    Ok(axum::Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": state.model.id,
+        "choices": choices,
+        "usage": usage.json(),
+        "system_fingerprint": Value::Null,
+        "hexacoder": usage.extension(),
+    }))
+    .into_response())
+}
+
+fn token_logprob(state: &AppState, token: &hexacoder_engine::GeneratedToken) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let text = token_string(&state.model.tokenizer, id);
+        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+    };
+    let mut value = entry(token.id, token.logprob);
+    value["top_logprobs"] = token.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+    value
+}
+
+struct StreamTranslate {
+    state: Arc<AppState>,
+    id: String,
+    created: u64,
+    plan: Plan,
+    /// Choices whose role chunk was sent.
+    started: HashSet<usize>,
+    usage: Usage,
+}
+
+impl StreamTranslate {
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.state.model.id,
+            "choices": choices,
+        })
+    }
+
+    fn role_chunk(&mut self, index: usize, out: &mut Vec<Value>) {
+        if self.started.insert(index) {
+            out.push(self.chunk(vec![json!({
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": null,
+                "finish_reason": null,
+            })]));
+        }
+    }
+}
+
+impl sse::Translate for StreamTranslate {
+    fn event(&mut self, event: RunEvent) -> Vec<Value> {
+        let mut out = Vec::new();
+        match event {
+            RunEvent::Token {
+                sample,
+                token,
+                text,
+                finish_reason,
+                ..
+            } => {
+                self.role_chunk(sample, &mut out);
+                if text.is_empty() && finish_reason.is_none() && self.plan.top_logprobs.is_none() {
+                    return out;
+                }
+                let logprobs = self
+                    .plan
+                    .top_logprobs
+                    .map(|_| json!({"content": [token_logprob(&self.state, &token)]}));
+                let delta = if text.is_empty() {
+                    json!({})
+                } else {
+                    json!({"content": text})
+                };
+                out.push(self.chunk(vec![json!({
+                    "index": sample,
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason.map(openai_finish_reason),
+                })]));
+            }
+            RunEvent::Finished { generation, .. } => {
+                self.usage.add(&generation);
+                for (index, s) in generation.samples.iter().enumerate() {
+                    if s.tokens.is_empty() {
+                        self.role_chunk(index, &mut out);
+                        out.push(self.chunk(vec![json!({
+                            "index": index,
+                            "delta": {},
+                            "logprobs": null,
+                            "finish_reason": openai_finish_reason(s.finish_reason),
+                        })]));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn end(&mut self) -> Vec<Value> {
+        if !self.plan.include_usage {
+            return Vec::new();
+        }
+        let mut chunk = self.chunk(Vec::new());
+        chunk["usage"] = self.usage.json();
+        chunk["hexacoder"] = self.usage.extension();
+        vec![chunk]
+    }
+}

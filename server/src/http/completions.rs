@@ -1,0 +1,377 @@
+//! `POST /v1/completions`: OpenAI's legacy completions, with `suffix` for fill-in-the-middle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use hexacoder_engine::tokenizer::Tokenizer;
+use hexacoder_engine::{GenerateRequest, GeneratedToken, Generation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiJson};
+use super::params::{self, Extension, OneOrMany, StreamOptions};
+use super::run::{Run, RunEvent, openai_finish_reason};
+use super::{AppState, response_id, sse, unix_now};
+
+/// OpenAI's default for this route.
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: OneOrMany,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub echo: Option<bool>,
+    #[serde(default)]
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub best_of: Option<i64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub logit_bias: Option<HashMap<String, f64>>,
+    #[serde(default)]
+    pub hexacoder: Option<Extension>,
+}
+
+struct Plan {
+    prompts: Vec<String>,
+    requests: Vec<GenerateRequest>,
+    n: usize,
+    logprobs: Option<usize>,
+    echo: bool,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let prompts = req.prompt.into_vec();
+    if prompts.is_empty() {
+        return Err(ApiError::bad_param(
+            "prompt",
+            "`prompt` must not be an empty array.",
+        ));
+    }
+    let n = params::n(req.n)?;
+    if let Some(best_of) = req.best_of
+        && best_of != n as i64
+    {
+        return Err(ApiError::bad_param(
+            "best_of",
+            "`best_of` other than `n` is not supported; leave it out.",
+        ));
+    }
+    params::unsupported_zero("presence_penalty", req.presence_penalty)?;
+    params::unsupported_zero("frequency_penalty", req.frequency_penalty)?;
+    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::bad_param(
+            "logit_bias",
+            "`logit_bias` is not supported by this server.",
+        ));
+    }
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) => Some(params::top_logprobs("logprobs", Some(k))?),
+    };
+    let echo = req.echo.unwrap_or(false);
+    if echo && logprobs.is_some() {
+        return Err(ApiError::bad_param(
+            "echo",
+            "`echo` together with `logprobs` (prompt log-probabilities) is not supported.",
+        ));
+    }
+    if echo && req.suffix.is_some() {
+        return Err(ApiError::bad_param(
+            "echo",
+            "`echo` cannot be combined with `suffix`.",
+        ));
+    }
+    if req.suffix.is_some() && !state.model.has_fim {
+        return Err(hexacoder_engine::Error::NoFim.into());
+    }
+    let extension = req.hexacoder.unwrap_or_default();
+    let top_k = extension.top_k.map(|k| k as i64);
+    let sampling = params::sampling(req.temperature, req.top_p, top_k, req.seed)?;
+    let max_tokens = params::max_tokens(
+        "max_tokens",
+        req.max_tokens,
+        DEFAULT_MAX_TOKENS,
+        state.model.context_length,
+    )?;
+    let stop = params::stop(req.stop)?;
+    let _ = req.user;
+    let requests = prompts
+        .iter()
+        .map(|prompt| GenerateRequest {
+            prompt: prompt.clone(),
+            suffix: req.suffix.clone(),
+            max_tokens,
+            sampling: sampling.clone(),
+            n,
+            stop: stop.clone(),
+            top_logprobs: logprobs.unwrap_or(0),
+            context_files: extension.context_files(),
+            ignore_eos: extension.ignore_eos,
+        })
+        .collect();
+    let stream = req.stream.unwrap_or(false);
+    Ok(Plan {
+        prompts,
+        requests,
+        n,
+        logprobs,
+        echo,
+        stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let plan = plan(&state, req)?;
+    let run = Run::start(&state, "/v1/completions", plan.requests.clone())?;
+    let id = response_id("cmpl");
+    let created = unix_now();
+    if plan.stream {
+        let translate = StreamTranslate {
+            state: Arc::clone(&state),
+            id,
+            created,
+            plan,
+            offsets: HashMap::new(),
+            pending_tokens: HashMap::new(),
+            usage: Usage::default(),
+            echoed: false,
+        };
+        return Ok(sse::response(run, translate));
+    }
+    let generations = run.collect().await?;
+    let mut choices = Vec::new();
+    let mut usage = Usage::default();
+    for (p, (generation, prompt)) in generations.iter().zip(&plan.prompts).enumerate() {
+        usage.add(generation);
+        for (s, sample) in generation.samples.iter().enumerate() {
+            let prefix = if plan.echo { prompt.as_str() } else { "" };
+            let logprobs = plan.logprobs.map(|_| {
+                let mut offset = prefix.len();
+                logprobs_json(&state.model.tokenizer, &sample.tokens, &mut offset)
+            });
+            choices.push(json!({
+                "index": p * plan.n + s,
+                "text": format!("{prefix}{}", sample.text),
+                "logprobs": logprobs,
+                "finish_reason": openai_finish_reason(sample.finish_reason),
+            }));
+        }
+    }
+    Ok(axum::Json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": state.model.id,
+        "choices": choices,
+        "usage": usage.json(),
+        "system_fingerprint": Value::Null,
+        "hexacoder": usage.extension(),
+    }))
+    .into_response())
+}
+
+/// Token counts and timings summed over a request's prompts.
+#[derive(Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+    pub ttft_ms: f64,
+    pub elapsed_ms: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, generation: &Generation) {
+        self.prompt_tokens += generation.prompt_tokens.len();
+        self.completion_tokens += generation.completion_tokens();
+        self.cached_tokens += generation.cached_prompt_tokens;
+        self.ttft_ms = self
+            .ttft_ms
+            .max(generation.time_to_first_token.as_secs_f64() * 1e3);
+        self.elapsed_ms = self.elapsed_ms.max(generation.elapsed.as_secs_f64() * 1e3);
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
+
+    /// The `hexacoder` object of a response.
+    pub fn extension(&self) -> Value {
+        json!({
+            "cached_prompt_tokens": self.cached_tokens,
+            "time_to_first_token_ms": self.ttft_ms,
+            "elapsed_ms": self.elapsed_ms,
+        })
+    }
+}
+
+/// How a token is shown in logprobs: its text, or its name for control tokens.
+pub fn token_string(tokenizer: &Tokenizer, id: u32) -> String {
+    if tokenizer.is_special(id) {
+        return tokenizer.token_text(id).unwrap_or_default();
+    }
+    String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
+}
+
+/// OpenAI's legacy logprobs object; `offset` is the text offset of the first token.
+fn logprobs_json(tokenizer: &Tokenizer, tokens: &[GeneratedToken], offset: &mut usize) -> Value {
+    let mut strings = Vec::with_capacity(tokens.len());
+    let mut logprobs = Vec::with_capacity(tokens.len());
+    let mut tops = Vec::with_capacity(tokens.len());
+    let mut offsets = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        let text = token_string(tokenizer, token.id);
+        offsets.push(*offset);
+        *offset += text.len();
+        strings.push(text);
+        logprobs.push(token.logprob);
+        let top: serde_json::Map<String, Value> = token
+            .top
+            .iter()
+            .map(|&(id, lp)| (token_string(tokenizer, id), json!(lp)))
+            .collect();
+        tops.push(Value::Object(top));
+    }
+    json!({
+        "tokens": strings,
+        "token_logprobs": logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    })
+}
+
+struct StreamTranslate {
+    state: Arc<AppState>,
+    id: String,
+    created: u64,
+    plan: Plan,
+    /// Text offset per choice, for logprobs.
+    offsets: HashMap<usize, usize>,
+    /// Tokens whose text is still held back, per choice.
+    pending_tokens: HashMap<usize, Vec<GeneratedToken>>,
+    usage: Usage,
+    echoed: bool,
+}
+
+impl StreamTranslate {
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.state.model.id,
+            "choices": choices,
+        })
+    }
+}
+
+impl sse::Translate for StreamTranslate {
+    fn event(&mut self, event: RunEvent) -> Vec<Value> {
+        let mut out = Vec::new();
+        if !self.echoed {
+            self.echoed = true;
+            if self.plan.echo {
+                let choices = (0..self.plan.prompts.len() * self.plan.n)
+                    .map(|i| {
+                        let prompt = &self.plan.prompts[i / self.plan.n];
+                        self.offsets.insert(i, prompt.len());
+                        json!({"index": i, "text": prompt, "logprobs": null, "finish_reason": null})
+                    })
+                    .collect();
+                out.push(self.chunk(choices));
+            }
+        }
+        match event {
+            RunEvent::Token {
+                prompt,
+                sample,
+                token,
+                text,
+                finish_reason,
+            } => {
+                let index = prompt * self.plan.n + sample;
+                let pending = self.pending_tokens.entry(index).or_default();
+                pending.push(token);
+                if text.is_empty() && finish_reason.is_none() {
+                    return out;
+                }
+                let tokens = std::mem::take(pending);
+                let logprobs = self.plan.logprobs.map(|_| {
+                    let offset = self.offsets.entry(index).or_insert(0);
+                    logprobs_json(&self.state.model.tokenizer, &tokens, offset)
+                });
+                out.push(self.chunk(vec![json!({
+                    "index": index,
+                    "text": text,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason.map(openai_finish_reason),
+                })]));
+            }
+            RunEvent::Finished { prompt, generation } => {
+                self.usage.add(&generation);
+                // Samples that ended before any token (`max_tokens: 0`) still get a reason.
+                for (sample, s) in generation.samples.iter().enumerate() {
+                    if s.tokens.is_empty() {
+                        out.push(self.chunk(vec![json!({
+                            "index": prompt * self.plan.n + sample,
+                            "text": "",
+                            "logprobs": null,
+                            "finish_reason": openai_finish_reason(s.finish_reason),
+                        })]));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn end(&mut self) -> Vec<Value> {
+        if !self.plan.include_usage {
+            return Vec::new();
+        }
+        let mut chunk = self.chunk(Vec::new());
+        chunk["usage"] = self.usage.json();
+        chunk["hexacoder"] = self.usage.extension();
+        vec![chunk]
+    }
+}

@@ -1,0 +1,205 @@
+//! OpenAI-shaped errors (`{"error": {"message", "type", "param", "code"}}`) and the JSON body
+//! extractor that produces them for malformed input.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hexacoder_engine::{Error as EngineError, Rejected};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// An error answered to the client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.into(),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// `param` is out of its range or otherwise unacceptable.
+    pub fn bad_param(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid(Some(param.to_string()), message)
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn model_not_found(model: &str, known: &[String]) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "The model `{model}` does not exist; this server serves {}.",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            retry_after: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: Some("not_found"),
+            ..Self::invalid(None, message)
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "authentication_error",
+            code: Some("invalid_api_key"),
+            ..Self::invalid(
+                None,
+                "Missing or incorrect API key: send `Authorization: Bearer <key>`.",
+            )
+        }
+    }
+
+    pub fn timeout(seconds: u64) -> Self {
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            kind: "timeout_error",
+            code: Some("request_timeout"),
+            ..Self::invalid(
+                None,
+                format!("The request took longer than the server's limit of {seconds} s."),
+            )
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            ..Self::invalid(None, message)
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            code: Some("shutting_down"),
+            retry_after: Some(5),
+            ..Self::invalid(None, "The server is shutting down.")
+        }
+    }
+
+    /// The JSON body, also used as an SSE error event.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<Rejected> for ApiError {
+    fn from(rejected: Rejected) -> Self {
+        match rejected {
+            Rejected::Overloaded { .. } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                kind: "rate_limit_error",
+                code: Some("server_overloaded"),
+                retry_after: Some(1),
+                ..Self::invalid(None, format!("{rejected}; retry shortly."))
+            },
+            Rejected::ShuttingDown => Self::shutting_down(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::ContextOverflow { .. } => {
+                ApiError::bad_param("prompt", err.to_string()).with_code("context_length_exceeded")
+            }
+            EngineError::NoFim => ApiError::bad_param("suffix", err.to_string()),
+            EngineError::InvalidRequest(message) => ApiError::invalid(None, message),
+            EngineError::Tokenizer(_) => ApiError::bad_param("prompt", err.to_string()),
+            EngineError::Cancelled => ApiError::shutting_down(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// A JSON body whose every failure is an OpenAI-shaped error naming the offending field.
+/// The content type is not checked: `curl -d` sends a form content type.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            let mut err = ApiError::invalid(None, rejection.body_text());
+            err.status = status;
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                err.message =
+                    "The request body is larger than the server's limit (--max-body-bytes).".into();
+                err.code = Some("request_too_large");
+            }
+            err
+        })?;
+        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(deserializer) {
+            Ok(value) => Ok(ApiJson(value)),
+            Err(err) => {
+                let path = err.path().to_string();
+                let inner = err.into_inner();
+                let (param, message) = if path == "." || path.is_empty() {
+                    (
+                        None,
+                        format!("The body is not valid JSON for this endpoint: {inner}"),
+                    )
+                } else {
+                    (Some(path.clone()), format!("Invalid `{path}`: {inner}"))
+                };
+                Err(ApiError::invalid(param, message))
+            }
+        }
+    }
+}

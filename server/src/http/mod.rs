@@ -1,0 +1,248 @@
+//! The HTTP API: routes, shared state and the middleware every request passes through.
+//!
+//! Handlers are thin: they validate and translate wire formats into engine requests
+//! ([`run::Run`]) and engine events back into wire formats. Everything about batching,
+//! admission and cancellation lives in the engine's `Scheduler`.
+
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod infill;
+pub mod params;
+pub mod run;
+pub mod sse;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hexacoder_engine::Scheduler;
+use hexacoder_engine::tokenizer::Tokenizer;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use crate::chat_template::ChatTemplate;
+use crate::metrics::Metrics;
+use error::ApiError;
+
+/// The served model, as handlers need it.
+pub struct ModelCard {
+    /// The name clients send in `model`.
+    pub id: String,
+    /// Unix time the server loaded it.
+    pub created: u64,
+    pub context_length: usize,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: ChatTemplate,
+    pub has_fim: bool,
+}
+
+/// Everything handlers share.
+pub struct AppState {
+    pub scheduler: Arc<Scheduler>,
+    pub model: ModelCard,
+    pub metrics: Metrics,
+    /// SHA-256 of the API key: comparing digests takes the same time whatever the guess.
+    pub api_key_digest: Option<[u8; 32]>,
+    pub request_timeout: Option<Duration>,
+    pub max_body_bytes: usize,
+    pub shutting_down: AtomicBool,
+}
+
+/// Samples per prompt at most.
+pub const MAX_N: usize = 16;
+/// Alternatives per token at most.
+pub const MAX_LOGPROBS: usize = 20;
+/// Stop strings at most.
+pub const MAX_STOP: usize = 16;
+
+impl AppState {
+    /// Checks the `model` a client asked for.
+    pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            None => Ok(()),
+            Some(model) if model == self.model.id => Ok(()),
+            Some(model) => Err(ApiError::model_not_found(
+                model,
+                std::slice::from_ref(&self.model.id),
+            )),
+        }
+    }
+}
+
+/// SHA-256 of an API key, as [`AppState::api_key_digest`] holds it.
+pub fn api_key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The application with every route and middleware.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions::handle))
+        .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/infill", post(infill::handle))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .with_state(state)
+}
+
+/// Gives every request an id (the client's `x-request-id` if sane), a tracing span carrying
+/// it, the header on the response, and a count by route and status.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", %id, %method, route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.in_scope(
+        || tracing::info!(status = status.as_u16(), elapsed = ?started.elapsed(), "response"),
+    );
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Requires the API key, when one is set, everywhere but `/health`.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.api_key_digest else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let authorized = presented
+        .map(|key| api_key_digest(key.trim()).ct_eq(expected).into())
+        .unwrap_or(false);
+    if authorized {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let stats = state.scheduler.stats();
+    let body = json!({
+        "status": if state.shutting_down.load(Ordering::Relaxed) { "shutting_down" } else { "ok" },
+        "model": state.model.id,
+        "requests_running": stats.running_requests,
+        "requests_waiting": stats.waiting_requests,
+    });
+    let status = if state.shutting_down.load(Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(state.scheduler.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": state.model.id,
+        "object": "model",
+        "created": state.model.created,
+        "owned_by": "hexacoder",
+        "max_model_len": state.model.context_length,
+        "hexacoder": {"kind": "base", "fill_in_the_middle": state.model.has_fim},
+    })
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_object(&state)]})).into_response()
+}
+
+async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.check_model(Some(&id)) {
+        Ok(()) => axum::Json(model_object(&state)).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "No route {} {}; see the README for the API.",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: Some("method_not_allowed"),
+        ..ApiError::invalid(
+            None,
+            format!(
+                "{} is not allowed on {}.",
+                request.method(),
+                request.uri().path()
+            ),
+        )
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh response id with this prefix.
+pub fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}

@@ -1,0 +1,175 @@
+//! Request fields shared by the completion routes, validated into engine parameters with
+//! errors that name the field and the accepted range.
+
+use hexacoder_engine::{ContextFile, SamplingParams};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::{MAX_LOGPROBS, MAX_N, MAX_STOP};
+
+/// A string or a list of strings (`prompt`, `stop`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged, expecting = "expected a string or an array of strings")]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `stream_options`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The `hexacoder` extension object (`extra_body={"hexacoder": {...}}` in the OpenAI client).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// Sample only among the K most likely tokens (0: all).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Never end at an end-of-generation token.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Other files shown to the model before the prompt.
+    #[serde(default)]
+    pub context_files: Vec<ContextFileWire>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextFileWire {
+    pub name: String,
+    pub text: String,
+}
+
+impl Extension {
+    pub fn context_files(&self) -> Vec<ContextFile> {
+        self.context_files
+            .iter()
+            .map(|f| ContextFile {
+                name: f.name.clone(),
+                text: f.text.clone(),
+            })
+            .collect()
+    }
+}
+
+/// `n`: 1 to [`MAX_N`].
+pub fn n(value: Option<i64>) -> Result<usize, ApiError> {
+    let n = value.unwrap_or(1);
+    if !(1..=MAX_N as i64).contains(&n) {
+        return Err(ApiError::bad_param(
+            "n",
+            format!("`n` must be between 1 and {MAX_N}, got {n}."),
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// `max_tokens` (or `n_predict`): at least 0, at most the context; `default` when absent.
+pub fn max_tokens(
+    param: &str,
+    value: Option<i64>,
+    default: usize,
+    context: usize,
+) -> Result<usize, ApiError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    if value < 0 || value as u64 > context as u64 {
+        return Err(ApiError::bad_param(
+            param,
+            format!("`{param}` must be between 0 and the context length {context}, got {value}."),
+        ));
+    }
+    Ok(value as usize)
+}
+
+/// Temperature, top-p, top-k and seed as the engine takes them.
+pub fn sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    seed: Option<i64>,
+) -> Result<SamplingParams, ApiError> {
+    let temperature = temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad_param(
+            "temperature",
+            format!("`temperature` must be between 0 and 2, got {temperature}."),
+        ));
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_param(
+            "top_p",
+            format!("`top_p` must be in (0, 1], got {top_p}."),
+        ));
+    }
+    let top_k = top_k.unwrap_or(0);
+    if top_k < 0 {
+        return Err(ApiError::bad_param(
+            "top_k",
+            format!("`top_k` must be 0 (off) or positive, got {top_k}."),
+        ));
+    }
+    Ok(SamplingParams {
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        top_k: top_k as usize,
+        // Negative seeds are accepted by OpenAI; their bits are as good a seed as any.
+        seed: seed.map(|s| s as u64),
+    })
+}
+
+/// Stop strings: at most [`MAX_STOP`], none empty.
+pub fn stop(value: Option<OneOrMany>) -> Result<Vec<String>, ApiError> {
+    let stops = value.map(OneOrMany::into_vec).unwrap_or_default();
+    if stops.len() > MAX_STOP {
+        return Err(ApiError::bad_param(
+            "stop",
+            format!("At most {MAX_STOP} stop strings, got {}.", stops.len()),
+        ));
+    }
+    if stops.iter().any(String::is_empty) {
+        return Err(ApiError::bad_param(
+            "stop",
+            "Stop strings must not be empty.",
+        ));
+    }
+    Ok(stops)
+}
+
+/// Alternatives per token: 0 to [`MAX_LOGPROBS`].
+pub fn top_logprobs(param: &str, value: Option<i64>) -> Result<usize, ApiError> {
+    let k = value.unwrap_or(0);
+    if !(0..=MAX_LOGPROBS as i64).contains(&k) {
+        return Err(ApiError::bad_param(
+            param,
+            format!("`{param}` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+        ));
+    }
+    Ok(k as usize)
+}
+
+/// Penalties and biases the engine does not implement are refused rather than ignored.
+pub fn unsupported_zero(param: &str, value: Option<f64>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v != 0.0 => Err(ApiError::bad_param(
+            param,
+            format!("`{param}` is not supported by this server; send 0 or leave it out."),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,154 @@
+//! Prometheus metrics, named after vLLM's (`vllm:` becomes `hexacoder:`) so that existing
+//! dashboards carry over. Gauges and engine counters are read from the scheduler when scraped;
+//! latencies are observed by the HTTP layer as events arrive.
+
+use std::sync::Mutex;
+
+use hexacoder_engine::SchedulerStats;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub requests_waiting: IntGauge,
+    pub requests_running: IntGauge,
+    pub sequences_running: IntGauge,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_latency: Histogram,
+    pub request_success: IntCounterVec,
+    pub prompt_tokens: IntCounter,
+    pub generation_tokens: IntCounter,
+    pub prefix_cache_queries: IntCounter,
+    pub prefix_cache_hits: IntCounter,
+    pub request_prompt_tokens: HistogramVec,
+    /// Counter values at the last scrape, to turn engine totals into increments.
+    last: Mutex<SchedulerStats>,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
+];
+const TOKEN_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+];
+
+impl Metrics {
+    /// Registers every metric.
+    ///
+    /// # Errors
+    /// Only on a programming error (a duplicate or malformed name).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        macro_rules! register {
+            ($metric:expr) => {{
+                let metric = $metric;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            }};
+        }
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        };
+        Ok(Metrics {
+            http_requests: register!(IntCounterVec::new(
+                Opts::new(
+                    "hexacoder:http_requests_total",
+                    "HTTP requests by route and status."
+                ),
+                &["route", "status"],
+            )?),
+            requests_waiting: register!(IntGauge::new(
+                "hexacoder:num_requests_waiting",
+                "Requests waiting for a place in the batch."
+            )?),
+            requests_running: register!(IntGauge::new(
+                "hexacoder:num_requests_running",
+                "Requests in the running batch."
+            )?),
+            sequences_running: register!(IntGauge::new(
+                "hexacoder:num_sequences_running",
+                "Samples being decoded (a request with n samples counts n)."
+            )?),
+            time_to_first_token: register!(histogram(
+                "hexacoder:time_to_first_token_seconds",
+                "Time from arrival to the first generated token.",
+                LATENCY_BUCKETS
+            )?),
+            inter_token_latency: register!(histogram(
+                "hexacoder:inter_token_latency_seconds",
+                "Time between consecutive tokens of a request.",
+                TOKEN_LATENCY_BUCKETS
+            )?),
+            e2e_latency: register!(histogram(
+                "hexacoder:e2e_request_latency_seconds",
+                "Time from arrival to the last token.",
+                LATENCY_BUCKETS
+            )?),
+            request_success: register!(IntCounterVec::new(
+                Opts::new(
+                    "hexacoder:request_success_total",
+                    "Finished samples by finish reason."
+                ),
+                &["finished_reason"],
+            )?),
+            prompt_tokens: register!(IntCounter::new(
+                "hexacoder:prompt_tokens_total",
+                "Prompt tokens of finished requests, cached or not."
+            )?),
+            generation_tokens: register!(IntCounter::new(
+                "hexacoder:generation_tokens_total",
+                "Tokens generated, including those of cancelled requests."
+            )?),
+            prefix_cache_queries: register!(IntCounter::new(
+                "hexacoder:prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache."
+            )?),
+            prefix_cache_hits: register!(IntCounter::new(
+                "hexacoder:prefix_cache_hits_total",
+                "Prompt tokens whose KV state the prefix cache supplied."
+            )?),
+            request_prompt_tokens: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "hexacoder:request_prompt_tokens",
+                    "Prompt length of finished requests."
+                )
+                .buckets(prometheus::exponential_buckets(16.0, 2.0, 12)?),
+                &["route"],
+            )?),
+            registry,
+            last: Mutex::new(SchedulerStats::default()),
+        })
+    }
+
+    /// Reads the scheduler's gauges and counters, then renders the text exposition format.
+    pub fn render(&self, stats: SchedulerStats) -> String {
+        self.requests_waiting.set(stats.waiting_requests as i64);
+        self.requests_running.set(stats.running_requests as i64);
+        self.sequences_running.set(stats.running_sequences as i64);
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let delta = |now: u64, before: u64| now.saturating_sub(before);
+            self.generation_tokens
+                .inc_by(delta(stats.generated_tokens, last.generated_tokens));
+            self.prefix_cache_queries.inc_by(delta(
+                stats.prefix_cache.query_tokens,
+                last.prefix_cache.query_tokens,
+            ));
+            self.prefix_cache_hits.inc_by(delta(
+                stats.prefix_cache.hit_tokens,
+                last.prefix_cache.hit_tokens,
+            ));
+            *last = stats;
+        }
+        let mut buffer = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%err, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

@@ -1,0 +1,207 @@
+//! `hexacoder-server serve`: load the model, start the scheduler, serve HTTP until SIGTERM or
+//! Ctrl-C, then let in-flight requests finish up to `--shutdown-timeout`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hexacoder_engine::batch::BatchOptions;
+use hexacoder_engine::{Scheduler, SchedulerOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::chat_template::ChatTemplate;
+use crate::cli::ServeArgs;
+use crate::http::{self, AppState, ModelCard};
+use crate::metrics::Metrics;
+use crate::model_source;
+
+/// Runs the server until it is told to stop.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let api_key = api_key(args)?;
+    if api_key.is_none() && !is_loopback(&args.host) {
+        tracing::warn!(host = %args.host, "listening beyond loopback without --api-key");
+    }
+    let engine = model_source::load_engine(&args.model)?;
+    let tokenizer = engine.shared_tokenizer();
+    let card = ModelCard {
+        id: args
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| served_name(&args.model.model)),
+        created: http::unix_now(),
+        context_length: engine.context_length(),
+        chat_template: ChatTemplate::new(engine.chat_template(), &tokenizer),
+        tokenizer,
+        has_fim: engine.fim().is_some(),
+    };
+    tracing::info!(chat_template = ?card.chat_template.kind(), "chat template");
+    let scheduler = Scheduler::start(
+        engine,
+        SchedulerOptions {
+            max_running: args.max_concurrent.max(1),
+            max_waiting: args.max_queue,
+            batch: BatchOptions {
+                prefill_chunk: args.prefill_chunk.max(1),
+                interleaved_prefill_chunk: args.interleaved_prefill_chunk.max(1),
+            },
+        },
+    )
+    .context("starting the engine thread")?;
+    let state = Arc::new(AppState {
+        scheduler: Arc::new(scheduler),
+        model: card,
+        metrics: Metrics::new().context("registering metrics")?,
+        api_key_digest: api_key.as_deref().map(http::api_key_digest),
+        request_timeout: (args.request_timeout > 0)
+            .then(|| Duration::from_secs(args.request_timeout)),
+        max_body_bytes: args.max_body_bytes,
+        shutting_down: AtomicBool::new(false),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hexacoder-http")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(Arc::clone(&state), args));
+    state.scheduler.cancel_all();
+    state.scheduler.join();
+    result
+}
+
+async fn serve(state: Arc<AppState>, args: &ServeArgs) -> Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr().context("listening address")?;
+    print_banner(addr, &state.model.id, state.api_key_digest.is_some());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let graceful = {
+        let state = Arc::clone(&state);
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            state.shutting_down.store(true, Ordering::Relaxed);
+            state.scheduler.close();
+        }
+    };
+    let server = axum::serve(listener, http::router(Arc::clone(&state)))
+        .with_graceful_shutdown(graceful)
+        .into_future();
+    tokio::pin!(server);
+    let deadline = Duration::from_secs(args.shutdown_timeout);
+    let mut stop_rx = stop_rx;
+    tokio::select! {
+        result = &mut server => result.context("HTTP server failed")?,
+        _ = async {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(deadline).await;
+        } => {
+            tracing::warn!(?deadline, "shutdown deadline passed; cancelling what is left");
+            state.scheduler.cancel_all();
+            // Cancelled requests answer at once; give their connections a moment to flush.
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut server).await;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn api_key(args: &ServeArgs) -> Result<Option<String>> {
+    if let Some(key) = &args.api_key {
+        if key.trim().is_empty() {
+            bail!("--api-key is empty");
+        }
+        return Ok(Some(key.trim().to_string()));
+    }
+    let Some(path) = &args.api_key_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --api-key-file {}", path.display()))?;
+    match text.lines().next().map(str::trim) {
+        Some(key) if !key.is_empty() => Ok(Some(key.to_string())),
+        _ => bail!("--api-key-file {} is empty", path.display()),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A short model name for `--model`: catalogue and hub ids as given, files by their stem.
+fn served_name(model: &str) -> String {
+    let path = Path::new(model);
+    if hexacoder_catalog::find(model).is_none() && path.exists() {
+        let stem = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        };
+        if let Some(stem) = stem {
+            return stem.to_string_lossy().into_owned();
+        }
+    }
+    model.to_string()
+}
+
+fn print_banner(addr: SocketAddr, model: &str, auth: bool) {
+    let base = format!("http://{addr}");
+    let key = if auth { "$HEXACODER_API_KEY" } else { "unused" };
+    let auth_header = if auth {
+        " -H \"Authorization: Bearer $HEXACODER_API_KEY\""
+    } else {
+        ""
+    };
+    // The first line is machine-read by tests and scripts.
+    println!("listening on {base}");
+    println!();
+    println!("Try it with curl:");
+    println!(
+        "  curl -s {base}/v1/completions{auth_header} -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"prompt\": \"def fibonacci(n):\\n\", \"max_tokens\": 64, \"temperature\": 0}}'"
+    );
+    println!();
+    println!("or with the official openai Python client (pip install openai):");
+    println!(
+        "  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\"); print(c.completions.create(model=\"{model}\", prompt=\"def fibonacci(n):\\n\", max_tokens=64, temperature=0).choices[0].text)'"
+    );
+    println!();
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

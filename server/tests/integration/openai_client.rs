@@ -1,0 +1,41 @@
+//! The official `openai` Python client against the server on the real SmolLM2-135M.
+
+use std::process::Command;
+
+use crate::harness::Server;
+
+#[test]
+fn official_openai_python_client_works_end_to_end() {
+    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
+        eprintln!(
+            "skipping: set HEXACODER_TEST_MODELS=1 (scripts/test does) to run real-model tests"
+        );
+        return;
+    }
+    let python = std::env::var("HEXACODER_TEST_PYTHON")
+        .expect("HEXACODER_TEST_MODELS=1 needs HEXACODER_TEST_PYTHON: a Python with `openai` (scripts/test makes one)");
+    let model = hexacoder_catalog::ensure(
+        hexacoder_catalog::find("smollm2-135m").expect("catalogue id"),
+        &hexacoder_catalog::cache_dir(),
+        hexacoder_catalog::Progress::Quiet,
+    )
+    .expect("smollm2-135m is fetched by scripts/test");
+    let server = Server::start(&model, &["--served-model-name", "smollm2"], &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_e2e.py");
+    let output = Command::new(python)
+        .arg(script)
+        .env("HEXACODER_BASE_URL", server.url("/v1"))
+        .env("HEXACODER_MODEL_ID", "smollm2")
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "openai client checks failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("all openai client checks passed"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,93 @@
+"""The official openai client against a running hexacoder-server (started by the Rust test
+`openai_client.rs`, which passes HEXACODER_BASE_URL and HEXACODER_MODEL_ID)."""
+
+import os
+import sys
+
+import openai
+from openai import OpenAI
+
+base_url = os.environ["HEXACODER_BASE_URL"]
+model = os.environ["HEXACODER_MODEL_ID"]
+client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def check(condition, message):
+    if not condition:
+        print(f"FAILED: {message}")
+        sys.exit(1)
+    print(f"ok: {message}")
+
+
+# Completions.
+completion = client.completions.create(
+    model=model, prompt="def fibonacci(n):\n", max_tokens=32, temperature=0
+)
+text = completion.choices[0].text
+check("return" in text or "fib" in text, f"greedy completion looks like code: {text!r}")
+check(completion.usage.completion_tokens > 0, "usage reported")
+check(completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens, "usage adds up")
+
+# Streaming completions add up to the whole.
+stream = client.completions.create(
+    model=model, prompt="def fibonacci(n):\n", max_tokens=32, temperature=0,
+    stream=True, stream_options={"include_usage": True},
+)
+pieces, usage = [], None
+for chunk in stream:
+    if chunk.choices:
+        pieces.append(chunk.choices[0].text)
+    if chunk.usage is not None:
+        usage = chunk.usage
+check("".join(pieces) == text, "streamed text equals the whole response")
+check(usage is not None and usage.completion_tokens == completion.usage.completion_tokens, "usage in the last chunk")
+
+# n = 2 with logprobs, and our extension through extra_body.
+sampled = client.completions.create(
+    model=model, prompt="import os\n", max_tokens=8, temperature=0.8, seed=7, n=2, logprobs=2,
+    extra_body={"hexacoder": {"top_k": 20}},
+)
+check(len(sampled.choices) == 2 and [c.index for c in sampled.choices] == [0, 1], "two choices")
+for choice in sampled.choices:
+    lp = choice.logprobs
+    check(len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs), "logprobs aligned")
+    check(all(x <= 0 for x in lp.token_logprobs), "log-probabilities are <= 0")
+    check(all(len(t) <= 2 for t in lp.top_logprobs), "at most 2 alternatives")
+check(sampled.model_extra.get("hexacoder", {}).get("time_to_first_token_ms") is not None, "hexacoder extension in the response")
+
+# Chat, whole and streamed.
+chat = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=24, temperature=0
+)
+reply = chat.choices[0].message.content
+check(chat.choices[0].message.role == "assistant" and len(reply) > 0, f"chat reply: {reply!r}")
+streamed = "".join(
+    chunk.choices[0].delta.content or ""
+    for chunk in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=24, temperature=0, stream=True
+    )
+    if chunk.choices
+)
+check(streamed == reply, "streamed chat equals the whole reply")
+
+# Models.
+check([m.id for m in client.models.list().data] == [model], "models list")
+
+# Errors surface as the client's typed exceptions.
+try:
+    client.completions.create(model=model, prompt="x", max_tokens=8, n=99)
+    check(False, "n=99 rejected")
+except openai.BadRequestError as err:
+    check(err.status_code == 400 and "n" == err.body.get("param"), "n=99 is a 400 naming `n`")
+try:
+    client.completions.create(model="no-such-model", prompt="x")
+    check(False, "unknown model rejected")
+except openai.NotFoundError as err:
+    check(err.status_code == 404, "unknown model is a 404")
+try:
+    client.completions.create(model=model, prompt="x " * 9000, max_tokens=16)
+    check(False, "overlong prompt rejected")
+except openai.BadRequestError as err:
+    check("exceeds the context" in str(err), "overlong prompt says it exceeds the context")
+
+print("all openai client checks passed")

@@ -1,0 +1,264 @@
+//! Test fixtures shared by HexaCoder's crates: tiny random-weight checkpoints written to disk,
+//! so that tests load models through the same paths real models take. Deterministic: the same
+//! seed gives the same weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+/// Model families the tiny checkpoints come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// LLaMA: no attention bias.
+    Llama,
+    /// Qwen2: q/k/v biases.
+    Qwen2,
+}
+
+impl Arch {
+    /// HF `model_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// GPT-2 byte-level characters of printable ASCII, `\n`, and a few merges, plus special
+/// tokens. Every token is printable, so random models produce readable text.
+pub fn vocab() -> (Vec<String>, Vec<(String, String)>) {
+    let byte_char = |b: u8| -> String {
+        match b {
+            b' ' => "Ġ".into(),
+            b'\n' => "Ċ".into(),
+            b => (b as char).to_string(),
+        }
+    };
+    let mut tokens: Vec<String> = (0x20u8..=0x7e).chain([b'\n']).map(byte_char).collect();
+    let merges: Vec<(String, String)> = [
+        ("d", "e"),
+        ("de", "f"),
+        ("Ġ", "Ġ"),
+        ("ĠĠ", "ĠĠ"),
+        ("r", "e"),
+        ("re", "t"),
+        ("i", "n"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.extend(
+        [
+            "<|endoftext|>",
+            "<|fim_prefix|>",
+            "<|fim_suffix|>",
+            "<|fim_middle|>",
+        ]
+        .map(String::from),
+    );
+    (tokens, merges)
+}
+
+pub const SPECIAL: [&str; 4] = [
+    "<|endoftext|>",
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+];
+
+/// The `tokenizer.json` HF would write for [`vocab`] with the `smollm` pre-tokenizer.
+pub fn tokenizer_json() -> Value {
+    let (tokens, merges) = vocab();
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let added: Vec<Value> = SPECIAL
+        .iter()
+        .map(|t| {
+            json!({"id": tokens.iter().position(|x| x == t), "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>()},
+    })
+}
+
+/// Sizes of a tiny model. k-quants need rows that are multiples of 256, hence `hidden`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tiny {
+    pub arch: Arch,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub tied: bool,
+    pub max_positions: usize,
+}
+
+impl Tiny {
+    pub fn small(arch: Arch) -> Self {
+        Tiny {
+            arch,
+            hidden: 64,
+            intermediate: 128,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            tied: false,
+            max_positions: 256,
+        }
+    }
+
+    pub fn quantizable(arch: Arch) -> Self {
+        Tiny {
+            arch,
+            hidden: 256,
+            intermediate: 512,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            tied: false,
+            max_positions: 256,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        vocab().0.len()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    pub fn config_json(&self) -> Value {
+        json!({
+            "model_type": self.arch.name(),
+            "vocab_size": self.vocab_size(),
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": self.max_positions,
+            "tie_word_embeddings": self.tied,
+            // Fields candle-transformers' qwen2 config requires.
+            "sliding_window": self.max_positions,
+            "max_window_layers": self.layers,
+            "use_sliding_window": false,
+            "hidden_act": "silu",
+        })
+    }
+
+    /// HF tensor names and shapes.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, hd) = (self.hidden, self.intermediate, self.head_dim());
+        let mut res = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size(), h],
+        )];
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}");
+            res.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            res.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            res.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![self.heads * hd, h],
+            ));
+            res.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![self.kv_heads * hd, h],
+            ));
+            res.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![self.kv_heads * hd, h],
+            ));
+            res.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, self.heads * hd],
+            ));
+            if self.arch == Arch::Qwen2 {
+                res.push((format!("{p}.self_attn.q_proj.bias"), vec![self.heads * hd]));
+                res.push((
+                    format!("{p}.self_attn.k_proj.bias"),
+                    vec![self.kv_heads * hd],
+                ));
+                res.push((
+                    format!("{p}.self_attn.v_proj.bias"),
+                    vec![self.kv_heads * hd],
+                ));
+            }
+            res.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            res.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            res.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+        res.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tied {
+            res.push(("lm_head.weight".to_string(), vec![self.vocab_size(), h]));
+        }
+        res
+    }
+
+    /// Deterministic random weights: norms near 1, matrices with std 1/sqrt(fan_in).
+    pub fn weights(&self, seed: u64) -> HashMap<String, Tensor> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        self.shapes()
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = if name.ends_with("norm.weight") {
+                    (0..n).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
+                } else {
+                    let scale = if shape.len() == 2 {
+                        2.0 / (shape[1] as f32).sqrt()
+                    } else {
+                        0.1
+                    };
+                    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+                };
+                let tensor = Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor");
+                (name, tensor)
+            })
+            .collect()
+    }
+
+    /// Writes an HF checkpoint directory and returns it.
+    pub fn write_hf_dir(&self, dir: &Path, seed: u64) -> PathBuf {
+        self.write_hf_dir_with(dir, &self.weights(seed))
+    }
+
+    /// Writes an HF checkpoint directory with these weights.
+    pub fn write_hf_dir_with(&self, dir: &Path, weights: &HashMap<String, Tensor>) -> PathBuf {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join("config.json"), self.config_json().to_string()).expect("config");
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json().to_string())
+            .expect("tokenizer");
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            json!({"eos_token": "<|endoftext|>"}).to_string(),
+        )
+        .expect("tokenizer config");
+        candle_core::safetensors::save(weights, dir.join("model.safetensors"))
+            .expect("safetensors");
+        dir.to_path_buf()
+    }
+}
