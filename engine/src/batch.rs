@@ -178,6 +178,19 @@ impl<'a> Batch<'a> {
         if request.n == 0 {
             return Err(Error::InvalidRequest("n must be at least 1".into()));
         }
+        let vocab = engine.tokenizer.vocab_size();
+        for &(id, bias) in &request.logit_bias {
+            if id as usize >= vocab {
+                return Err(Error::InvalidRequest(format!(
+                    "logit_bias names token {id}, but the vocabulary has {vocab} tokens"
+                )));
+            }
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(Error::InvalidRequest(format!(
+                    "logit_bias for token {id} is {bias}; biases must be between -100 and 100"
+                )));
+            }
+        }
         let prompt = engine.prompt_tokens(
             &request.prompt,
             request.suffix.as_deref(),
@@ -454,16 +467,23 @@ impl<'a> Active<'a> {
         }
         let request = &self.request;
         let tokenizer = &engine.tokenizer;
-        let masked;
-        let logits = if request.ignore_eos {
+        let adjusted;
+        let logits = if request.ignore_eos || !request.logit_bias.is_empty() {
             let mut row = logits.to_vec();
-            for &id in tokenizer.end_of_generation() {
+            for &(id, bias) in &request.logit_bias {
                 if let Some(logit) = row.get_mut(id as usize) {
-                    *logit = f32::NEG_INFINITY;
+                    *logit += bias;
                 }
             }
-            masked = row;
-            &masked[..]
+            if request.ignore_eos {
+                for &id in tokenizer.end_of_generation() {
+                    if let Some(logit) = row.get_mut(id as usize) {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            adjusted = row;
+            &adjusted[..]
         } else {
             logits
         };

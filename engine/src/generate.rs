@@ -29,6 +29,9 @@ pub struct GenerateRequest {
     /// Other files shown to the model before the prompt (repository-level context), most
     /// relevant last.
     pub context_files: Vec<ContextFile>,
+    /// Added to the logits of these token ids before sampling (-100 bans a token, +100
+    /// nearly forces it).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Never choose an end-of-generation token: every sample runs to `max_tokens` or a stop
     /// string (benchmarks, load tests).
     pub ignore_eos: bool,

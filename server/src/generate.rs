@@ -34,6 +34,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         stop: args.stop.clone(),
         top_logprobs: args.logprobs,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
     };
     // Bad sampling values are reported before the model is fetched or loaded.

@@ -32,6 +32,7 @@ fn run(engine: &mut Engine, prompt: &str, max_tokens: usize) -> Result<Timing> {
         stop: vec![],
         top_logprobs: 0,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
     };
     let started = Instant::now();

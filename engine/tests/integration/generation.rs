@@ -18,6 +18,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         stop: vec![],
         top_logprobs: 0,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
     }
 }
@@ -102,6 +103,7 @@ fn logprobs_match_an_independent_full_forward_pass() {
         n: 2,
         top_logprobs: 5,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
         ..request("ret in", 16, sampled(3))
     };

@@ -54,6 +54,7 @@ fn hub_id_resolves_offline_from_the_cache_and_loads() {
         stop: vec![],
         top_logprobs: 0,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
     };
     assert!(

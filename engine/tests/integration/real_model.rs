@@ -16,6 +16,7 @@ fn greedy(prompt: &str, suffix: Option<&str>, max_tokens: usize) -> GenerateRequ
         stop: vec![],
         top_logprobs: 3,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
     }
 }

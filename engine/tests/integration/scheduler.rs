@@ -25,6 +25,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         stop: vec![],
         top_logprobs: 0,
         context_files: vec![],
+        logit_bias: vec![],
         ignore_eos: false,
     }
 }

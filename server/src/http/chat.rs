@@ -54,6 +54,8 @@ pub struct ChatRequest {
     #[serde(default)]
     pub frequency_penalty: Option<f64>,
     #[serde(default)]
+    pub logit_bias: Option<std::collections::HashMap<String, f64>>,
+    #[serde(default)]
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub hexacoder: Option<Extension>,
@@ -147,6 +149,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
     }
     params::unsupported_zero("presence_penalty", req.presence_penalty)?;
     params::unsupported_zero("frequency_penalty", req.frequency_penalty)?;
+    let logit_bias = params::logit_bias(req.logit_bias)?;
     let messages = messages(req.messages)?;
     let card = &state.model;
     let prompt = card
@@ -197,6 +200,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
             stop,
             top_logprobs: top_logprobs.unwrap_or(0),
             context_files: extension.context_files(),
+            logit_bias: logit_bias.clone(),
             ignore_eos: extension.ignore_eos,
         },
         top_logprobs,

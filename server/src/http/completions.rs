@@ -89,12 +89,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
     }
     params::unsupported_zero("presence_penalty", req.presence_penalty)?;
     params::unsupported_zero("frequency_penalty", req.frequency_penalty)?;
-    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(ApiError::bad_param(
-            "logit_bias",
-            "`logit_bias` is not supported by this server.",
-        ));
-    }
+    let logit_bias = params::logit_bias(req.logit_bias)?;
     let logprobs = match req.logprobs {
         None => None,
         Some(k) => Some(params::top_logprobs("logprobs", Some(k))?),
@@ -137,6 +132,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             stop: stop.clone(),
             top_logprobs: logprobs.unwrap_or(0),
             context_files: extension.context_files(),
+            logit_bias: logit_bias.clone(),
             ignore_eos: extension.ignore_eos,
         })
         .collect();

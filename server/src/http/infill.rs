@@ -96,6 +96,7 @@ pub async fn handle(
                 text: c.text,
             })
             .collect(),
+        logit_bias: vec![],
         ignore_eos: false,
     };
     let run = Run::start(&state, "/infill", vec![request])?;

@@ -173,3 +173,28 @@ pub fn unsupported_zero(param: &str, value: Option<f64>) -> Result<(), ApiError>
         _ => Ok(()),
     }
 }
+
+/// `logit_bias`: token ids (as strings, OpenAI's format) to biases in [-100, 100]; ids are
+/// checked against the vocabulary by the engine.
+pub fn logit_bias(
+    value: Option<std::collections::HashMap<String, f64>>,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let mut biases = Vec::new();
+    for (key, bias) in value.unwrap_or_default() {
+        let id: u32 = key.parse().map_err(|_| {
+            ApiError::bad_param(
+                "logit_bias",
+                format!("`logit_bias` keys are token ids; {key:?} is not one."),
+            )
+        })?;
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::bad_param(
+                "logit_bias",
+                format!("`logit_bias` values must be between -100 and 100, got {bias} for {key}."),
+            ));
+        }
+        biases.push((id, bias as f32));
+    }
+    biases.sort_by_key(|&(id, _)| id);
+    Ok(biases)
+}

@@ -136,6 +136,37 @@ async fn completions_answer_like_openai() {
     assert_eq!(zero["choices"][0]["text"], "");
     assert_eq!(zero["usage"]["completion_tokens"], 0);
 
+    // logit_bias: +100 on "Q" (id 49 in the tiny vocabulary) forces it; bad keys are errors.
+    let (status, forced) = post(
+        &client,
+        &url,
+        &json!({"prompt": "x", "max_tokens": 4, "temperature": 0, "logit_bias": {"49": 100}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{forced}");
+    assert_eq!(forced["choices"][0]["text"], "QQQQ");
+    let (status, body) = post(
+        &client,
+        &url,
+        &json!({"prompt": "x", "logit_bias": {"Q": 1}}),
+    )
+    .await;
+    assert_error(status, &body, 400, Some("logit_bias"));
+    let (status, body) = post(
+        &client,
+        &url,
+        &json!({"prompt": "x", "logit_bias": {"999999": 1}}),
+    )
+    .await;
+    assert_error(status, &body, 400, None);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("999999"),
+        "{body}"
+    );
+
     // The hexacoder extension: top_k and ignore_eos in, timings out.
     let (status, ext) = post(
         &client,
