@@ -16,7 +16,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the OpenAI-compatible HTTP API (plus llama.cpp's `/infill`).
+    /// Serve the OpenAI-compatible HTTP API (plus llama.cpp's `/infill` and Tabby's API under `/tabby`).
     ///
     /// Every option can also come from an environment variable (shown below) or from the TOML
     /// file given by `--config`, whose keys are the long option names (`port = 9000`,

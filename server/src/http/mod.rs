@@ -11,6 +11,7 @@ pub mod infill;
 pub mod params;
 pub mod run;
 pub mod sse;
+pub mod tabby;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +92,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/infill", post(infill::handle))
+        .route("/tabby/v1/completions", post(tabby::completions))
+        .route("/tabby/v1/health", get(tabby::health).post(tabby::health))
+        .route("/tabby/v1/events", post(tabby::events))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(not_found)
