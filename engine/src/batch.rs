@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::Sample;
+use crate::lora::RowAdapters;
 use crate::models::llama::{Outputs, SeqInput};
 use crate::nn::KvCache;
 use crate::sampling::{self, Sampler};
@@ -205,7 +206,7 @@ impl<'a> Batch<'a> {
                 excess: prompt.len() + request.max_tokens - context,
             });
         }
-        let namespace = crate::generate::PREFIX_CACHE_NAMESPACE_BASE;
+        let namespace = prefix_namespace(request);
         let (cache, cached) =
             match engine
                 .prefix_cache
@@ -295,6 +296,13 @@ impl<'a> Batch<'a> {
             return Ok(report);
         }
 
+        let adapters: Vec<Option<crate::SharedAdapter>> = self
+            .active
+            .iter()
+            .map(|a| a.request.adapter.clone())
+            .collect();
+        let self_adapters: Vec<Option<&crate::SharedAdapter>> =
+            adapters.iter().map(Option::as_ref).collect();
         let logits = {
             // Each slot borrows a distinct cache; collect them in slot order.
             let mut caches: Vec<(usize, usize, &mut KvCache)> = Vec::with_capacity(slots.len());
@@ -323,13 +331,24 @@ impl<'a> Batch<'a> {
                 let (_, cache) = list.swap_remove(pos);
                 caches.push((request, n_tokens, cache));
             }
+            let hook = RowAdapters::new(
+                caches
+                    .iter()
+                    .map(|&(request, n_tokens, _)| (n_tokens, self_adapters[request].map(|a| &**a)))
+                    .collect(),
+            );
             let mut seqs: Vec<SeqInput<'_>> = caches
                 .into_iter()
                 .map(|(_, n_tokens, cache)| SeqInput { cache, n_tokens })
                 .collect();
             engine
                 .model
-                .forward(&tokens, &mut seqs, Outputs::LastOfEachSeq, None)?
+                .forward(
+                    &tokens,
+                    &mut seqs,
+                    Outputs::LastOfEachSeq,
+                    hook.as_ref().map(|h| h as &dyn crate::nn::LinearHook),
+                )?
                 .ok_or_else(|| Error::InvalidRequest("no logits for a non-empty batch".into()))?
                 .to_vec2::<f32>()?
         };
@@ -388,6 +407,16 @@ impl<'a> Batch<'a> {
         self.active.sort_by_key(|a| a.started);
         report
     }
+}
+
+/// KV state is reusable only under the same adapter version: its identity is the namespace.
+fn prefix_namespace(request: &GenerateRequest) -> u64 {
+    request
+        .adapter
+        .as_ref()
+        .map_or(crate::generate::PREFIX_CACHE_NAMESPACE_BASE, |a| {
+            a.namespace()
+        })
 }
 
 /// Samples that end before their first token.
@@ -535,7 +564,7 @@ impl<'a> Active<'a> {
         // Every sample's cache starts with the prompt's positions, unchanged by decoding.
         if !cancelled && let Some(seq) = samples.iter().find(|s| s.cache.len() >= self.prompt.len())
         {
-            let namespace = crate::generate::PREFIX_CACHE_NAMESPACE_BASE;
+            let namespace = prefix_namespace(&self.request);
             if let Err(err) = engine
                 .prefix_cache
                 .insert(namespace, &self.prompt, &seq.cache)

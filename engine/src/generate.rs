@@ -32,6 +32,9 @@ pub struct GenerateRequest {
     /// Added to the logits of these token ids before sampling (-100 bans a token, +100
     /// nearly forces it).
     pub logit_bias: Vec<(u32, f32)>,
+    /// The LoRA adapter to apply, or `None` for the base model. Requests with different
+    /// adapters share a batch.
+    pub adapter: Option<crate::SharedAdapter>,
     /// Never choose an end-of-generation token: every sample runs to `max_tokens` or a stop
     /// string (benchmarks, load tests).
     pub ignore_eos: bool,

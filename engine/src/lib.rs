@@ -30,6 +30,7 @@ pub mod config;
 pub mod fim;
 pub mod hub;
 pub mod load;
+pub mod lora;
 pub mod models;
 pub mod nn;
 pub mod scheduler;
@@ -42,6 +43,7 @@ pub use error::{Error, Result};
 pub use generate::{
     ContextFile, FinishReason, GenerateRequest, GeneratedToken, Generation, OnDelta, Sample,
 };
+pub use lora::{LoadedAdapter, SharedAdapter};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};
 pub use sampling::SamplingParams;
 pub use scheduler::{Rejected, Scheduler, SchedulerOptions, SchedulerStats};

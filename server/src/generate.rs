@@ -35,6 +35,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         top_logprobs: args.logprobs,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     };
     // Bad sampling values are reported before the model is fetched or loaded.

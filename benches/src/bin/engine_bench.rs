@@ -33,6 +33,7 @@ fn run(engine: &mut Engine, prompt: &str, max_tokens: usize) -> Result<Timing> {
         top_logprobs: 0,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     };
     let started = Instant::now();

@@ -19,6 +19,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         top_logprobs: 0,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     }
 }
@@ -104,6 +105,7 @@ fn logprobs_match_an_independent_full_forward_pass() {
         top_logprobs: 5,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
         ..request("ret in", 16, sampled(3))
     };

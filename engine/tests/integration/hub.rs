@@ -55,6 +55,7 @@ fn hub_id_resolves_offline_from_the_cache_and_loads() {
         top_logprobs: 0,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     };
     assert!(

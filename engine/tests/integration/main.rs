@@ -3,6 +3,7 @@
 mod generation;
 mod gguf;
 mod hub;
+mod lora;
 mod parity;
 mod real_model;
 mod scheduler;

@@ -17,6 +17,7 @@ fn greedy(prompt: &str, suffix: Option<&str>, max_tokens: usize) -> GenerateRequ
         top_logprobs: 3,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     }
 }

@@ -26,6 +26,7 @@ fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Generat
         top_logprobs: 0,
         context_files: vec![],
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     }
 }
@@ -261,4 +262,26 @@ fn admission_is_bounded_and_a_closed_listener_cancels_its_request() {
             .err(),
         Some(Rejected::ShuttingDown)
     );
+}
+
+/// A sink other test modules use: events into a channel.
+pub struct ChannelSinkForTests(pub mpsc::Sender<Event>);
+
+impl Sink for ChannelSinkForTests {
+    fn send(&mut self, event: Event) -> bool {
+        self.0.send(event).is_ok()
+    }
+}
+
+/// The generation once `Finished` arrives.
+pub fn wait_finished(receiver: &mpsc::Receiver<Event>) -> Generation {
+    loop {
+        match receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an event within a minute")
+        {
+            Event::Token { .. } => {}
+            Event::Finished(result) => return result.expect("generation"),
+        }
+    }
 }

@@ -201,6 +201,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
             top_logprobs: top_logprobs.unwrap_or(0),
             context_files: extension.context_files(),
             logit_bias: logit_bias.clone(),
+            adapter: None,
             ignore_eos: extension.ignore_eos,
         },
         top_logprobs,

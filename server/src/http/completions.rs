@@ -133,6 +133,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             top_logprobs: logprobs.unwrap_or(0),
             context_files: extension.context_files(),
             logit_bias: logit_bias.clone(),
+            adapter: None,
             ignore_eos: extension.ignore_eos,
         })
         .collect();

@@ -97,6 +97,7 @@ pub async fn handle(
             })
             .collect(),
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     };
     let run = Run::start(&state, "/infill", vec![request])?;

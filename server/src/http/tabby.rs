@@ -88,6 +88,7 @@ pub async fn completions(
         top_logprobs: 0,
         context_files,
         logit_bias: vec![],
+        adapter: None,
         ignore_eos: false,
     };
     let generation = Run::start(&state, "/tabby/v1/completions", vec![request])?

@@ -1,0 +1,190 @@
+//! LoRA adapters applied per request as an unmerged side branch, `y = W·x + s·B(A·x)`.
+//!
+//! A [`LoadedAdapter`] is an adapter from `hexacoder-adapters` prepared for the forward pass
+//! (transposed, scale folded into `B`) and given an identity that no other adapter, or later
+//! version of the same name, ever shares. [`RowAdapters`] is the hook for one forward pass of
+//! a ragged batch: each sequence's rows get their own adapter's delta, or none.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Tensor};
+use hexacoder_adapters::{Adapter, BaseModel};
+
+use crate::models::llama::Model;
+use crate::nn::{LinearHook, Proj};
+use crate::{Error, Result};
+
+fn proj_named(parent: &str, module: &str) -> Option<Proj> {
+    Proj::ALL
+        .into_iter()
+        .find(|p| p.parent() == parent && p.module_name() == module)
+}
+
+impl BaseModel for Model {
+    fn n_layers(&self) -> usize {
+        self.config().num_hidden_layers
+    }
+
+    fn projection_shape(&self, layer: usize, parent: &str, module: &str) -> Option<(usize, usize)> {
+        let linear = self.projection(layer, proj_named(parent, module)?)?;
+        Some((linear.in_features(), linear.out_features()))
+    }
+}
+
+/// Never reused, so prefix-cache entries of one adapter version can never serve another.
+static NEXT_IDENTITY: AtomicU64 = AtomicU64::new(1);
+
+struct Branch {
+    /// `Aᵀ`, `[in, r]`.
+    a_t: Tensor,
+    /// `s·Bᵀ`, `[r, out]`.
+    b_t: Tensor,
+}
+
+/// An adapter ready for the forward pass.
+pub struct LoadedAdapter {
+    name: String,
+    generation: u64,
+    identity: u64,
+    bytes: usize,
+    branches: HashMap<(usize, Proj), Branch>,
+}
+
+impl std::fmt::Debug for LoadedAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAdapter")
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .field("modules", &self.branches.len())
+            .finish()
+    }
+}
+
+impl LoadedAdapter {
+    /// Prepares `adapter` (already validated against `model`) for `model`'s device.
+    ///
+    /// # Errors
+    /// A module the model does not have, or tensor failures.
+    pub fn new(name: &str, generation: u64, adapter: &Adapter, model: &Model) -> Result<Self> {
+        let device = model.device();
+        let mut branches = HashMap::new();
+        for (key, module) in adapter.modules() {
+            let proj = proj_named(&key.parent, &key.module).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "adapter module `{}` is not a projection",
+                    key.path()
+                ))
+            })?;
+            let a_t = module
+                .a
+                .to_device(device)?
+                .to_dtype(DType::F32)?
+                .t()?
+                .contiguous()?;
+            let b_t = (module
+                .b
+                .to_device(device)?
+                .to_dtype(DType::F32)?
+                .t()?
+                .contiguous()?
+                * module.scale)?;
+            branches.insert((key.layer, proj), Branch { a_t, b_t });
+        }
+        Ok(LoadedAdapter {
+            name: name.to_string(),
+            generation,
+            identity: NEXT_IDENTITY.fetch_add(1, Ordering::Relaxed),
+            bytes: adapter.bytes(),
+            branches,
+        })
+    }
+
+    /// The name requests select it by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which version of `name` this is.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes of LoRA weights.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The prefix-cache namespace of KV state computed with this adapter.
+    pub(crate) fn namespace(&self) -> u64 {
+        self.identity
+    }
+
+    fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>> {
+        let Some(branch) = self.branches.get(&(layer_idx, proj)) else {
+            return Ok(None);
+        };
+        Ok(Some(xs.matmul(&branch.a_t)?.matmul(&branch.b_t)?))
+    }
+
+    fn out_features(&self, layer_idx: usize, proj: Proj) -> Option<usize> {
+        self.branches
+            .get(&(layer_idx, proj))
+            .map(|b| b.b_t.dims()[1])
+    }
+}
+
+impl LinearHook for LoadedAdapter {
+    fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>> {
+        LoadedAdapter::delta(self, layer_idx, proj, xs)
+    }
+}
+
+/// The hook for one forward pass: consecutive row ranges, each with its adapter or none.
+pub(crate) struct RowAdapters<'a> {
+    segments: Vec<(usize, Option<&'a LoadedAdapter>)>,
+}
+
+impl<'a> RowAdapters<'a> {
+    /// `segments`: `(rows, adapter)` in batch order. `None` if no row has an adapter.
+    pub(crate) fn new(segments: Vec<(usize, Option<&'a LoadedAdapter>)>) -> Option<Self> {
+        segments
+            .iter()
+            .any(|(_, a)| a.is_some())
+            .then_some(RowAdapters { segments })
+    }
+}
+
+impl LinearHook for RowAdapters<'_> {
+    fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>> {
+        if let [(_, Some(adapter))] = self.segments.as_slice() {
+            return adapter.delta(layer_idx, proj, xs);
+        }
+        let Some(out) = self
+            .segments
+            .iter()
+            .find_map(|(_, a)| a.and_then(|a| a.out_features(layer_idx, proj)))
+        else {
+            return Ok(None);
+        };
+        let mut parts = Vec::with_capacity(self.segments.len());
+        let mut offset = 0;
+        for &(rows, adapter) in &self.segments {
+            let rows_xs = xs.narrow(0, offset, rows)?;
+            let part = match adapter.map(|a| a.delta(layer_idx, proj, &rows_xs)) {
+                Some(delta) => match delta? {
+                    Some(delta) => delta,
+                    None => Tensor::zeros((rows, out), xs.dtype(), xs.device())?,
+                },
+                None => Tensor::zeros((rows, out), xs.dtype(), xs.device())?,
+            };
+            parts.push(part);
+            offset += rows;
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
+    }
+}
+
+/// Shares a loaded adapter between requests.
+pub type SharedAdapter = Arc<LoadedAdapter>;
