@@ -54,7 +54,7 @@ use tokenizer::Tokenizer;
 
 /// A loaded model, ready to generate.
 pub struct Engine {
-    model: Model,
+    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     fim: Option<FimTemplate>,
     chat_template: Option<String>,
@@ -79,7 +79,7 @@ impl Engine {
         options: &load::LoadOptions,
     ) -> Self {
         Engine {
-            model,
+            model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             fim,
             chat_template,
@@ -98,6 +98,12 @@ impl Engine {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The model, to share with threads that validate and prepare adapters for it (the
+    /// forward pass only reads it).
+    pub fn shared_model(&self) -> Arc<Model> {
+        Arc::clone(&self.model)
     }
 
     /// The tokenizer, to share with threads that prepare requests.

@@ -157,6 +157,37 @@ pub struct ServeArgs {
         default_value_t = 64
     )]
     pub interleaved_prefill_chunk: usize,
+    /// Load a LoRA adapter (PEFT directory) at startup under NAME; repeatable. Requests
+    /// select it with `"model": "NAME"`.
+    #[arg(long = "adapter", value_name = "NAME=PATH")]
+    pub adapters: Vec<String>,
+    /// Load every subdirectory of this directory as an adapter named after it.
+    #[arg(long, env = "HEXACODER_ADAPTER_DIR")]
+    pub adapter_dir: Option<PathBuf>,
+    /// Allow loading and unloading adapters at run time (`POST /v1/load_lora_adapter`,
+    /// `/v1/unload_lora_adapter`); needs --admin-token and --adapter-root.
+    #[arg(long, env = "HEXACODER_ENABLE_ADAPTER_MUTATION")]
+    pub enable_adapter_mutation: bool,
+    /// The token run-time adapter changes must present in `x-admin-token` (separate from
+    /// the API key).
+    #[arg(long, env = "HEXACODER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Read the admin token from this file (first line) instead.
+    #[arg(
+        long,
+        env = "HEXACODER_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+    /// The only directory run-time loads may read adapters from (symlinks are resolved).
+    #[arg(long, env = "HEXACODER_ADAPTER_ROOT")]
+    pub adapter_root: Option<PathBuf>,
+    /// Adapters loaded at once at most.
+    #[arg(long, env = "HEXACODER_MAX_ADAPTERS", default_value_t = 16)]
+    pub max_adapters: usize,
+    /// Bytes of adapter weights loaded at once at most.
+    #[arg(long, env = "HEXACODER_MAX_ADAPTER_BYTES", default_value_t = 1 << 30)]
+    pub max_adapter_bytes: usize,
     /// Log format on stderr: `text` or `json` (one object per line). Verbosity comes from
     /// `HEXACODER_LOG` (e.g. `info`, `hexacoder_server=debug`).
     #[arg(long, env = "HEXACODER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

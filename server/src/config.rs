@@ -82,6 +82,18 @@ fn file_args(path: &Path, unset: impl Fn(&str) -> bool) -> Result<Vec<OsString>>
             toml::Value::Integer(i) => args.push(format!("{flag}={i}").into()),
             toml::Value::Float(f) => args.push(format!("{flag}={f}").into()),
             toml::Value::Boolean(b) => args.push(format!("{flag}={b}").into()),
+            toml::Value::Array(items) => {
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => args.push(format!("{flag}={s}").into()),
+                        other => bail!(
+                            "config key {key:?} in {} must list strings, not {}",
+                            path.display(),
+                            other.type_str()
+                        ),
+                    }
+                }
+            }
             other => bail!(
                 "config key {key:?} in {} must be a string, number or boolean, not {}",
                 path.display(),

@@ -4,6 +4,7 @@
 //! it; [`model_source`] turns `--model` into a loaded engine; [`serve`] starts the engine's
 //! scheduler and the [`http`] API over it; [`generate`] is the one-off terminal mode.
 
+pub mod adapter_registry;
 pub mod chat_template;
 pub mod cli;
 pub mod config;

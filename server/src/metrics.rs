@@ -26,6 +26,14 @@ pub struct Metrics {
     pub prefix_cache_queries: IntCounter,
     pub prefix_cache_hits: IntCounter,
     pub request_prompt_tokens: HistogramVec,
+    pub lora_adapters_loaded: IntGauge,
+    pub lora_adapter_bytes: IntGauge,
+    pub lora_loads: IntCounterVec,
+    pub lora_unloads: IntCounter,
+    pub lora_load_seconds: Histogram,
+    pub lora_requests: IntCounterVec,
+    pub lora_requests_info: prometheus::GaugeVec,
+    max_lora: usize,
     /// Counter values at the last scrape, to turn engine totals into increments.
     last: Mutex<SchedulerStats>,
 }
@@ -42,7 +50,7 @@ impl Metrics {
     ///
     /// # Errors
     /// Only on a programming error (a duplicate or malformed name).
-    pub fn new() -> prometheus::Result<Self> {
+    pub fn new(max_lora: usize) -> prometheus::Result<Self> {
         let registry = Registry::new();
         macro_rules! register {
             ($metric:expr) => {{
@@ -120,9 +128,64 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(16.0, 2.0, 12)?),
                 &["route"],
             )?),
+            lora_adapters_loaded: register!(IntGauge::new(
+                "hexacoder:lora_adapters_loaded",
+                "LoRA adapters loaded."
+            )?),
+            lora_adapter_bytes: register!(IntGauge::new(
+                "hexacoder:lora_adapter_bytes",
+                "Bytes of LoRA weights loaded."
+            )?),
+            lora_loads: register!(IntCounterVec::new(
+                Opts::new(
+                    "hexacoder:lora_loads_total",
+                    "Run-time adapter loads by result."
+                ),
+                &["result"],
+            )?),
+            lora_unloads: register!(IntCounter::new(
+                "hexacoder:lora_unloads_total",
+                "Run-time adapter unloads."
+            )?),
+            lora_load_seconds: register!(histogram(
+                "hexacoder:lora_load_seconds",
+                "Time to read, validate and prepare an adapter.",
+                LATENCY_BUCKETS
+            )?),
+            lora_requests: register!(IntCounterVec::new(
+                Opts::new("hexacoder:lora_requests_total", "Requests per adapter."),
+                &["adapter"],
+            )?),
+            lora_requests_info: register!(prometheus::GaugeVec::new(
+                Opts::new(
+                    "hexacoder:lora_requests_info",
+                    "Adapters with requests in flight (vLLM's lora_requests_info; the value is the Unix time)."
+                ),
+                &["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+            )?),
+            max_lora,
             registry,
             last: Mutex::new(SchedulerStats::default()),
         })
+    }
+
+    /// Adapter gauges, set before a scrape.
+    pub fn set_adapters(&self, loaded: usize, bytes: usize, running: &[String]) {
+        self.lora_adapters_loaded.set(loaded as i64);
+        self.lora_adapter_bytes.set(bytes as i64);
+        self.lora_requests_info.reset();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        // Requests wait in the engine's queue without an adapter being singled out, so
+        // every adapter in flight is reported as running.
+        self.lora_requests_info
+            .with_label_values(&[
+                running.join(",").as_str(),
+                "",
+                self.max_lora.to_string().as_str(),
+            ])
+            .set(now);
     }
 
     /// Reads the scheduler's gauges and counters, then renders the text exposition format.

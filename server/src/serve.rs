@@ -13,6 +13,7 @@ use hexacoder_engine::{Scheduler, SchedulerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::adapter_registry::{AdapterLimits, AdapterRegistry};
 use crate::chat_template::ChatTemplate;
 use crate::cli::ServeArgs;
 use crate::http::{self, AppState, ModelCard};
@@ -21,12 +22,39 @@ use crate::model_source;
 
 /// Runs the server until it is told to stop.
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let api_key = api_key(args)?;
+    let api_key = secret(
+        args.api_key.as_deref(),
+        args.api_key_file.as_deref(),
+        "--api-key",
+    )?;
+    let admin_token = secret(
+        args.admin_token.as_deref(),
+        args.admin_token_file.as_deref(),
+        "--admin-token",
+    )?;
+    let adapter_root = if args.enable_adapter_mutation {
+        if admin_token.is_none() {
+            bail!("--enable-adapter-mutation needs --admin-token (or --admin-token-file)");
+        }
+        let root = args.adapter_root.as_ref().context(
+            "--enable-adapter-mutation needs --adapter-root, the directory loads may read",
+        )?;
+        Some(
+            root.canonicalize()
+                .with_context(|| format!("--adapter-root {}", root.display()))?,
+        )
+    } else {
+        if admin_token.is_some() {
+            tracing::warn!("--admin-token has no effect without --enable-adapter-mutation");
+        }
+        None
+    };
     if api_key.is_none() && !is_loopback(&args.host) {
         tracing::warn!(host = %args.host, "listening beyond loopback without --api-key");
     }
     let engine = model_source::load_engine(&args.model)?;
     let tokenizer = engine.shared_tokenizer();
+    let model = engine.shared_model();
     let card = ModelCard {
         id: args
             .served_model_name
@@ -39,6 +67,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         has_fim: engine.fim().is_some(),
     };
     tracing::info!(chat_template = ?card.chat_template.kind(), "chat template");
+    let adapters = AdapterRegistry::new(
+        model,
+        &card.id,
+        AdapterLimits {
+            max_adapters: args.max_adapters,
+            max_bytes: args.max_adapter_bytes,
+        },
+    );
+    for (name, path) in startup_adapters(args)? {
+        let info = adapters
+            .load(&name, &path)
+            .with_context(|| format!("loading adapter {name} from {}", path.display()))?;
+        tracing::info!(adapter = %info.name, bytes = info.bytes, "adapter loaded");
+    }
     let scheduler = Scheduler::start(
         engine,
         SchedulerOptions {
@@ -54,8 +96,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         scheduler: Arc::new(scheduler),
         model: card,
-        metrics: Metrics::new().context("registering metrics")?,
+        metrics: Metrics::new(args.max_adapters).context("registering metrics")?,
         api_key_digest: api_key.as_deref().map(http::api_key_digest),
+        adapters,
+        admin_token_digest: if args.enable_adapter_mutation {
+            admin_token.as_deref().map(http::api_key_digest)
+        } else {
+            None
+        },
+        adapter_root,
+        adapter_requests: Default::default(),
         request_timeout: (args.request_timeout > 0)
             .then(|| Duration::from_secs(args.request_timeout)),
         max_body_bytes: args.max_body_bytes,
@@ -140,22 +190,53 @@ async fn wait_for_signal() {
     }
 }
 
-fn api_key(args: &ServeArgs) -> Result<Option<String>> {
-    if let Some(key) = &args.api_key {
-        if key.trim().is_empty() {
-            bail!("--api-key is empty");
+/// A secret given directly or as the first line of a file.
+fn secret(value: Option<&str>, file: Option<&Path>, flag: &str) -> Result<Option<String>> {
+    if let Some(value) = value {
+        if value.trim().is_empty() {
+            bail!("{flag} is empty");
         }
-        return Ok(Some(key.trim().to_string()));
+        return Ok(Some(value.trim().to_string()));
     }
-    let Some(path) = &args.api_key_file else {
+    let Some(path) = file else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --api-key-file {}", path.display()))?;
+        .with_context(|| format!("cannot read {flag}-file {}", path.display()))?;
     match text.lines().next().map(str::trim) {
         Some(key) if !key.is_empty() => Ok(Some(key.to_string())),
-        _ => bail!("--api-key-file {} is empty", path.display()),
+        _ => bail!("{flag}-file {} is empty", path.display()),
     }
+}
+
+/// `--adapter NAME=PATH` and the subdirectories of `--adapter-dir`.
+fn startup_adapters(args: &ServeArgs) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for spec in &args.adapters {
+        let Some((name, path)) = spec.split_once('=') else {
+            bail!("--adapter {spec:?} is not NAME=PATH");
+        };
+        out.push((name.to_string(), std::path::PathBuf::from(path)));
+    }
+    if let Some(dir) = &args.adapter_dir {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read --adapter-dir {}", dir.display()))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read --adapter-dir {}", dir.display()))?
+                .path();
+            if path.is_dir()
+                && let Some(name) = path.file_name().and_then(|n| n.to_str())
+                && !name.starts_with('.')
+            {
+                found.push((name.to_string(), path.clone()));
+            }
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -262,3 +262,54 @@ impl Tiny {
         dir.to_path_buf()
     }
 }
+
+impl Tiny {
+    /// Writes a PEFT LoRA adapter for this model into `dir` with the safetensors and JSON
+    /// libraries directly (not through HexaCoder's writer, so that tests check our reader
+    /// against the format rather than against itself). Rank `rank` on `targets` (module
+    /// names such as `q_proj`) in every layer, weights uniform in ±`scale`.
+    pub fn write_lora(
+        &self,
+        dir: &Path,
+        seed: u64,
+        rank: usize,
+        targets: &[&str],
+        scale: f32,
+    ) -> PathBuf {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (h, i, hd) = (self.hidden, self.intermediate, self.head_dim());
+        let mut tensors = HashMap::new();
+        for layer in 0..self.layers {
+            for &module in targets {
+                let (parent, n_in, n_out) = match module {
+                    "q_proj" => ("self_attn", h, self.heads * hd),
+                    "k_proj" | "v_proj" => ("self_attn", h, self.kv_heads * hd),
+                    "o_proj" => ("self_attn", self.heads * hd, h),
+                    "gate_proj" | "up_proj" => ("mlp", h, i),
+                    "down_proj" => ("mlp", i, h),
+                    other => panic!("unknown module {other}"),
+                };
+                let mut random = |rows: usize, cols: usize| {
+                    let values: Vec<f32> = (0..rows * cols)
+                        .map(|_| rng.random_range(-scale..scale))
+                        .collect();
+                    Tensor::from_vec(values, (rows, cols), &Device::Cpu).expect("tensor")
+                };
+                let prefix = format!("base_model.model.model.layers.{layer}.{parent}.{module}");
+                tensors.insert(format!("{prefix}.lora_A.weight"), random(rank, n_in));
+                tensors.insert(format!("{prefix}.lora_B.weight"), random(n_out, rank));
+            }
+        }
+        std::fs::create_dir_all(dir).expect("mkdir");
+        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))
+            .expect("safetensors");
+        let config = json!({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+            "lora_dropout": 0.0, "target_modules": targets, "bias": "none", "use_rslora": false,
+            "use_dora": false, "fan_in_fan_out": false, "modules_to_save": null,
+            "base_model_name_or_path": "tiny", "inference_mode": true,
+        });
+        std::fs::write(dir.join("adapter_config.json"), config.to_string()).expect("config");
+        dir.to_path_buf()
+    }
+}

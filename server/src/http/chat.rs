@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use hexacoder_engine::GenerateRequest;
+use hexacoder_engine::{GenerateRequest, SharedAdapter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::completions::{Usage, token_string};
+use super::completions::{Usage, model_label, token_string};
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
 use super::run::{Run, RunEvent, openai_finish_reason};
@@ -133,6 +133,7 @@ fn messages(wire: Vec<WireMessage>) -> Result<Vec<Message>, ApiError> {
 }
 
 struct Plan {
+    adapter: Option<SharedAdapter>,
     request: GenerateRequest,
     top_logprobs: Option<usize>,
     stream: bool,
@@ -140,7 +141,8 @@ struct Plan {
 }
 
 fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
-    state.check_model(req.model.as_deref())?;
+    let extension = req.hexacoder.unwrap_or_default();
+    let adapter = state.resolve_model(req.model.as_deref(), extension.adapter.as_deref())?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_param(
             "tools",
@@ -169,7 +171,6 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
         }
         _ => None,
     };
-    let extension = req.hexacoder.unwrap_or_default();
     let sampling = params::sampling(
         req.temperature,
         req.top_p,
@@ -191,6 +192,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
     stop.extend(card.chat_template.extra_stops());
     let _ = req.user;
     Ok(Plan {
+        adapter: adapter.clone(),
         request: GenerateRequest {
             prompt,
             suffix: None,
@@ -201,7 +203,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
             top_logprobs: top_logprobs.unwrap_or(0),
             context_files: extension.context_files(),
             logit_bias: logit_bias.clone(),
-            adapter: None,
+            adapter,
             ignore_eos: extension.ignore_eos,
         },
         top_logprobs,
@@ -250,11 +252,11 @@ pub async fn handle(
         "id": id,
         "object": "chat.completion",
         "created": created,
-        "model": state.model.id,
+        "model": model_label(&state, &plan.adapter),
         "choices": choices,
         "usage": usage.json(),
         "system_fingerprint": Value::Null,
-        "hexacoder": usage.extension(),
+        "hexacoder": usage.extension(&plan.adapter),
     }))
     .into_response())
 }
@@ -285,7 +287,7 @@ impl StreamTranslate {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
-            "model": self.state.model.id,
+            "model": model_label(&self.state, &self.plan.adapter),
             "choices": choices,
         })
     }
@@ -357,7 +359,7 @@ impl sse::Translate for StreamTranslate {
         }
         let mut chunk = self.chunk(Vec::new());
         chunk["usage"] = self.usage.json();
-        chunk["hexacoder"] = self.usage.extension();
+        chunk["hexacoder"] = self.usage.extension(&self.plan.adapter);
         vec![chunk]
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hexacoder_engine::tokenizer::Tokenizer;
-use hexacoder_engine::{GenerateRequest, GeneratedToken, Generation};
+use hexacoder_engine::{GenerateRequest, GeneratedToken, Generation, SharedAdapter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -60,6 +60,7 @@ pub struct CompletionRequest {
 }
 
 struct Plan {
+    adapter: Option<SharedAdapter>,
     prompts: Vec<String>,
     requests: Vec<GenerateRequest>,
     n: usize,
@@ -70,7 +71,8 @@ struct Plan {
 }
 
 fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
-    state.check_model(req.model.as_deref())?;
+    let extension = req.hexacoder.unwrap_or_default();
+    let adapter = state.resolve_model(req.model.as_deref(), extension.adapter.as_deref())?;
     let prompts = req.prompt.into_vec();
     if prompts.is_empty() {
         return Err(ApiError::bad_param(
@@ -110,7 +112,6 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
     if req.suffix.is_some() && !state.model.has_fim {
         return Err(hexacoder_engine::Error::NoFim.into());
     }
-    let extension = req.hexacoder.unwrap_or_default();
     let top_k = extension.top_k.map(|k| k as i64);
     let sampling = params::sampling(req.temperature, req.top_p, top_k, req.seed)?;
     let max_tokens = params::max_tokens(
@@ -133,12 +134,13 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             top_logprobs: logprobs.unwrap_or(0),
             context_files: extension.context_files(),
             logit_bias: logit_bias.clone(),
-            adapter: None,
+            adapter: adapter.clone(),
             ignore_eos: extension.ignore_eos,
         })
         .collect();
     let stream = req.stream.unwrap_or(false);
     Ok(Plan {
+        adapter,
         prompts,
         requests,
         n,
@@ -193,11 +195,11 @@ pub async fn handle(
         "id": id,
         "object": "text_completion",
         "created": created,
-        "model": state.model.id,
+        "model": model_label(&state, &plan.adapter),
         "choices": choices,
         "usage": usage.json(),
         "system_fingerprint": Value::Null,
-        "hexacoder": usage.extension(),
+        "hexacoder": usage.extension(&plan.adapter),
     }))
     .into_response())
 }
@@ -232,14 +234,23 @@ impl Usage {
         })
     }
 
-    /// The `hexacoder` object of a response.
-    pub fn extension(&self) -> Value {
+    /// The `hexacoder` object of a response: timings and which adapter version answered.
+    pub fn extension(&self, adapter: &Option<SharedAdapter>) -> Value {
         json!({
             "cached_prompt_tokens": self.cached_tokens,
             "time_to_first_token_ms": self.ttft_ms,
             "elapsed_ms": self.elapsed_ms,
+            "adapter": adapter.as_ref().map(|a| a.name()),
+            "adapter_generation": adapter.as_ref().map(|a| a.generation()),
         })
     }
+}
+
+/// The `model` a response names: the adapter's name, or the base model's.
+pub fn model_label(state: &AppState, adapter: &Option<SharedAdapter>) -> String {
+    adapter
+        .as_ref()
+        .map_or_else(|| state.model.id.clone(), |a| a.name().to_string())
 }
 
 /// How a token is shown in logprobs: its text, or its name for control tokens.
@@ -296,7 +307,7 @@ impl StreamTranslate {
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
-            "model": self.state.model.id,
+            "model": model_label(&self.state, &self.plan.adapter),
             "choices": choices,
         })
     }
@@ -368,7 +379,7 @@ impl sse::Translate for StreamTranslate {
         }
         let mut chunk = self.chunk(Vec::new());
         chunk["usage"] = self.usage.json();
-        chunk["hexacoder"] = self.usage.extension();
+        chunk["hexacoder"] = self.usage.extension(&self.plan.adapter);
         vec![chunk]
     }
 }

@@ -59,7 +59,7 @@ pub async fn handle(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<InfillRequest>,
 ) -> Result<Response, ApiError> {
-    state.check_model(req.model.as_deref())?;
+    let adapter = state.resolve_model(req.model.as_deref(), None)?;
     if !state.model.has_fim {
         return Err(hexacoder_engine::Error::NoFim.into());
     }
@@ -97,7 +97,7 @@ pub async fn handle(
             })
             .collect(),
         logit_bias: vec![],
-        adapter: None,
+        adapter,
         ignore_eos: false,
     };
     let run = Run::start(&state, "/infill", vec![request])?;

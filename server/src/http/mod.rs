@@ -4,6 +4,7 @@
 //! ([`run::Run`]) and engine events back into wire formats. Everything about batching,
 //! admission and cancellation lives in the engine's `Scheduler`.
 
+pub mod adapters;
 pub mod chat;
 pub mod completions;
 pub mod error;
@@ -23,13 +24,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hexacoder_engine::Scheduler;
 use hexacoder_engine::tokenizer::Tokenizer;
+use hexacoder_engine::{Scheduler, SharedAdapter};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
+use crate::adapter_registry::AdapterRegistry;
 use crate::chat_template::ChatTemplate;
 use crate::metrics::Metrics;
 use error::ApiError;
@@ -56,6 +58,13 @@ pub struct AppState {
     pub request_timeout: Option<Duration>,
     pub max_body_bytes: usize,
     pub shutting_down: AtomicBool,
+    pub adapters: AdapterRegistry,
+    /// SHA-256 of the admin token; `None` while run-time adapter mutation is disabled.
+    pub admin_token_digest: Option<[u8; 32]>,
+    /// Canonical directory run-time adapter loads must stay inside.
+    pub adapter_root: Option<std::path::PathBuf>,
+    /// In-flight requests per adapter, for `lora_requests_info`.
+    pub adapter_requests: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
 /// Samples per prompt at most.
@@ -66,15 +75,48 @@ pub const MAX_LOGPROBS: usize = 20;
 pub const MAX_STOP: usize = 16;
 
 impl AppState {
-    /// Checks the `model` a client asked for.
+    /// Checks the `model` a client asked for (the base model or an adapter's name).
     pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
-        match requested {
-            None => Ok(()),
-            Some(model) if model == self.model.id => Ok(()),
-            Some(model) => Err(ApiError::model_not_found(
-                model,
-                std::slice::from_ref(&self.model.id),
-            )),
+        self.resolve_model(requested, None).map(|_| ())
+    }
+
+    /// The adapter a request selects: `model: "<adapter>"` as in vLLM, or the `hexacoder`
+    /// extension's `adapter`; `None` for the base model.
+    pub fn resolve_model(
+        &self,
+        model: Option<&str>,
+        extension_adapter: Option<&str>,
+    ) -> Result<Option<SharedAdapter>, ApiError> {
+        let known = || {
+            let mut names = vec![self.model.id.clone()];
+            names.extend(self.adapters.names());
+            names
+        };
+        let by_model = match model {
+            None => None,
+            Some(m) if m == self.model.id => None,
+            Some(m) => Some(
+                self.adapters
+                    .get(m)
+                    .ok_or_else(|| ApiError::model_not_found(m, &known()))?,
+            ),
+        };
+        match extension_adapter {
+            None => Ok(by_model),
+            Some(name) => {
+                let adapter = self.adapters.get(name).ok_or_else(|| {
+                    let mut err = ApiError::model_not_found(name, &known());
+                    err.param = Some("hexacoder.adapter".into());
+                    err
+                })?;
+                if by_model.as_ref().is_some_and(|m| m.name() != name) {
+                    return Err(ApiError::bad_param(
+                        "hexacoder.adapter",
+                        "`model` and `hexacoder.adapter` name different adapters.",
+                    ));
+                }
+                Ok(Some(adapter))
+            }
         }
     }
 }
@@ -92,6 +134,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/infill", post(infill::handle))
+        .route("/v1/load_lora_adapter", post(adapters::load))
+        .route("/v1/unload_lora_adapter", post(adapters::unload))
+        .route("/v1/lora_adapters", get(adapters::list))
         .route("/tabby/v1/completions", post(tabby::completions))
         .route("/tabby/v1/health", get(tabby::health).post(tabby::health))
         .route("/tabby/v1/events", post(tabby::events))
@@ -183,6 +228,19 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let running: Vec<String> = state
+        .adapter_requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, _)| name.clone())
+        .collect();
+    state.metrics.set_adapters(
+        state.adapters.list().len(),
+        state.adapters.total_bytes(),
+        &running,
+    );
     let body = state.metrics.render(state.scheduler.stats());
     (
         [(
@@ -205,14 +263,46 @@ fn model_object(state: &AppState) -> serde_json::Value {
     })
 }
 
+fn adapter_objects(state: &AppState) -> Vec<serde_json::Value> {
+    state
+        .adapters
+        .list()
+        .into_iter()
+        .map(|a| {
+            json!({
+                "id": a.name,
+                "object": "model",
+                "created": a.created,
+                "owned_by": "hexacoder",
+                "parent": state.model.id,
+                "root": a.path,
+                "max_model_len": state.model.context_length,
+                "hexacoder": {"kind": "lora", "generation": a.generation, "bytes": a.bytes},
+            })
+        })
+        .collect()
+}
+
 async fn list_models(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({"object": "list", "data": [model_object(&state)]})).into_response()
+    let mut data = vec![model_object(&state)];
+    data.extend(adapter_objects(&state));
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.check_model(Some(&id)) {
-        Ok(()) => axum::Json(model_object(&state)).into_response(),
-        Err(err) => err.into_response(),
+    if id == state.model.id {
+        return axum::Json(model_object(&state)).into_response();
+    }
+    match adapter_objects(&state)
+        .into_iter()
+        .find(|a| a["id"] == id.as_str())
+    {
+        Some(adapter) => axum::Json(adapter).into_response(),
+        None => state
+            .check_model(Some(&id))
+            .err()
+            .unwrap_or_else(|| ApiError::not_found(format!("no model {id}")))
+            .into_response(),
     }
 }
 

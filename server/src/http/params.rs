@@ -44,6 +44,9 @@ pub struct Extension {
     /// Other files shown to the model before the prompt.
     #[serde(default)]
     pub context_files: Vec<ContextFileWire>,
+    /// The LoRA adapter to apply (alternative to naming it in `model`).
+    #[serde(default)]
+    pub adapter: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

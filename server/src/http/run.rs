@@ -45,6 +45,8 @@ pub enum RunEvent {
 
 pub struct Run {
     state: Arc<AppState>,
+    /// Adapters of this run's prompts, counted in `adapter_requests` until it ends.
+    adapters: Vec<String>,
     route: &'static str,
     events: UnboundedReceiver<(usize, Event)>,
     remaining: usize,
@@ -63,6 +65,10 @@ impl Run {
     ) -> Result<Run, ApiError> {
         let (sender, events) = unbounded_channel();
         let remaining = requests.len();
+        let adapters: Vec<String> = requests
+            .iter()
+            .filter_map(|r| r.adapter.as_ref().map(|a| a.name().to_string()))
+            .collect();
         for (prompt, request) in requests.into_iter().enumerate() {
             let sink = ChannelSink {
                 prompt,
@@ -72,8 +78,23 @@ impl Run {
             state.scheduler.submit(request, Box::new(sink))?;
         }
         let timeout = state.request_timeout;
+        {
+            let mut counts = state
+                .adapter_requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for name in &adapters {
+                *counts.entry(name.clone()).or_default() += 1;
+                state
+                    .metrics
+                    .lora_requests
+                    .with_label_values(&[name.as_str()])
+                    .inc();
+            }
+        }
         Ok(Run {
             state: Arc::clone(state),
+            adapters,
             route,
             events,
             remaining,
@@ -207,6 +228,19 @@ impl Run {
 impl Drop for Run {
     fn drop(&mut self) {
         self.abandon();
+        let mut counts = self
+            .state
+            .adapter_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for name in &self.adapters {
+            if let Some(count) = counts.get_mut(name) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(name);
+                }
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `hexacoder-server` binary, driven as a user drives it.
 
+mod adapters;
 mod api;
 mod cli;
 mod harness;
