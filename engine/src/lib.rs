@@ -100,6 +100,25 @@ impl Engine {
         &self.tokenizer
     }
 
+    /// Merges `adapter` into the weights for a single-adapter deployment: every request then
+    /// gets it at the base model's speed.
+    ///
+    /// # Errors
+    /// The model is already shared ([`Engine::shared_model`]), or the adapter does not fit it.
+    pub fn merge_adapter(
+        &mut self,
+        adapter: &hexacoder_adapters::Adapter,
+        kernel: nn::Q8Kernel,
+    ) -> Result<()> {
+        let model = Arc::get_mut(&mut self.model).ok_or_else(|| {
+            Error::InvalidRequest("cannot merge an adapter into a model that is shared".into())
+        })?;
+        lora::merge_into(model, adapter, kernel)?;
+        self.prefix_cache
+            .invalidate(generate::PREFIX_CACHE_NAMESPACE_BASE);
+        Ok(())
+    }
+
     /// The model, to share with threads that validate and prepare adapters for it (the
     /// forward pass only reads it).
     pub fn shared_model(&self) -> Arc<Model> {

@@ -33,6 +33,32 @@ impl BaseModel for Model {
     }
 }
 
+/// Adds `s·B·A` of every module of `adapter` to `model`'s weights: one adapter, no per-request
+/// cost. Quantized projections become Q8_0.
+///
+/// # Errors
+/// A module the model does not have, or tensor failures.
+pub fn merge_into(model: &mut Model, adapter: &Adapter, kernel: crate::nn::Q8Kernel) -> Result<()> {
+    for (key, module) in adapter.modules() {
+        let proj = proj_named(&key.parent, &key.module).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "adapter module `{}` is not a projection",
+                key.path()
+            ))
+        })?;
+        let linear = model.projection_mut(key.layer, proj).ok_or_else(|| {
+            Error::InvalidRequest(format!("the model has no module `{}`", key.path()))
+        })?;
+        let delta = (module
+            .b
+            .to_dtype(DType::F32)?
+            .matmul(&module.a.to_dtype(DType::F32)?)?
+            * module.scale)?;
+        *linear = linear.with_weight_delta(&delta, kernel)?;
+    }
+    Ok(())
+}
+
 /// Never reused, so prefix-cache entries of one adapter version can never serve another.
 static NEXT_IDENTITY: AtomicU64 = AtomicU64::new(1);
 

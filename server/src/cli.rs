@@ -182,6 +182,10 @@ pub struct ServeArgs {
     /// The only directory run-time loads may read adapters from (symlinks are resolved).
     #[arg(long, env = "HEXACODER_ADAPTER_ROOT")]
     pub adapter_root: Option<PathBuf>,
+    /// Merge this adapter (PEFT directory) into the base weights at startup: a single-adapter
+    /// deployment with no per-request LoRA cost. Quantized projections become Q8_0.
+    #[arg(long, env = "HEXACODER_MERGE_ADAPTER")]
+    pub merge_adapter: Option<PathBuf>,
     /// Adapters loaded at once at most.
     #[arg(long, env = "HEXACODER_MAX_ADAPTERS", default_value_t = 16)]
     pub max_adapters: usize,

@@ -52,7 +52,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if api_key.is_none() && !is_loopback(&args.host) {
         tracing::warn!(host = %args.host, "listening beyond loopback without --api-key");
     }
-    let engine = model_source::load_engine(&args.model)?;
+    let mut engine = model_source::load_engine(&args.model)?;
+    if let Some(path) = &args.merge_adapter {
+        let adapter = hexacoder_adapters::Adapter::load(path, engine.model())
+            .with_context(|| format!("--merge-adapter {}", path.display()))?;
+        let kernel = if args.model.candle_q8_kernel {
+            hexacoder_engine::nn::Q8Kernel::Candle
+        } else {
+            hexacoder_engine::nn::Q8Kernel::Fastest
+        };
+        engine
+            .merge_adapter(&adapter, kernel)
+            .with_context(|| format!("merging {}", path.display()))?;
+        tracing::info!(adapter = %path.display(), "adapter merged into the base weights");
+    }
     let tokenizer = engine.shared_tokenizer();
     let model = engine.shared_model();
     let card = ModelCard {

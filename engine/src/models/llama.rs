@@ -279,6 +279,20 @@ impl Model {
         })
     }
 
+    /// Mutable access to a projection (merging an adapter at load).
+    pub fn projection_mut(&mut self, layer_idx: usize, proj: Proj) -> Option<&mut Linear> {
+        let layer = self.layers.get_mut(layer_idx)?;
+        Some(match proj {
+            Proj::Q => &mut layer.self_attn.q_proj,
+            Proj::K => &mut layer.self_attn.k_proj,
+            Proj::V => &mut layer.self_attn.v_proj,
+            Proj::O => &mut layer.self_attn.o_proj,
+            Proj::Gate => &mut layer.mlp.gate_proj,
+            Proj::Up => &mut layer.mlp.up_proj,
+            Proj::Down => &mut layer.mlp.down_proj,
+        })
+    }
+
     /// Logits for every position of one sequence from scratch: `[tokens.len(), vocab]`
     /// (training, scoring, and checking against references).
     pub fn forward_all(&self, tokens: &[u32], hook: Option<&dyn LinearHook>) -> Result<Tensor> {

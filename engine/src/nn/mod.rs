@@ -154,6 +154,31 @@ impl Linear {
         })
     }
 
+    /// This projection with `delta` (`[out, in]`, f32) added to its weight: a merged LoRA.
+    /// Quantized weights are re-quantized to Q8_0, whose error is far below a 4-bit type's.
+    pub fn with_weight_delta(&self, delta: &Tensor, kernel: Q8Kernel) -> Result<Linear> {
+        let merged = (self.dequantized_weight()? + delta.to_device(&self.device())?)?;
+        match &self.weight {
+            Weight::Candle(QMatMul::Tensor(_)) | Weight::Candle(QMatMul::TensorF16(_)) => {
+                Linear::dense(merged, self.bias.clone())
+            }
+            _ => {
+                let q = QTensor::quantize(&merged, candle_core::quantized::GgmlDType::Q8_0)?;
+                Linear::quantized(Arc::new(q), self.bias.clone(), kernel)
+            }
+        }
+    }
+
+    fn device(&self) -> Device {
+        match &self.weight {
+            Weight::Candle(QMatMul::QTensor(q)) => q.device(),
+            Weight::Candle(QMatMul::Tensor(t)) | Weight::Candle(QMatMul::TensorF16(t)) => {
+                t.device().clone()
+            }
+            Weight::Q8(_) => Device::Cpu,
+        }
+    }
+
     /// `xs` is `[tokens, in]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = match &self.weight {

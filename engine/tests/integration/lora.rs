@@ -243,3 +243,33 @@ fn prefix_cache_never_serves_another_adapter_or_version() {
         "a new generation must not reuse the old one's KV"
     );
 }
+
+#[test]
+fn merged_mode_matches_the_side_branch() {
+    let tiny = tiny();
+    let (_dir, engine) = support::tiny_engine(tiny, 3, &support::options());
+    let (_dir2, mut merged) = support::tiny_engine(tiny, 3, &support::options());
+    let adapter = adapter_for(&tiny, 9, false);
+    let loaded = LoadedAdapter::new("m", 1, &adapter, engine.model()).expect("prepare");
+    merged
+        .merge_adapter(&adapter, hexacoder_engine::nn::Q8Kernel::Fastest)
+        .expect("merge");
+    let tokens: Vec<u32> = (5..30).collect();
+    let side = engine
+        .model()
+        .forward_all(&tokens, Some(&loaded))
+        .expect("side");
+    let folded = merged.model().forward_all(&tokens, None).expect("merged");
+    assert!(
+        max_abs_diff(&side, &folded) < 1e-4,
+        "{}",
+        max_abs_diff(&side, &folded)
+    );
+    let _shared = merged.shared_model();
+    assert!(
+        merged
+            .merge_adapter(&adapter, hexacoder_engine::nn::Q8Kernel::Fastest)
+            .is_err(),
+        "a shared model cannot change"
+    );
+}
