@@ -115,7 +115,7 @@ fn side_branch_equals_merged_weights_and_survives_a_save_and_load() {
     }
     let merged_dir = tiny.write_hf_dir_with(&dir.path().join("merged"), &merged);
     let merged_engine =
-        load::load(&ModelFiles::HfDir(merged_dir), &support::options()).expect("merged");
+        load::load(&ModelFiles::HfDir(merged_dir.clone()), &support::options()).expect("merged");
 
     let tokens: Vec<u32> = (3..40).collect();
     let side = engine
@@ -131,6 +131,40 @@ fn side_branch_equals_merged_weights_and_survives_a_save_and_load() {
         max_abs_diff(&side, &reference) < 1e-4,
         "{}",
         max_abs_diff(&side, &reference)
+    );
+    // And an implementation that shares no code with ours: candle-transformers' qwen2 on
+    // the merged weights.
+    let config: candle_transformers::models::qwen2::Config =
+        serde_json::from_value(tiny.config_json()).expect("reference config");
+    let weights = merged_dir.join("model.safetensors");
+    // SAFETY: the file was written above and is not modified while mapped.
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[weights],
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .expect("vb");
+    let mut model =
+        candle_transformers::models::qwen2::Model::new(&config, vb.clone()).expect("reference");
+    let ids = Tensor::new(tokens.as_slice(), &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("ids");
+    let hidden = model
+        .forward(&ids, 0, None)
+        .and_then(|h| h.squeeze(0))
+        .expect("reference forward");
+    let head = candle_nn::Linear::new(
+        vb.get((tiny.vocab_size(), tiny.hidden), "lm_head.weight")
+            .expect("head"),
+        None,
+    );
+    let independent = candle_core::Module::forward(&head, &hidden).expect("head forward");
+    assert!(
+        max_abs_diff(&side, &independent) < 1e-4,
+        "side branch vs candle-transformers on merged weights: {}",
+        max_abs_diff(&side, &independent)
     );
     assert!(
         max_abs_diff(&side, &base) > 1e-2,

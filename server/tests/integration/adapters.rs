@@ -256,10 +256,25 @@ async fn runtime_loading_is_guarded_and_bad_adapters_are_4xx() {
         candle_core::Tensor::full(f32::NAN, shape, &candle_core::Device::Cpu).expect("nan"),
     );
     candle_core::safetensors::save(&weights, nan.join("adapter_model.safetensors")).expect("save");
+    // A tensor for a module that is not a decoder projection.
+    let unknown = tiny().write_lora(&root.join("unknown"), 6, 4, &["q_proj"], 0.5);
+    let mut weights = candle_core::safetensors::load(
+        unknown.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("load");
+    weights.insert(
+        "base_model.model.lm_head.lora_A.weight".into(),
+        candle_core::Tensor::zeros((4, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .expect("zeros"),
+    );
+    candle_core::safetensors::save(&weights, unknown.join("adapter_model.safetensors"))
+        .expect("save");
     for (path, needle) in [
         ("truncated", "safetensors"),
         ("wrong-shape", "shape"),
         ("nan", "NaN"),
+        ("unknown", "lm_head"),
     ] {
         let (status, body) = admin(
             &client,
@@ -452,4 +467,38 @@ async fn hot_swap_under_load_never_fails_or_misattributes() {
         served += worker.await.expect("worker");
     }
     assert!(served >= 24, "only {served} requests were served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_byte_cap_is_a_clear_409() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    write_adapter(&root.join("good"), 1);
+    let server = mutable_server(&root, &["--max-adapter-bytes", "1000"]);
+    let client = client();
+    let (status, body) = admin(
+        &client,
+        &server,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "a", "lora_path": "good"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_error(status, &body, 409, None);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("--max-adapter-bytes"),
+        "{body}"
+    );
+    let listed: Value = client
+        .get(server.url("/v1/lora_adapters"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["data"].as_array().expect("data").len(), 0);
 }
