@@ -6,23 +6,7 @@ use hexacoder_engine::fim::FimSetting;
 use hexacoder_engine::{Engine, Error, FinishReason, GenerateRequest, Generation, SamplingParams};
 use hexacoder_testkit::Arch;
 
-use crate::support::{self, Tiny};
-
-fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.into(),
-        suffix: None,
-        max_tokens,
-        sampling,
-        n: 1,
-        stop: vec![],
-        top_logprobs: 0,
-        context_files: vec![],
-        logit_bias: vec![],
-        adapter: None,
-        ignore_eos: false,
-    }
-}
+use crate::support::{self, Tiny, request};
 
 fn sampled(seed: u64) -> SamplingParams {
     SamplingParams {

@@ -174,17 +174,9 @@ fn side_branch_equals_merged_weights_and_survives_a_save_and_load() {
 
 fn request(prompt: &str, adapter: Option<Arc<LoadedAdapter>>) -> GenerateRequest {
     GenerateRequest {
-        prompt: prompt.into(),
-        suffix: None,
-        max_tokens: 20,
-        sampling: SamplingParams::greedy(),
-        n: 1,
-        stop: vec![],
-        top_logprobs: 0,
-        context_files: vec![],
-        logit_bias: vec![],
         adapter,
         ignore_eos: true,
+        ..support::request(prompt, 20, SamplingParams::greedy())
     }
 }
 

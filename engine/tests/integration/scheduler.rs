@@ -13,23 +13,7 @@ use hexacoder_engine::{
 };
 use hexacoder_testkit::Arch;
 
-use crate::support::{self, Tiny};
-
-fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.into(),
-        suffix: None,
-        max_tokens,
-        sampling,
-        n: 1,
-        stop: vec![],
-        top_logprobs: 0,
-        context_files: vec![],
-        logit_bias: vec![],
-        adapter: None,
-        ignore_eos: false,
-    }
-}
+use crate::support::{self, Tiny, request};
 
 fn options(max_running: usize, max_waiting: usize) -> SchedulerOptions {
     SchedulerOptions {

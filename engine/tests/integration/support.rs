@@ -3,11 +3,28 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use hexacoder_engine::Engine;
 use hexacoder_engine::fim::FimSetting;
 use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
+use hexacoder_engine::{Engine, GenerateRequest, SamplingParams};
 pub use hexacoder_testkit::{SPECIAL, Tiny, vocab};
+
+/// A plain request: no suffix, one sample, no stops, logprobs, context, bias or adapter.
+pub fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.into(),
+        suffix: None,
+        max_tokens,
+        sampling,
+        n: 1,
+        stop: vec![],
+        top_logprobs: 0,
+        context_files: vec![],
+        logit_bias: vec![],
+        adapter: None,
+        ignore_eos: false,
+    }
+}
 
 pub fn options() -> LoadOptions {
     LoadOptions {

@@ -248,17 +248,16 @@ pub async fn handle(
             }));
         }
     }
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model_label(&state, &plan.adapter),
         "choices": choices,
-        "usage": usage.json(),
         "system_fingerprint": Value::Null,
-        "hexacoder": usage.extension(&plan.adapter),
-    }))
-    .into_response())
+    });
+    usage.attach(&mut body, &plan.adapter);
+    Ok(axum::Json(body).into_response())
 }
 
 fn token_logprob(state: &AppState, token: &hexacoder_engine::GeneratedToken) -> Value {
@@ -358,8 +357,7 @@ impl sse::Translate for StreamTranslate {
             return Vec::new();
         }
         let mut chunk = self.chunk(Vec::new());
-        chunk["usage"] = self.usage.json();
-        chunk["hexacoder"] = self.usage.extension(&self.plan.adapter);
+        self.usage.attach(&mut chunk, &self.plan.adapter);
         vec![chunk]
     }
 }

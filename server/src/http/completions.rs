@@ -191,17 +191,16 @@ pub async fn handle(
             }));
         }
     }
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model_label(&state, &plan.adapter),
         "choices": choices,
-        "usage": usage.json(),
         "system_fingerprint": Value::Null,
-        "hexacoder": usage.extension(&plan.adapter),
-    }))
-    .into_response())
+    });
+    usage.attach(&mut body, &plan.adapter);
+    Ok(axum::Json(body).into_response())
 }
 
 /// Token counts and timings summed over a request's prompts.
@@ -234,8 +233,14 @@ impl Usage {
         })
     }
 
+    /// Adds `usage` and the `hexacoder` object to a response or a stream's last chunk.
+    pub fn attach(&self, body: &mut Value, adapter: &Option<SharedAdapter>) {
+        body["usage"] = self.json();
+        body["hexacoder"] = self.extension(adapter);
+    }
+
     /// The `hexacoder` object of a response: timings and which adapter version answered.
-    pub fn extension(&self, adapter: &Option<SharedAdapter>) -> Value {
+    fn extension(&self, adapter: &Option<SharedAdapter>) -> Value {
         json!({
             "cached_prompt_tokens": self.cached_tokens,
             "time_to_first_token_ms": self.ttft_ms,
@@ -378,8 +383,7 @@ impl sse::Translate for StreamTranslate {
             return Vec::new();
         }
         let mut chunk = self.chunk(Vec::new());
-        chunk["usage"] = self.usage.json();
-        chunk["hexacoder"] = self.usage.extension(&self.plan.adapter);
+        self.usage.attach(&mut chunk, &self.plan.adapter);
         vec![chunk]
     }
 }
