@@ -10,7 +10,7 @@ use hexacoder_engine::{GenerateRequest, SharedAdapter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::completions::{Usage, model_label, token_string};
+use super::completions::{Usage, adapter_header, model_label, token_string};
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
 use super::run::{Run, RunEvent, openai_finish_reason};
@@ -217,6 +217,7 @@ pub async fn handle(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let plan = plan(&state, req)?;
+    let adapter = plan.adapter.clone();
     let run = Run::start(&state, "/v1/chat/completions", vec![plan.request.clone()])?;
     let id = response_id("chatcmpl");
     let created = unix_now();
@@ -229,7 +230,7 @@ pub async fn handle(
             started: HashSet::new(),
             usage: Usage::default(),
         };
-        return Ok(sse::response(run, translate));
+        return Ok(adapter_header(sse::response(run, translate), &adapter));
     }
     let generations = run.collect().await?;
     let mut usage = Usage::default();
@@ -257,7 +258,7 @@ pub async fn handle(
         "system_fingerprint": Value::Null,
     });
     usage.attach(&mut body, &plan.adapter);
-    Ok(axum::Json(body).into_response())
+    Ok(adapter_header(axum::Json(body).into_response(), &adapter))
 }
 
 fn token_logprob(state: &AppState, token: &hexacoder_engine::GeneratedToken) -> Value {

@@ -156,6 +156,7 @@ pub async fn handle(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let plan = plan(&state, req)?;
+    let adapter = plan.adapter.clone();
     let run = Run::start(&state, "/v1/completions", plan.requests.clone())?;
     let id = response_id("cmpl");
     let created = unix_now();
@@ -170,7 +171,7 @@ pub async fn handle(
             usage: Usage::default(),
             echoed: false,
         };
-        return Ok(sse::response(run, translate));
+        return Ok(adapter_header(sse::response(run, translate), &adapter));
     }
     let generations = run.collect().await?;
     let mut choices = Vec::new();
@@ -200,7 +201,7 @@ pub async fn handle(
         "system_fingerprint": Value::Null,
     });
     usage.attach(&mut body, &plan.adapter);
-    Ok(axum::Json(body).into_response())
+    Ok(adapter_header(axum::Json(body).into_response(), &adapter))
 }
 
 /// Token counts and timings summed over a request's prompts.
@@ -249,6 +250,21 @@ impl Usage {
             "adapter_generation": adapter.as_ref().map(|a| a.generation()),
         })
     }
+}
+
+/// `x-hexacoder-adapter: NAME@GENERATION` on a response an adapter produced, so that even a
+/// stream without a usage chunk says which version answered.
+pub fn adapter_header(mut response: Response, adapter: &Option<SharedAdapter>) -> Response {
+    if let Some(adapter) = adapter
+        && let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+            "{}@{}",
+            adapter.name(),
+            adapter.generation()
+        ))
+    {
+        response.headers_mut().insert("x-hexacoder-adapter", value);
+    }
+    response
 }
 
 /// The `model` a response names: the adapter's name, or the base model's.

@@ -9,6 +9,7 @@ use hexacoder_engine::{ContextFile, FinishReason, GenerateRequest, Generation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::completions::adapter_header;
 use super::error::{ApiError, ApiJson};
 use super::params::{self, OneOrMany};
 use super::run::{Run, RunEvent};
@@ -60,6 +61,7 @@ pub async fn handle(
     ApiJson(req): ApiJson<InfillRequest>,
 ) -> Result<Response, ApiError> {
     let adapter = state.resolve_model(req.model.as_deref(), None)?;
+    let answered_by = adapter.clone();
     if !state.model.has_fim {
         return Err(hexacoder_engine::Error::NoFim.into());
     }
@@ -105,7 +107,7 @@ pub async fn handle(
         let translate = StreamTranslate {
             state: Arc::clone(&state),
         };
-        return Ok(sse::response(run, translate));
+        return Ok(adapter_header(sse::response(run, translate), &answered_by));
     }
     let generation = run
         .collect()
@@ -118,7 +120,10 @@ pub async fn handle(
         .ok_or_else(|| ApiError::internal("no sample"))?;
     let mut body = final_object(&state, &generation);
     body["content"] = json!(sample.text);
-    Ok(axum::Json(body).into_response())
+    Ok(adapter_header(
+        axum::Json(body).into_response(),
+        &answered_by,
+    ))
 }
 
 fn final_object(state: &AppState, generation: &Generation) -> Value {

@@ -74,6 +74,17 @@ async fn startup_adapters_are_listed_and_selected_by_model() {
 
     let url = server.url("/v1/completions");
     let (_, base) = post(&client, &url, &greedy("tiny-coder")).await;
+    let response = client
+        .post(&url)
+        .json(&json!({"model": "sec", "prompt": "x", "max_tokens": 2, "stream": true}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        response.headers()["x-hexacoder-adapter"],
+        "sec@1",
+        "streams say which version answers"
+    );
     let (status, adapted) = post(&client, &url, &greedy("sec")).await;
     assert_eq!(status, 200, "{adapted}");
     assert_eq!(adapted["model"], "sec");
@@ -120,7 +131,7 @@ async fn startup_adapters_are_listed_and_selected_by_model() {
     let requests = server
         .metric(&client, "hexacoder:lora_requests_total{adapter=\"sec\"}")
         .await;
-    assert_eq!(requests, 2.0);
+    assert_eq!(requests, 3.0);
 }
 
 async fn admin(
