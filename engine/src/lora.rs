@@ -67,6 +67,48 @@ struct Branch {
     a_t: Tensor,
     /// `s·Bᵀ`, `[r, out]`.
     b_t: Tensor,
+    /// `A` and `s·B` row-major on the host, for few rows on the CPU.
+    host: Option<(Vec<f32>, Vec<f32>)>,
+    rank: usize,
+}
+
+/// Up to this many rows (decode steps), the branch is two loops of dot products on the host:
+/// a tensor matmul's dispatch costs more than these tiny products themselves.
+const HOST_ROWS: usize = 16;
+
+/// A dot product with eight independent accumulators, which the compiler vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+impl Branch {
+    /// `s·B(A·x)` for each row of `xs` (`rows × in`, row-major).
+    fn host_delta(&self, xs: &[f32], rows: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let n_in = xs.len() / rows.max(1);
+        let n_out = b.len() / self.rank;
+        let mut out = Vec::with_capacity(rows * n_out);
+        let mut hidden = vec![0f32; self.rank];
+        for x in xs.chunks_exact(n_in) {
+            for (h, a_row) in hidden.iter_mut().zip(a.chunks_exact(n_in)) {
+                *h = dot(x, a_row);
+            }
+            out.extend(b.chunks_exact(self.rank).map(|b_row| dot(&hidden, b_row)));
+        }
+        out
+    }
 }
 
 /// An adapter ready for the forward pass.
@@ -103,20 +145,28 @@ impl LoadedAdapter {
                     key.path()
                 ))
             })?;
-            let a_t = module
-                .a
-                .to_device(device)?
-                .to_dtype(DType::F32)?
-                .t()?
-                .contiguous()?;
-            let b_t = (module
-                .b
-                .to_device(device)?
-                .to_dtype(DType::F32)?
-                .t()?
-                .contiguous()?
-                * module.scale)?;
-            branches.insert((key.layer, proj), Branch { a_t, b_t });
+            let a = module.a.to_device(device)?.to_dtype(DType::F32)?;
+            let b = (module.b.to_device(device)?.to_dtype(DType::F32)? * module.scale)?;
+            let rank = a.dims()[0];
+            let host = if device.is_cpu() {
+                Some((
+                    a.flatten_all()?.to_vec1::<f32>()?,
+                    b.flatten_all()?.to_vec1::<f32>()?,
+                ))
+            } else {
+                None
+            };
+            let a_t = a.t()?.contiguous()?;
+            let b_t = b.t()?.contiguous()?;
+            branches.insert(
+                (key.layer, proj),
+                Branch {
+                    a_t,
+                    b_t,
+                    host,
+                    rank,
+                },
+            );
         }
         Ok(LoadedAdapter {
             name: name.to_string(),
@@ -151,6 +201,16 @@ impl LoadedAdapter {
         let Some(branch) = self.branches.get(&(layer_idx, proj)) else {
             return Ok(None);
         };
+        let rows = xs.dims()[0];
+        if let Some((a, b)) = &branch.host
+            && rows <= HOST_ROWS
+            && xs.dtype() == DType::F32
+        {
+            let flat = xs.flatten_all()?.to_vec1::<f32>()?;
+            let delta = branch.host_delta(&flat, rows, a, b);
+            let n_out = branch.b_t.dims()[1];
+            return Ok(Some(Tensor::from_vec(delta, (rows, n_out), xs.device())?));
+        }
         Ok(Some(xs.matmul(&branch.a_t)?.matmul(&branch.b_t)?))
     }
 

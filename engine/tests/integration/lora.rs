@@ -166,6 +166,21 @@ fn side_branch_equals_merged_weights_and_survives_a_save_and_load() {
         "side branch vs candle-transformers on merged weights: {}",
         max_abs_diff(&side, &independent)
     );
+    // Few rows take the host path (decode steps); it must agree too.
+    let short = &tokens[..10];
+    let side_short = engine
+        .model()
+        .forward_all(short, Some(&loaded))
+        .expect("short side");
+    let merged_short = merged_engine
+        .model()
+        .forward_all(short, None)
+        .expect("short merged");
+    assert!(
+        max_abs_diff(&side_short, &merged_short) < 1e-4,
+        "host path: {}",
+        max_abs_diff(&side_short, &merged_short)
+    );
     assert!(
         max_abs_diff(&side, &base) > 1e-2,
         "the adapter must change the logits"
