@@ -1,0 +1,530 @@
+//! Import blocks of source files, found with tree-sitter: the analysis behind HexaCoder's
+//! two-step generation.
+//!
+//! Step 1 shows the model a file's import block alone and lets it add libraries; step 2
+//! completes the code from the prompt with the new imports merged into that block. This crate
+//! finds the block ([`ImportBlock::find`]), turns what step 1 generated into new import
+//! statements ([`ImportBlock::new_imports`]), merges them into the prompt as one edit
+//! ([`ImportBlock::merge`]), and drops the ones the completion never uses ([`prune_unused`]).
+//! It knows nothing about models.
+#![deny(missing_docs)]
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use tree_sitter::{Node, Parser, Tree};
+
+/// Languages with an import grammar here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// `import` / `from … import`.
+    Python,
+    /// `#include`.
+    C,
+    /// `#include`.
+    Cpp,
+}
+
+impl Language {
+    /// From an editor language id, a file extension or a name (`python`, `py`, `c`, `h`,
+    /// `cpp`, `c++`, `cc`, `hpp`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim_start_matches('.').to_ascii_lowercase().as_str() {
+            "python" | "py" | "python3" => Some(Language::Python),
+            "c" | "h" => Some(Language::C),
+            "cpp" | "c++" | "cc" | "cxx" | "hpp" | "hh" | "hxx" => Some(Language::Cpp),
+            _ => None,
+        }
+    }
+
+    fn grammar(self) -> tree_sitter::Language {
+        match self {
+            Language::Python => tree_sitter_python::LANGUAGE.into(),
+            Language::C => tree_sitter_c::LANGUAGE.into(),
+            Language::Cpp => tree_sitter_cpp::LANGUAGE.into(),
+        }
+    }
+
+    fn parse(self, source: &str) -> Option<Tree> {
+        let mut parser = Parser::new();
+        parser.set_language(&self.grammar()).ok()?;
+        parser.parse(source, None)
+    }
+
+    /// Whether a top-level node is an import statement.
+    fn is_import(self, node: Node<'_>) -> bool {
+        match self {
+            Language::Python => matches!(
+                node.kind(),
+                "import_statement" | "import_from_statement" | "future_import_statement"
+            ),
+            Language::C | Language::Cpp => node.kind() == "preproc_include",
+        }
+    }
+
+    /// Whether a top-level node may sit before or between imports without ending the block.
+    fn is_header(self, node: Node<'_>, first_statement: bool) -> bool {
+        match (self, node.kind()) {
+            (_, "comment") => true,
+            // A module docstring.
+            (Language::Python, "expression_statement") => {
+                first_statement && node.named_child(0).is_some_and(|c| c.kind() == "string")
+            }
+            // `#pragma once`, `#define _GNU_SOURCE` and the like.
+            (Language::C | Language::Cpp, "preproc_call" | "preproc_def") => true,
+            _ => false,
+        }
+    }
+
+    /// `try:` around imports only (optional dependencies).
+    fn is_import_try(self, node: Node<'_>) -> bool {
+        if self != Language::Python || node.kind() != "try_statement" {
+            return false;
+        }
+        let mut cursor = node.walk();
+        let mut any = false;
+        for child in node.named_children(&mut cursor) {
+            let mut inner = child.walk();
+            let block = match child.kind() {
+                "block" => Some(child),
+                "except_clause" | "else_clause" | "finally_clause" => child
+                    .named_children(&mut inner)
+                    .find(|c| c.kind() == "block"),
+                _ => None,
+            };
+            let Some(block) = block else { continue };
+            let mut statements = block.walk();
+            for statement in block.named_children(&mut statements) {
+                match statement.kind() {
+                    "import_statement" | "import_from_statement" => any = true,
+                    "pass_statement" | "comment" => {}
+                    // `HAS_X = False` in the except branch is still an import idiom.
+                    "expression_statement" if child.kind() != "block" => {}
+                    _ => return false,
+                }
+            }
+        }
+        any
+    }
+}
+
+/// One import statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Import {
+    /// Its text, as written.
+    pub text: String,
+    /// Byte range in the source it was found in.
+    pub range: Range<usize>,
+    /// Names it binds (`import os.path` binds `os`; `from a import b as c` binds `c`). Empty
+    /// for C includes and `import *`, whose use cannot be told from identifiers.
+    pub bound_names: Vec<String>,
+}
+
+/// A file's import block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportBlock {
+    /// The language it was parsed as.
+    pub language: Language,
+    /// Every import statement of the block, in order.
+    pub imports: Vec<Import>,
+    /// Bytes from the first to the last import (empty at [`ImportBlock::insert_at`] when there
+    /// are none).
+    pub range: Range<usize>,
+    /// Where new imports go: the line after the block, or after a shebang, docstring,
+    /// comments and pragmas when there is no import yet.
+    pub insert_at: usize,
+    /// Whether the block ends with a top-level import line that step 1 may extend.
+    last_line_extendable: bool,
+}
+
+/// A change to the prompt, LSP-style: replace `range` (zero-based lines and UTF-16 columns of
+/// the original prompt) with `new_text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextEdit {
+    /// `(line, character)` where the replaced text starts.
+    pub start: (u32, u32),
+    /// `(line, character)` where it ends.
+    pub end: (u32, u32),
+    /// The replacement.
+    pub new_text: String,
+}
+
+/// What step 1 added.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewImports {
+    /// New statements, each on its own line.
+    pub added: Vec<Import>,
+    /// The last existing import line, extended (`from flask import request` →
+    /// `from flask import request, escape`).
+    pub extended_last: Option<Import>,
+}
+
+impl NewImports {
+    /// Whether step 1 added nothing.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.extended_last.is_none()
+    }
+
+    /// Every new or changed statement.
+    pub fn statements(&self) -> impl Iterator<Item = &Import> {
+        self.extended_last.iter().chain(&self.added)
+    }
+}
+
+impl ImportBlock {
+    /// Finds the import block: the top-level imports from the first one to the first statement
+    /// that is neither an import nor a comment (Python `try:` blocks of imports count as
+    /// imports). A string that merely contains `import` is not one.
+    pub fn find(language: Language, source: &str) -> ImportBlock {
+        let mut block = ImportBlock {
+            language,
+            imports: Vec::new(),
+            range: 0..0,
+            insert_at: 0,
+            last_line_extendable: false,
+        };
+        let Some(tree) = language.parse(source) else {
+            return block;
+        };
+        let mut first_statement = true;
+        let mut block_end = None;
+        for node in top_level(tree.root_node()) {
+            if language.is_import(node) {
+                block.imports.push(import_of(language, node, source));
+                block_end = Some(trimmed_end(source, node));
+                block.last_line_extendable = true;
+            } else if language.is_import_try(node) {
+                collect_imports(language, node, source, &mut block.imports);
+                block_end = Some(trimmed_end(source, node));
+                block.last_line_extendable = false;
+            } else if language.is_header(node, first_statement) {
+                if block.imports.is_empty() {
+                    block.insert_at = line_end(source, node.end_byte());
+                }
+            } else {
+                break;
+            }
+            // A shebang or comment may precede the docstring.
+            if node.kind() != "comment" {
+                first_statement = false;
+            }
+        }
+        if let (Some(first), Some(end)) = (block.imports.first(), block_end) {
+            block.range = first.range.start.min(end)..end;
+            block.insert_at = line_end(source, end);
+        } else {
+            block.range = block.insert_at..block.insert_at;
+        }
+        block
+    }
+
+    /// The step-1 prompt: the import statements alone. It ends without a newline when the
+    /// model may extend the last line, and with one when that line sits inside a `try:`.
+    /// Empty when there are none.
+    pub fn step1_prompt(&self, source: &str) -> String {
+        let mut text = source[self.range.clone()].trim_end().to_string();
+        if !self.last_line_extendable && !text.is_empty() {
+            text.push('\n');
+        }
+        text
+    }
+
+    /// The new imports in what step 1 generated after [`ImportBlock::step1_prompt`]:
+    /// complete lines up to the first one that is not an import, parsed, valid, and not
+    /// already present. A continuation of the last line is an extension of that import.
+    pub fn new_imports(&self, generated: &str) -> NewImports {
+        let mut result = NewImports::default();
+        let existing: HashSet<String> = self.imports.iter().map(|i| normalize(&i.text)).collect();
+        let mut rest = generated;
+        // A continuation of the last line (no newline first) extends that import, when the
+        // block ends with it (not inside a `try:`).
+        if let Some(last) = self.imports.last()
+            && self.last_line_extendable
+            && !generated.starts_with('\n')
+        {
+            let (continuation, after) = match generated.split_once('\n') {
+                Some((line, after)) => (line, Some(after)),
+                None => (generated, None),
+            };
+            if after.is_some() && !continuation.trim().is_empty() {
+                let candidate = format!("{}{}", last.text.trim_end(), continuation);
+                if let Some(statement) = sole_import(self.language, &candidate)
+                    && normalize(&statement.text) != normalize(&last.text)
+                {
+                    result.extended_last = Some(Import {
+                        range: last.range.clone(),
+                        ..statement
+                    });
+                }
+            }
+            rest = after.unwrap_or("");
+        }
+        let mut seen = existing;
+        let mut pending = String::new();
+        for line in complete_lines(rest) {
+            if line.trim().is_empty() {
+                continue;
+            }
+            pending.push_str(line);
+            pending.push('\n');
+            match classify(self.language, &pending) {
+                Parsed::Imports(statements) => {
+                    for statement in statements {
+                        if seen.insert(normalize(&statement.text)) {
+                            result.added.push(statement);
+                        }
+                    }
+                    pending.clear();
+                }
+                // A parenthesized import may span lines.
+                Parsed::Incomplete if pending.lines().count() < 8 => {}
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// The prompt with `new` merged into the block (no second block, nothing duplicated), and
+    /// the same change as one edit of the original prompt.
+    pub fn merge(&self, source: &str, new: &NewImports) -> (String, TextEdit) {
+        let lines: Vec<&str> = new.added.iter().map(|i| i.text.as_str()).collect();
+        let (start, end, text) = match &new.extended_last {
+            // The extended statement replaces the old one; new lines follow it.
+            Some(extended) => {
+                let mut text = extended.text.clone();
+                for line in &lines {
+                    text.push('\n');
+                    text.push_str(line);
+                }
+                (extended.range.start, extended.range.end, text)
+            }
+            None => {
+                let at = self.insert_at;
+                let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                if !text.is_empty() && at > 0 && !source[..at].ends_with('\n') {
+                    text.insert(0, '\n');
+                }
+                (at, at, text)
+            }
+        };
+        let mut merged = String::with_capacity(source.len() + text.len());
+        merged.push_str(&source[..start]);
+        merged.push_str(&text);
+        merged.push_str(&source[end..]);
+        let edit = TextEdit {
+            start: position(source, start),
+            end: position(source, end),
+            new_text: text,
+        };
+        (merged, edit)
+    }
+}
+
+/// The imports of `new` whose bound names appear as identifiers in `completion` (C includes
+/// and `import *`, whose use cannot be told, are kept).
+pub fn prune_unused(
+    language: Language,
+    new: &NewImports,
+    completion: &str,
+) -> (NewImports, Vec<Import>) {
+    let used = identifiers(language, completion);
+    let is_used = |import: &Import| {
+        import.bound_names.is_empty() || import.bound_names.iter().any(|n| used.contains(n))
+    };
+    let mut kept = NewImports {
+        extended_last: new.extended_last.clone(),
+        added: Vec::new(),
+    };
+    let mut pruned = Vec::new();
+    for import in &new.added {
+        if is_used(import) {
+            kept.added.push(import.clone());
+        } else {
+            pruned.push(import.clone());
+        }
+    }
+    (kept, pruned)
+}
+
+enum Parsed {
+    Imports(Vec<Import>),
+    Incomplete,
+    Other,
+}
+
+/// Whether `text` parses as import statements only.
+fn classify(language: Language, text: &str) -> Parsed {
+    let Some(tree) = language.parse(text) else {
+        return Parsed::Other;
+    };
+    let root = tree.root_node();
+    let mut cursor = root.walk();
+    let nodes: Vec<Node<'_>> = root
+        .named_children(&mut cursor)
+        .filter(|n| n.kind() != "comment")
+        .collect();
+    if nodes.is_empty() {
+        return Parsed::Other;
+    }
+    if root.has_error() {
+        // An open parenthesis of `from x import (` is incomplete, not wrong.
+        let opens = text.matches('(').count();
+        let closes = text.matches(')').count();
+        return if language == Language::Python
+            && opens > closes
+            && text.trim_start().starts_with("from ")
+        {
+            Parsed::Incomplete
+        } else {
+            Parsed::Other
+        };
+    }
+    if nodes.iter().all(|n| language.is_import(*n)) {
+        Parsed::Imports(
+            nodes
+                .into_iter()
+                .map(|n| import_of(language, n, text))
+                .collect(),
+        )
+    } else {
+        Parsed::Other
+    }
+}
+
+/// `text` parsed as exactly one import statement.
+fn sole_import(language: Language, text: &str) -> Option<Import> {
+    match classify(language, &format!("{text}\n")) {
+        Parsed::Imports(mut imports) if imports.len() == 1 => imports.pop(),
+        _ => None,
+    }
+}
+
+fn collect_imports(language: Language, node: Node<'_>, source: &str, out: &mut Vec<Import>) {
+    let mut cursor = node.walk();
+    let children: Vec<Node<'_>> = node.named_children(&mut cursor).collect();
+    for child in children {
+        if language.is_import(child) {
+            out.push(import_of(language, child, source));
+        } else {
+            collect_imports(language, child, source, out);
+        }
+    }
+}
+
+/// Top-level statements in order. A prompt is a cut-off file (an unterminated docstring is
+/// common), which tree-sitter wraps in `ERROR` nodes; their children are read through, so an
+/// error further down never hides the imports above it.
+fn top_level(root: Node<'_>) -> Vec<Node<'_>> {
+    let mut out = Vec::new();
+    let mut cursor = root.walk();
+    for node in root.named_children(&mut cursor) {
+        if node.kind() == "ERROR" {
+            out.extend(top_level(node));
+        } else {
+            out.push(node);
+        }
+    }
+    out
+}
+
+/// The end of `node` without trailing whitespace.
+fn trimmed_end(source: &str, node: Node<'_>) -> usize {
+    node.start_byte() + source[node.byte_range()].trim_end().len()
+}
+
+fn import_of(language: Language, node: Node<'_>, source: &str) -> Import {
+    let text = source[node.byte_range()].trim_end().to_string();
+    let bound_names = match language {
+        Language::Python => python_bound_names(node, source),
+        Language::C | Language::Cpp => Vec::new(),
+    };
+    Import {
+        text,
+        range: node.start_byte()..node.start_byte() + source[node.byte_range()].trim_end().len(),
+        bound_names,
+    }
+}
+
+fn python_bound_names(node: Node<'_>, source: &str) -> Vec<String> {
+    let text = |n: Node<'_>| source[n.byte_range()].to_string();
+    let mut names = Vec::new();
+    let mut cursor = node.walk();
+    let module = node.child_by_field_name("module_name").map(|n| n.id());
+    for child in node.children_by_field_name("name", &mut cursor) {
+        if Some(child.id()) == module {
+            continue;
+        }
+        let name = match child.kind() {
+            "aliased_import" => child.child_by_field_name("alias").map(text),
+            "dotted_name" if node.kind() == "import_statement" => {
+                // `import os.path` binds `os`.
+                child.named_child(0).map(text)
+            }
+            "dotted_name" => Some(text(child)),
+            _ => None,
+        };
+        names.extend(name);
+    }
+    if node.kind() == "future_import_statement" {
+        return Vec::new();
+    }
+    let mut wildcard = node.walk();
+    if node
+        .named_children(&mut wildcard)
+        .any(|c| c.kind() == "wildcard_import")
+    {
+        return Vec::new();
+    }
+    names
+}
+
+/// Every identifier in `code` (tree-sitter tolerates the partial code a completion is).
+fn identifiers(language: Language, code: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let Some(tree) = language.parse(code) else {
+        return out;
+    };
+    let mut stack = vec![tree.root_node()];
+    while let Some(node) = stack.pop() {
+        if node.kind().ends_with("identifier") {
+            out.insert(code[node.byte_range()].to_string());
+        }
+        let mut cursor = node.walk();
+        stack.extend(node.children(&mut cursor));
+    }
+    out
+}
+
+/// Whitespace-insensitive text of a statement, to compare imports.
+fn normalize(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The lines of `text` that end with a newline.
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    complete.split('\n').filter(move |_| !text.is_empty())
+}
+
+/// The byte after the newline that ends the line holding `at` (or the end of `source`).
+fn line_end(source: &str, at: usize) -> usize {
+    match source[at..].find('\n') {
+        Some(offset) => at + offset + 1,
+        None => source.len(),
+    }
+}
+
+/// LSP position (zero-based line, UTF-16 column) of byte `at`.
+fn position(source: &str, at: usize) -> (u32, u32) {
+    let before = &source[..at];
+    let line = before.matches('\n').count() as u32;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = source[line_start..at].encode_utf16().count() as u32;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

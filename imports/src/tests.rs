@@ -1,0 +1,204 @@
+use super::*;
+
+fn texts(block: &ImportBlock) -> Vec<&str> {
+    block.imports.iter().map(|i| i.text.as_str()).collect()
+}
+
+#[test]
+fn python_blocks_with_headers_future_parentheses_and_try() {
+    let source = "#!/usr/bin/env python3\n\"\"\"Tool.\"\"\"\n# comment\nfrom __future__ import annotations\nimport os, sys\nfrom typing import (\n    Any,\n    Dict,\n)\ntry:\n    import ujson as json\nexcept ImportError:\n    import json\n\nimport re\nx = 1\nimport late\n";
+    let block = ImportBlock::find(Language::Python, source);
+    assert_eq!(
+        texts(&block),
+        [
+            "from __future__ import annotations",
+            "import os, sys",
+            "from typing import (\n    Any,\n    Dict,\n)",
+            "import ujson as json",
+            "import json",
+            "import re"
+        ]
+    );
+    assert!(source[block.range.clone()].starts_with("from __future__"));
+    assert!(source[block.range.clone()].ends_with("import re"));
+    assert_eq!(&source[block.insert_at..], "x = 1\nimport late\n");
+    assert_eq!(block.imports[1].bound_names, ["os", "sys"]);
+    assert_eq!(block.imports[2].bound_names, ["Any", "Dict"]);
+    assert_eq!(block.imports[3].bound_names, ["json"]);
+    assert!(block.imports[0].bound_names.is_empty());
+}
+
+#[test]
+fn an_import_inside_a_string_is_not_an_import() {
+    let source = "x = \"import os\"\nimport sys\n";
+    let block = ImportBlock::find(Language::Python, source);
+    assert!(block.imports.is_empty());
+    assert_eq!(block.insert_at, 0);
+    let docstring_only = "\"\"\"import os\"\"\"\ndef f():\n    pass\n";
+    let block = ImportBlock::find(Language::Python, docstring_only);
+    assert!(block.imports.is_empty());
+    assert_eq!(&docstring_only[block.insert_at..], "def f():\n    pass\n");
+}
+
+#[test]
+fn c_and_cpp_includes_with_comments_and_pragmas() {
+    let source = "/* header */\n#pragma once\n#include <stdio.h>\n// local\n#include \"util.h\"\n#define N 10\n#include <string.h>\n\nint main(void) {\n";
+    let block = ImportBlock::find(Language::C, source);
+    assert_eq!(
+        texts(&block),
+        [
+            "#include <stdio.h>",
+            "#include \"util.h\"",
+            "#include <string.h>"
+        ]
+    );
+    assert_eq!(&source[block.insert_at..], "\nint main(void) {\n");
+    let cpp = "#include <vector>\nusing namespace std;\n#include <map>\n";
+    let block = ImportBlock::find(Language::Cpp, cpp);
+    assert_eq!(texts(&block), ["#include <vector>"]);
+    assert!(block.imports[0].bound_names.is_empty());
+}
+
+#[test]
+fn step1_keeps_only_new_valid_imports_and_stops_at_code() {
+    let source = "import os\nfrom flask import Flask, request\n\napp = Flask(__name__)\n";
+    let block = ImportBlock::find(Language::Python, source);
+    assert_eq!(
+        block.step1_prompt(source),
+        "import os\nfrom flask import Flask, request"
+    );
+    let generated = "\nimport os\nimport subprocess\nimport shlex, re\nfrom markupsafe import escape\napp = Flask(__name__)\nimport never\n";
+    let new = block.new_imports(generated);
+    assert!(new.extended_last.is_none());
+    let added: Vec<&str> = new.added.iter().map(|i| i.text.as_str()).collect();
+    assert_eq!(
+        added,
+        [
+            "import subprocess",
+            "import shlex, re",
+            "from markupsafe import escape"
+        ]
+    );
+    // An unfinished last line is not kept; nor is an invalid one.
+    let new = block.new_imports("\nimport json\nimport (broken\nimport half");
+    let added: Vec<&str> = new.added.iter().map(|i| i.text.as_str()).collect();
+    assert_eq!(added, ["import json"]);
+}
+
+#[test]
+fn extending_the_last_import_line_is_an_edit_of_that_line() {
+    // The paper's Listing 1.
+    let source = "from flask import Flask, request, make_response\napp = Flask(__name__)\n";
+    let block = ImportBlock::find(Language::Python, source);
+    let new = block.new_imports(", escape\nimport html\n");
+    let extended = new.extended_last.as_ref().expect("extension");
+    assert_eq!(
+        extended.text,
+        "from flask import Flask, request, make_response, escape"
+    );
+    assert_eq!(
+        extended.bound_names,
+        ["Flask", "request", "make_response", "escape"]
+    );
+    let (merged, edit) = block.merge(source, &new);
+    assert_eq!(
+        merged,
+        "from flask import Flask, request, make_response, escape\nimport html\napp = Flask(__name__)\n"
+    );
+    assert_eq!(edit.start, (0, 0));
+    assert_eq!(edit.end, (0, 47));
+    assert_eq!(
+        edit.new_text,
+        "from flask import Flask, request, make_response, escape\nimport html"
+    );
+}
+
+#[test]
+fn merge_never_duplicates_or_splits_the_block() {
+    let source = "\"\"\"Doc.\"\"\"\nimport os\n\n\ndef run(cmd):\n";
+    let block = ImportBlock::find(Language::Python, source);
+    let new = block.new_imports("\nimport subprocess\nimport os\nimport subprocess\n");
+    let (merged, edit) = block.merge(source, &new);
+    assert_eq!(
+        merged,
+        "\"\"\"Doc.\"\"\"\nimport os\nimport subprocess\n\n\ndef run(cmd):\n"
+    );
+    assert_eq!((edit.start, edit.end), ((2, 0), (2, 0)));
+    assert_eq!(edit.new_text, "import subprocess\n");
+    let again = ImportBlock::find(Language::Python, &merged);
+    assert_eq!(texts(&again), ["import os", "import subprocess"]);
+
+    // No imports at all: new ones go after the docstring.
+    let bare = "\"\"\"Doc.\"\"\"\ndef run(cmd):\n";
+    let block = ImportBlock::find(Language::Python, bare);
+    assert_eq!(block.step1_prompt(bare), "");
+    let new = block.new_imports("import shlex\n");
+    let (merged, _) = block.merge(bare, &new);
+    assert_eq!(merged, "\"\"\"Doc.\"\"\"\nimport shlex\ndef run(cmd):\n");
+
+    // Inside a try block the new line goes after the whole statement, at top level.
+    let guarded = "try:\n    import ujson as json\nexcept ImportError:\n    import json\nx = 1\n";
+    let block = ImportBlock::find(Language::Python, guarded);
+    assert!(
+        block.step1_prompt(guarded).ends_with("import json\n"),
+        "a fresh line, not an extension"
+    );
+    let new = block.new_imports("import os\n");
+    assert!(new.extended_last.is_none(), "no extension inside a try");
+    let (merged, _) = block.merge(guarded, &new);
+    assert!(
+        merged.ends_with("    import json\nimport os\nx = 1\n"),
+        "{merged}"
+    );
+
+    // C: a new include after the last one.
+    let c = "#include <stdio.h>\n\nint main(void) {\n";
+    let block = ImportBlock::find(Language::C, c);
+    let new = block.new_imports("\n#include <stdio.h>\n#include <limits.h>\nint x;\n");
+    let (merged, _) = block.merge(c, &new);
+    assert_eq!(
+        merged,
+        "#include <stdio.h>\n#include <limits.h>\n\nint main(void) {\n"
+    );
+}
+
+#[test]
+fn unused_new_imports_are_pruned() {
+    let source = "import os\n";
+    let block = ImportBlock::find(Language::Python, source);
+    let new = block.new_imports(
+        "\nimport subprocess\nimport shlex as sh\nfrom html import escape\nfrom x import *\n",
+    );
+    let completion = "    return subprocess.run(sh.split(cmd))\n";
+    let (kept, pruned) = prune_unused(Language::Python, &new, completion);
+    let kept: Vec<&str> = kept.added.iter().map(|i| i.text.as_str()).collect();
+    assert_eq!(
+        kept,
+        ["import subprocess", "import shlex as sh", "from x import *"]
+    );
+    assert_eq!(pruned.len(), 1);
+    assert_eq!(pruned[0].text, "from html import escape");
+}
+
+#[test]
+fn edit_positions_count_utf16_columns() {
+    let source = "# café ☕\nimport os";
+    let block = ImportBlock::find(Language::Python, source);
+    let new = block.new_imports("\nimport re\n");
+    let (merged, edit) = block.merge(source, &new);
+    assert_eq!(merged, "# café ☕\nimport os\nimport re\n");
+    assert_eq!(edit.start, (1, 9));
+    assert_eq!(Language::from_name("PY"), Some(Language::Python));
+    assert_eq!(Language::from_name(".hpp"), Some(Language::Cpp));
+    assert_eq!(Language::from_name("rust"), None);
+}
+
+#[test]
+fn a_cut_off_prompt_still_has_its_imports() {
+    // Completion prompts end anywhere, here inside a docstring.
+    let source =
+        "import os\nfrom flask import request\n\n\ndef handler():\n    '''\n    Read the user";
+    let block = ImportBlock::find(Language::Python, source);
+    assert_eq!(texts(&block), ["import os", "from flask import request"]);
+    assert_eq!(&source[block.insert_at..block.insert_at + 1], "\n");
+}
