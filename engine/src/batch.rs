@@ -561,14 +561,16 @@ impl<'a> Active<'a> {
         let cancelled = samples
             .iter()
             .any(|s| s.finish_reason == Some(FinishReason::Cancelled));
-        // Every sample's cache starts with the prompt's positions, unchanged by decoding.
+        // A sample's cache holds the prompt and every generated token but the last (never fed
+        // back). Remembering all of it lets a follow-up that contains the completion (an
+        // accepted suggestion, step 2 of two-step generation) skip its prefill too.
         if !cancelled && let Some(seq) = samples.iter().find(|s| s.cache.len() >= self.prompt.len())
         {
+            let fed = (seq.cache.len() - self.prompt.len()).min(seq.tokens.len());
+            let mut tokens = self.prompt.clone();
+            tokens.extend(seq.tokens[..fed].iter().map(|t| t.id));
             let namespace = prefix_namespace(&self.request);
-            if let Err(err) = engine
-                .prefix_cache
-                .insert(namespace, &self.prompt, &seq.cache)
-            {
+            if let Err(err) = engine.prefix_cache.insert(namespace, &tokens, &seq.cache) {
                 tracing::warn!(%err, "prefix cache insert failed");
             }
         }

@@ -377,3 +377,46 @@ fn invalid_requests_are_errors_that_say_what_is_wrong() {
     );
     assert!(err.is_err());
 }
+
+#[test]
+fn a_follow_up_containing_the_completion_reuses_its_kv_state() {
+    let (_dir, mut engine) = engine(Arch::Qwen2);
+    let (_dir2, mut reference) = support::tiny_engine(
+        Tiny::small(Arch::Qwen2),
+        11,
+        &hexacoder_engine::load::LoadOptions {
+            prefix_cache_bytes: 0,
+            ..support::options()
+        },
+    );
+    // A completion whose re-tokenization is certain: twelve `x` (id 88), which never merge.
+    let prompt = "def parse(line):\n";
+    let first = run(
+        &mut engine,
+        &GenerateRequest {
+            logit_bias: vec![(88, 100.0)],
+            ..request(prompt, 12, SamplingParams::greedy())
+        },
+    );
+    assert_eq!(first.samples[0].text, "x".repeat(12));
+    // The editor accepted the suggestion and the user typed on.
+    let follow_up = format!("{prompt}{}\n", first.samples[0].text);
+    let second = run(
+        &mut engine,
+        &request(&follow_up, 6, SamplingParams::greedy()),
+    );
+    // The prompt and eleven of the twelve tokens (the last one was never fed back).
+    assert_eq!(second.cached_prompt_tokens, first.prompt_tokens.len() + 11);
+    let fresh = run(
+        &mut reference,
+        &request(&follow_up, 6, SamplingParams::greedy()),
+    );
+    let ids = |g: &hexacoder_engine::Generation| -> Vec<u32> {
+        g.samples[0].tokens.iter().map(|t| t.id).collect()
+    };
+    assert_eq!(
+        ids(&second),
+        ids(&fresh),
+        "reused KV state must give the same tokens"
+    );
+}
