@@ -116,6 +116,15 @@ print(json.dumps({"ttft": cut(0, 2000), "prefill": cut(3000, 4000)}))
     }
 
 
+def append_results(table):
+    """Appends a section to benches/RESULTS.md, atomically (temporary file, then rename)."""
+    results = ROOT / "benches" / "RESULTS.md"
+    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
+    staged = results.with_suffix(".md.tmp")
+    staged.write_text(text.rstrip() + "\n\n" + table)
+    os.replace(staged, results)
+
+
 def decode_rate(t):
     span = (t["last_delta_s"] or 0) - (t["first_delta_s"] or 0)
     return (t["tokens"] - 1) / span if span > 0 and t["tokens"] > 1 else float("nan")
@@ -184,9 +193,7 @@ def main():
     print(table)
     print(json.dumps({"ours": a, "llama.cpp": b}), file=sys.stderr)
     if not args.no_write:
-        results = ROOT / "benches" / "RESULTS.md"
-        text = results.read_text() if results.exists() else "# Benchmark results\n\n"
-        results.write_text(text.rstrip() + "\n\n" + table)
+        append_results(table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_vs_llamacpp import PEER, ROOT, cmake_args, cpu_model, ensure_peer, model_path  # noqa: E402
+from engine_vs_llamacpp import PEER, ROOT, append_results, cmake_args, cpu_model, ensure_peer, model_path  # noqa: E402
 
 # Qwen2.5-Coder's end-of-generation tokens (llama.cpp treats all five as such).
 QWEN_END_TOKENS = [151643, 151645, 151662, 151663, 151664]
@@ -226,9 +226,7 @@ def main():
     print(table)
     print(json.dumps({"ours": ours, "llama-cpp-python": theirs}), file=sys.stderr)
     if not args.no_write:
-        results = ROOT / "benches" / "RESULTS.md"
-        text = results.read_text() if results.exists() else "# Benchmark results\n\n"
-        results.write_text(text.rstrip() + "\n\n" + table)
+        append_results(table)
 
 
 if __name__ == "__main__":
