@@ -195,6 +195,7 @@ impl<'a> Batch<'a> {
         let prompt = engine.prompt_tokens(
             &request.prompt,
             request.suffix.as_deref(),
+            request.fim_prefix_only,
             &request.context_files,
         )?;
         let context = engine.model.max_positions();
@@ -497,7 +498,10 @@ impl<'a> Active<'a> {
         let request = &self.request;
         let tokenizer = &engine.tokenizer;
         let adjusted;
-        let logits = if request.ignore_eos || !request.logit_bias.is_empty() {
+        let logits = if request.ignore_eos
+            || !request.logit_bias.is_empty()
+            || request.logits_processor.is_some()
+        {
             let mut row = logits.to_vec();
             for &(id, bias) in &request.logit_bias {
                 if let Some(logit) = row.get_mut(id as usize) {
@@ -510,6 +514,10 @@ impl<'a> Active<'a> {
                         *logit = f32::NEG_INFINITY;
                     }
                 }
+            }
+            if let Some(processor) = &request.logits_processor {
+                let generated: Vec<u32> = seq.tokens.iter().map(|t| t.id).collect();
+                processor.process(sample, &generated, &mut row);
             }
             adjusted = row;
             &adjusted[..]
@@ -532,6 +540,15 @@ impl<'a> Active<'a> {
                 Pushed::Stopped(delta) => {
                     seq.finish_reason = Some(FinishReason::Stop);
                     delta
+                }
+                Pushed::Delta(delta)
+                    if request
+                        .stop_condition
+                        .as_ref()
+                        .is_some_and(|c| c.is_met(seq.text.text())) =>
+                {
+                    seq.finish_reason = Some(FinishReason::Stop);
+                    delta + &seq.text.finish()
                 }
                 Pushed::Delta(delta) if seq.tokens.len() >= request.max_tokens => {
                     seq.finish_reason = Some(FinishReason::Length);

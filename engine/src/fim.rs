@@ -88,11 +88,18 @@ impl FimTemplate {
     /// The prompt for filling between `prefix` and `suffix`. User text is encoded with
     /// special tokens disabled so it cannot forge the template.
     pub fn encode(&self, tokenizer: &Tokenizer, prefix: &str, suffix: &str) -> Result<Vec<u32>> {
-        let mut ids = vec![self.prefix];
-        ids.extend(tokenizer.encode_plain(prefix)?);
+        let mut ids = self.encode_prefix(tokenizer, prefix)?;
         ids.push(self.suffix);
         ids.extend(tokenizer.encode_plain(suffix)?);
         ids.push(self.middle);
+        Ok(ids)
+    }
+
+    /// The opening of a FIM prompt, `<prefix-token> prefix`: what [`FimTemplate::encode`]
+    /// starts with for any suffix.
+    pub fn encode_prefix(&self, tokenizer: &Tokenizer, prefix: &str) -> Result<Vec<u32>> {
+        let mut ids = vec![self.prefix];
+        ids.extend(tokenizer.encode_plain(prefix)?);
         Ok(ids)
     }
 

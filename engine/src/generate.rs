@@ -2,6 +2,8 @@
 //! runs one request alone through a [`Batch`].
 
 use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batch::{Batch, BatchOptions, Event, Sink};
@@ -38,6 +40,68 @@ pub struct GenerateRequest {
     /// Never choose an end-of-generation token: every sample runs to `max_tokens` or a stop
     /// string (benchmarks, load tests).
     pub ignore_eos: bool,
+    /// Encode `prompt` as the opening of a fill-in-the-middle prefix (`<fim_prefix>prompt`)
+    /// with no suffix yet, so the model continues the prefix. A first pass framed this way
+    /// leaves KV state that a later FIM request on a longer prefix reuses. Needs FIM tokens;
+    /// ignored when `suffix` is set.
+    pub fim_prefix_only: bool,
+    /// Ends a sample (finish reason `Stop`) once its text satisfies this.
+    pub stop_condition: Option<StopCondition>,
+    /// Adjusts each sample's logits before every choice, after `logit_bias`.
+    pub logits_processor: Option<Arc<dyn LogitsProcessor>>,
+}
+
+impl Default for GenerateRequest {
+    /// An empty greedy request for 16 tokens; set at least `prompt`.
+    fn default() -> Self {
+        GenerateRequest {
+            prompt: String::new(),
+            suffix: None,
+            max_tokens: 16,
+            sampling: SamplingParams::greedy(),
+            n: 1,
+            stop: Vec::new(),
+            top_logprobs: 0,
+            context_files: Vec::new(),
+            logit_bias: Vec::new(),
+            adapter: None,
+            ignore_eos: false,
+            fim_prefix_only: false,
+            stop_condition: None,
+            logits_processor: None,
+        }
+    }
+}
+
+/// A test on a sample's whole text so far, run after every token: a stop rule that plain
+/// stop strings cannot express (two-step generation ends its first step at the first line
+/// that cannot be an import).
+#[derive(Clone)]
+pub struct StopCondition(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl StopCondition {
+    /// A condition that holds when `is_met` returns `true` for the text.
+    pub fn new(is_met: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        StopCondition(Arc::new(is_met))
+    }
+
+    /// Whether `text` ends the sample.
+    pub fn is_met(&self, text: &str) -> bool {
+        (self.0)(text)
+    }
+}
+
+impl fmt::Debug for StopCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StopCondition(..)")
+    }
+}
+
+/// Changes logits before a token is chosen: constrained decoding, or a script that forces
+/// known output in tests.
+pub trait LogitsProcessor: Send + Sync + fmt::Debug {
+    /// Adjusts `logits` for sample `sample`, which has generated `generated` so far.
+    fn process(&self, sample: usize, generated: &[u32], logits: &mut [f32]);
 }
 
 /// A file given as context.
@@ -143,10 +207,14 @@ impl Engine {
     /// With the repository tokens, each file is `<|file_sep|>name\ntext` and the current file
     /// gets its own separator; without them the files' text simply precedes the prompt. File
     /// text is encoded with special tokens disabled, so it cannot forge the template.
+    ///
+    /// With `fim_prefix_only` (and no suffix) the prompt is the opening of a FIM prefix; see
+    /// [`GenerateRequest::fim_prefix_only`].
     pub fn prompt_tokens(
         &self,
         prompt: &str,
         suffix: Option<&str>,
+        fim_prefix_only: bool,
         context_files: &[ContextFile],
     ) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self.tokenizer.bos_to_add().into_iter().collect();
@@ -176,6 +244,10 @@ impl Engine {
             Some(suffix) => {
                 let fim = self.fim.as_ref().ok_or(Error::NoFim)?;
                 ids.extend(fim.encode(&self.tokenizer, prompt, suffix)?);
+            }
+            None if fim_prefix_only => {
+                let fim = self.fim.as_ref().ok_or(Error::NoFim)?;
+                ids.extend(fim.encode_prefix(&self.tokenizer, prompt)?);
             }
             None => ids.extend(self.tokenizer.encode(prompt)?),
         }

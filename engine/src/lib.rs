@@ -41,7 +41,8 @@ use std::sync::Arc;
 
 pub use error::{Error, Result};
 pub use generate::{
-    ContextFile, FinishReason, GenerateRequest, GeneratedToken, Generation, OnDelta, Sample,
+    ContextFile, FinishReason, GenerateRequest, GeneratedToken, Generation, LogitsProcessor,
+    OnDelta, Sample, StopCondition,
 };
 pub use lora::{LoadedAdapter, SharedAdapter};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};

@@ -5,7 +5,8 @@
 //! completes the code from the prompt with the new imports merged into that block. This crate
 //! finds the block ([`ImportBlock::find`]), turns what step 1 generated into new import
 //! statements ([`ImportBlock::new_imports`]), merges them into the prompt as one edit
-//! ([`ImportBlock::merge`]), and drops the ones the completion never uses ([`prune_unused`]).
+//! ([`ImportBlock::merge`]), and drops the ones the completion never uses
+//! ([`ImportBlock::prune_unused`]).
 //! It knows nothing about models.
 #![deny(missing_docs)]
 
@@ -35,6 +36,50 @@ impl Language {
             "cpp" | "c++" | "cc" | "cxx" | "hpp" | "hh" | "hxx" => Some(Language::Cpp),
             _ => None,
         }
+    }
+
+    /// The language of a prompt from its imports: `#include` lines mean C or C++ (C++ when
+    /// it uses the standard library's namespaces, classes or templates), import statements
+    /// mean Python. `None` when it has neither.
+    pub fn detect(source: &str) -> Option<Self> {
+        let includes = source
+            .lines()
+            .any(|line| line.trim_start().starts_with("#include"));
+        if includes {
+            const CPP_MARKERS: &[&str] = &[
+                "std::",
+                "namespace ",
+                "template<",
+                "template <",
+                "class ",
+                "#include <iostream>",
+                "#include <string>",
+                "#include <vector>",
+                "#include <memory>",
+            ];
+            let cpp = CPP_MARKERS.iter().any(|m| source.contains(m));
+            return Some(if cpp { Language::Cpp } else { Language::C });
+        }
+        let python = ImportBlock::find(Language::Python, source);
+        (!python.imports.is_empty()).then_some(Language::Python)
+    }
+
+    /// Whether a generated line (or the start of one, when not `complete`) may be an import
+    /// or something allowed among imports (a blank line, a comment).
+    fn may_begin_import(self, line: &str, complete: bool) -> bool {
+        let keywords: &[&str] = match self {
+            Language::Python => &["import ", "from ", "#"],
+            Language::C | Language::Cpp => &["#include", "//", "/*"],
+        };
+        let line = match self {
+            // Indentation would put a Python line inside something else.
+            Language::Python => line.trim_end(),
+            Language::C | Language::Cpp => line.trim(),
+        };
+        line.is_empty()
+            || keywords
+                .iter()
+                .any(|k| line.starts_with(k) || (!complete && k.starts_with(line)))
     }
 
     fn grammar(self) -> tree_sitter::Language {
@@ -192,7 +237,8 @@ impl ImportBlock {
             if language.is_import(node) {
                 block.imports.push(import_of(language, node, source));
                 block_end = Some(trimmed_end(source, node));
-                block.last_line_extendable = true;
+                // `from flask import request` → `…, escape`; an include has nothing to extend.
+                block.last_line_extendable = language == Language::Python;
             } else if language.is_import_try(node) {
                 collect_imports(language, node, source, &mut block.imports);
                 block_end = Some(trimmed_end(source, node));
@@ -218,15 +264,42 @@ impl ImportBlock {
         block
     }
 
-    /// The step-1 prompt: the import statements alone. It ends without a newline when the
-    /// model may extend the last line, and with one when that line sits inside a `try:`.
-    /// Empty when there are none.
+    /// The step-1 prompt: the file up to the end of its import block (a shebang, docstring or
+    /// comments before the block stay, so step 2's prompt starts with exactly this text and
+    /// reuses its KV state). It ends without a newline when the model may extend the last
+    /// line, and with one when that line sits inside a `try:`. Without imports it is what
+    /// precedes [`ImportBlock::insert_at`].
     pub fn step1_prompt(&self, source: &str) -> String {
-        let mut text = source[self.range.clone()].trim_end().to_string();
-        if !self.last_line_extendable && !text.is_empty() {
+        let mut text = source[..self.range.end].to_string();
+        if !self.last_line_extendable && !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         text
+    }
+
+    /// Whether step 1 is over after generating `generated`: a line has begun that cannot be
+    /// an import (code, a definition, an indented line), so nothing after it is kept.
+    /// Generation can stop there instead of spending the rest of its budget.
+    pub fn step1_done(&self, generated: &str) -> bool {
+        let mut rest = generated;
+        if self.last_line_extendable && !self.imports.is_empty() {
+            match generated.split_once('\n') {
+                Some((_, after)) => rest = after,
+                // Still on the last import's line.
+                None => return false,
+            }
+        }
+        let lines: Vec<&str> = rest.split('\n').collect();
+        let mut open_parentheses = 0i64;
+        for (index, line) in lines.iter().enumerate() {
+            let complete = index + 1 < lines.len();
+            if open_parentheses <= 0 && !self.language.may_begin_import(line, complete) {
+                return true;
+            }
+            open_parentheses += line.matches('(').count() as i64;
+            open_parentheses -= line.matches(')').count() as i64;
+        }
+        false
     }
 
     /// The new imports in what step 1 generated after [`ImportBlock::step1_prompt`]:
@@ -284,6 +357,41 @@ impl ImportBlock {
         result
     }
 
+    /// `new` without the imports whose bound names never appear as identifiers in `code`
+    /// (the completion, and whatever else of the file they could serve), and the ones
+    /// removed. An extension of the last line is undone when none of the names it added is
+    /// used. C includes and `import *`, whose use cannot be told, are kept.
+    pub fn prune_unused(&self, new: &NewImports, code: &str) -> (NewImports, Vec<Import>) {
+        let used = identifiers(self.language, code);
+        let any_used = |names: &mut dyn Iterator<Item = &String>| {
+            let mut names = names.peekable();
+            names.peek().is_none() || names.any(|n| used.contains(n))
+        };
+        let mut kept = NewImports::default();
+        let mut pruned = Vec::new();
+        if let Some(extended) = &new.extended_last {
+            let before: HashSet<&String> = self
+                .imports
+                .last()
+                .map(|last| last.bound_names.iter().collect())
+                .unwrap_or_default();
+            let mut added = extended.bound_names.iter().filter(|n| !before.contains(n));
+            if extended.bound_names.is_empty() || any_used(&mut added) {
+                kept.extended_last = Some(extended.clone());
+            } else {
+                pruned.push(extended.clone());
+            }
+        }
+        for import in &new.added {
+            if any_used(&mut import.bound_names.iter()) {
+                kept.added.push(import.clone());
+            } else {
+                pruned.push(import.clone());
+            }
+        }
+        (kept, pruned)
+    }
+
     /// The prompt with `new` merged into the block (no second block, nothing duplicated), and
     /// the same change as one edit of the original prompt.
     pub fn merge(&self, source: &str, new: &NewImports) -> (String, TextEdit) {
@@ -318,32 +426,6 @@ impl ImportBlock {
         };
         (merged, edit)
     }
-}
-
-/// The imports of `new` whose bound names appear as identifiers in `completion` (C includes
-/// and `import *`, whose use cannot be told, are kept).
-pub fn prune_unused(
-    language: Language,
-    new: &NewImports,
-    completion: &str,
-) -> (NewImports, Vec<Import>) {
-    let used = identifiers(language, completion);
-    let is_used = |import: &Import| {
-        import.bound_names.is_empty() || import.bound_names.iter().any(|n| used.contains(n))
-    };
-    let mut kept = NewImports {
-        extended_last: new.extended_last.clone(),
-        added: Vec::new(),
-    };
-    let mut pruned = Vec::new();
-    for import in &new.added {
-        if is_used(import) {
-            kept.added.push(import.clone());
-        } else {
-            pruned.push(import.clone());
-        }
-    }
-    (kept, pruned)
 }
 
 enum Parsed {

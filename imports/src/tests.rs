@@ -131,7 +131,7 @@ fn merge_never_duplicates_or_splits_the_block() {
     // No imports at all: new ones go after the docstring.
     let bare = "\"\"\"Doc.\"\"\"\ndef run(cmd):\n";
     let block = ImportBlock::find(Language::Python, bare);
-    assert_eq!(block.step1_prompt(bare), "");
+    assert_eq!(block.step1_prompt(bare), "\"\"\"Doc.\"\"\"\n");
     let new = block.new_imports("import shlex\n");
     let (merged, _) = block.merge(bare, &new);
     assert_eq!(merged, "\"\"\"Doc.\"\"\"\nimport shlex\ndef run(cmd):\n");
@@ -170,7 +170,7 @@ fn unused_new_imports_are_pruned() {
         "\nimport subprocess\nimport shlex as sh\nfrom html import escape\nfrom x import *\n",
     );
     let completion = "    return subprocess.run(sh.split(cmd))\n";
-    let (kept, pruned) = prune_unused(Language::Python, &new, completion);
+    let (kept, pruned) = block.prune_unused(&new, completion);
     let kept: Vec<&str> = kept.added.iter().map(|i| i.text.as_str()).collect();
     assert_eq!(
         kept,
@@ -201,4 +201,94 @@ fn a_cut_off_prompt_still_has_its_imports() {
     let block = ImportBlock::find(Language::Python, source);
     assert_eq!(texts(&block), ["import os", "from flask import request"]);
     assert_eq!(&source[block.insert_at..block.insert_at + 1], "\n");
+}
+
+#[test]
+fn an_extension_whose_new_names_go_unused_is_undone() {
+    let source = "from flask import Flask, request\n";
+    let block = ImportBlock::find(Language::Python, source);
+    let new = block.new_imports(", escape\n");
+    assert!(new.extended_last.is_some());
+    // `request` was there before; only `escape` is new, and unused.
+    let (kept, pruned) = block.prune_unused(&new, "    return request.args['x']\n");
+    assert!(kept.is_empty(), "{kept:?}");
+    assert_eq!(pruned[0].text, "from flask import Flask, request, escape");
+    let (kept, pruned) = block.prune_unused(&new, "    return escape(request.args['x'])\n");
+    assert!(kept.extended_last.is_some());
+    assert!(pruned.is_empty());
+}
+
+#[test]
+fn step1_ends_at_the_first_line_that_cannot_be_an_import() {
+    let source = "import os\nfrom flask import request\n\ndef f():\n";
+    let block = ImportBlock::find(Language::Python, source);
+    // Still on the last import's line, or on lines that may become imports.
+    assert!(!block.step1_done(", escape"));
+    assert!(!block.step1_done("\nimport re\nfr"));
+    assert!(!block.step1_done("\n\n# helpers\nfrom a import (\n    b,\n"));
+    assert!(!block.step1_done("\nimport re\n"));
+    // Code, or an indented line, ends it, even before its line is complete.
+    assert!(block.step1_done("\nimport re\nde"));
+    assert!(block.step1_done("\n\napp = 1\n"));
+    assert!(block.step1_done("\n    x = 1"));
+    let c = "#include <stdio.h>\n";
+    let block = ImportBlock::find(Language::C, c);
+    assert!(!block.step1_done("#include <limits.h>\n#"));
+    assert!(!block.step1_done("/* more */\n  #include <string.h>\n"));
+    assert!(block.step1_done("#include <limits.h>\nint"));
+    assert!(block.step1_done("#define N 10\n"));
+}
+
+#[test]
+fn the_language_is_told_by_the_imports() {
+    assert_eq!(
+        Language::detect("import os\n\ndef f():\n"),
+        Some(Language::Python)
+    );
+    assert_eq!(
+        Language::detect("#include <stdio.h>\nint main() {"),
+        Some(Language::C)
+    );
+    assert_eq!(
+        Language::detect("#include <vector>\nint main() { std::vector<int> v;"),
+        Some(Language::Cpp)
+    );
+    assert_eq!(Language::detect("x = 'import os'\n"), None);
+}
+
+#[test]
+fn the_step1_prompt_is_a_prefix_of_every_merge() {
+    for (language, source, generated) in [
+        (
+            Language::Python,
+            "#!/usr/bin/env python\n\"\"\"Doc.\"\"\"\nimport os\n\nx = 1\n",
+            "\nimport re\n",
+        ),
+        (
+            Language::Python,
+            "from flask import request\nx = 1\n",
+            ", escape\nimport html\n",
+        ),
+        (
+            Language::Python,
+            "try:\n    import ujson\nexcept ImportError:\n    pass\nx = 1\n",
+            "import json\n",
+        ),
+        (Language::Python, "\"\"\"Doc.\"\"\"", "import os\n"),
+        (
+            Language::C,
+            "// Copyright\n#pragma once\n#include <stdio.h>",
+            "#include <limits.h>\n",
+        ),
+    ] {
+        let block = ImportBlock::find(language, source);
+        let head = block.step1_prompt(source);
+        let (merged, _) = block.merge(source, &block.new_imports(generated));
+        assert!(merged.starts_with(&head), "{head:?} / {merged:?}");
+        let kept = generated.trim_end_matches('\n');
+        assert!(
+            merged.starts_with(&format!("{head}{kept}")),
+            "{head:?}+{generated:?} / {merged:?}"
+        );
+    }
 }

@@ -37,6 +37,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         logit_bias: vec![],
         adapter: None,
         ignore_eos: false,
+        ..Default::default()
     };
     // Bad sampling values are reported before the model is fetched or loaded.
     request.sampling.validate().map_err(anyhow::Error::msg)?;

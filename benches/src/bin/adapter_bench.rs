@@ -90,6 +90,7 @@ fn request(adapter: Option<Arc<LoadedAdapter>>, prompt: &str) -> GenerateRequest
         logit_bias: vec![],
         adapter,
         ignore_eos: true,
+        ..Default::default()
     }
 }
 

@@ -35,6 +35,7 @@ fn run(engine: &mut Engine, prompt: &str, max_tokens: usize) -> Result<Timing> {
         logit_bias: vec![],
         adapter: None,
         ignore_eos: false,
+        ..Default::default()
     };
     let started = Instant::now();
     let mut first = None;

@@ -57,6 +57,7 @@ fn hub_id_resolves_offline_from_the_cache_and_loads() {
         logit_bias: vec![],
         adapter: None,
         ignore_eos: false,
+        ..Default::default()
     };
     assert!(
         !engine

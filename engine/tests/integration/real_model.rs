@@ -19,6 +19,7 @@ fn greedy(prompt: &str, suffix: Option<&str>, max_tokens: usize) -> GenerateRequ
         logit_bias: vec![],
         adapter: None,
         ignore_eos: false,
+        ..Default::default()
     }
 }
 

@@ -23,6 +23,7 @@ pub fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> Gen
         logit_bias: vec![],
         adapter: None,
         ignore_eos: false,
+        ..Default::default()
     }
 }
 

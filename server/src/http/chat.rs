@@ -205,6 +205,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
             logit_bias: logit_bias.clone(),
             adapter,
             ignore_eos: extension.ignore_eos,
+            ..Default::default()
         },
         top_logprobs,
         stream: req.stream.unwrap_or(false),

@@ -136,6 +136,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             logit_bias: logit_bias.clone(),
             adapter: adapter.clone(),
             ignore_eos: extension.ignore_eos,
+            ..Default::default()
         })
         .collect();
     let stream = req.stream.unwrap_or(false);

@@ -101,6 +101,7 @@ pub async fn handle(
         logit_bias: vec![],
         adapter,
         ignore_eos: false,
+        ..Default::default()
     };
     let run = Run::start(&state, "/infill", vec![request])?;
     if req.stream.unwrap_or(false) {

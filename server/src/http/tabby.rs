@@ -90,6 +90,7 @@ pub async fn completions(
         logit_bias: vec![],
         adapter: None,
         ignore_eos: false,
+        ..Default::default()
     };
     let generation = Run::start(&state, "/tabby/v1/completions", vec![request])?
         .collect()
