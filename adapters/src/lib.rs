@@ -22,6 +22,9 @@ pub use error::{Error, Result};
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// The weights file name.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// Safetensors metadata key saying whether requests on this adapter default to two-step
+/// generation (`"true"` / `"false"`). HexaCoder's trainer sets it; PEFT and vLLM ignore it.
+pub const TWO_STEP_METADATA: &str = "hexacoder.two_step";
 /// Larger weight files are refused before they are read.
 pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
 
@@ -71,12 +74,39 @@ pub struct LoraModule {
 pub struct Adapter {
     config: LoraConfig,
     modules: BTreeMap<ModuleKey, LoraModule>,
+    /// The weights file's string metadata other than `format`.
+    metadata: BTreeMap<String, String>,
 }
 
 impl Adapter {
     /// An adapter from weights in memory (the trainer's path).
     pub fn new(config: LoraConfig, modules: BTreeMap<ModuleKey, LoraModule>) -> Self {
-        Adapter { config, modules }
+        Adapter {
+            config,
+            modules,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a metadata entry written into the weights file (e.g. [`TWO_STEP_METADATA`]).
+    pub fn with_metadata(mut self, key: &str, value: &str) -> Self {
+        self.metadata.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// The weights file's metadata other than `format`.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Whether requests on this adapter default to two-step generation, from
+    /// [`TWO_STEP_METADATA`]; `None` when unset or not a boolean.
+    pub fn two_step_default(&self) -> Option<bool> {
+        match self.metadata.get(TWO_STEP_METADATA)?.as_str() {
+            "true" | "on" | "1" => Some(true),
+            "false" | "off" | "0" => Some(false),
+            _ => None,
+        }
     }
 
     /// Reads `dir` and checks every tensor against `base`.
@@ -108,6 +138,13 @@ impl Adapter {
             path: weights_path.clone(),
             reason: e.to_string(),
         })?;
+        let metadata: BTreeMap<String, String> = SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, header)| header.metadata().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| key != "format")
+            .collect();
         let mut halves: HashMap<ModuleKey, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
         for (key, view) in tensors.tensors() {
             let (module, is_a) = parse_key(&key)?;
@@ -178,11 +215,15 @@ impl Adapter {
             let scale = config.scale(&path);
             modules.insert(key, LoraModule { a, b, scale });
         }
-        Ok(Adapter { config, modules })
+        Ok(Adapter {
+            config,
+            modules,
+            metadata,
+        })
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` (f32, metadata
-    /// `{"format": "pt"}`, PEFT's key names) into `dir`, replacing it atomically: the files
+    /// `{"format": "pt"}` plus [`Adapter::metadata`], PEFT's key names) into `dir`, replacing it atomically: the files
     /// are written into a sibling temporary directory that is then renamed into place.
     ///
     /// # Errors
@@ -224,7 +265,9 @@ impl Adapter {
                     .map_err(|e| Error::tensor(name, e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
-        let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+        let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        metadata.insert("format".to_string(), "pt".to_string());
+        let metadata = Some(metadata);
         let weights = staging.path().join(WEIGHTS_FILE);
         safetensors::serialize_to_file(views, metadata, &weights)
             .map_err(|e| Error::io(&weights, std::io::Error::other(e.to_string())))?;

@@ -200,7 +200,10 @@ fn truncated_or_corrupt_weights_are_errors() {
 
 #[test]
 fn saved_adapters_reload_bit_identically() {
-    let original = load_with(config(json!({"rank_pattern": {}})), valid_tensors()).expect("load");
+    let original = load_with(config(json!({"rank_pattern": {}})), valid_tensors())
+        .expect("load")
+        .with_metadata(TWO_STEP_METADATA, "true");
+    assert_eq!(original.two_step_default(), Some(true));
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("out");
     original.save(&target).expect("save");
@@ -209,6 +212,8 @@ fn saved_adapters_reload_bit_identically() {
         .expect("save over an existing adapter");
     let reloaded = Adapter::load(&target, &Shapes).expect("reload");
     assert_eq!(reloaded.config(), original.config());
+    assert_eq!(reloaded.metadata(), original.metadata());
+    assert_eq!(reloaded.two_step_default(), Some(true));
     for ((k1, m1), (k2, m2)) in original.modules().iter().zip(reloaded.modules()) {
         assert_eq!(k1, k2);
         assert_eq!(m1.scale, m2.scale);

@@ -117,6 +117,7 @@ pub struct LoadedAdapter {
     generation: u64,
     identity: u64,
     bytes: usize,
+    two_step_default: Option<bool>,
     branches: HashMap<(usize, Proj), Branch>,
 }
 
@@ -173,8 +174,14 @@ impl LoadedAdapter {
             generation,
             identity: NEXT_IDENTITY.fetch_add(1, Ordering::Relaxed),
             bytes: adapter.bytes(),
+            two_step_default: adapter.two_step_default(),
             branches,
         })
+    }
+
+    /// Whether requests on it default to two-step generation, from its metadata.
+    pub fn two_step_default(&self) -> Option<bool> {
+        self.two_step_default
     }
 
     /// The name requests select it by.

@@ -192,6 +192,21 @@ pub struct ServeArgs {
     /// Bytes of adapter weights loaded at once at most.
     #[arg(long, env = "HEXACODER_MAX_ADAPTER_BYTES", default_value_t = 1 << 30)]
     pub max_adapter_bytes: usize,
+    /// Two-step generation (imports first, then code) for completions that do not choose:
+    /// `on` or `off`. Requests choose with `hexacoder.two_step`; an adapter's metadata
+    /// (`hexacoder.two_step`) sets the default for requests on it.
+    #[arg(long, env = "HEXACODER_TWO_STEP", default_value = "off", value_parser = switch, action = clap::ArgAction::Set)]
+    pub two_step: bool,
+    /// Two-step generation: tokens step 1 may spend on imports (out of `max_tokens`).
+    #[arg(long, env = "HEXACODER_FIRST_STEP_TOKENS", default_value_t = 20)]
+    pub first_step_tokens: usize,
+    /// Two-step generation: drop added imports the completion never uses (`on`/`off`).
+    #[arg(long, env = "HEXACODER_PRUNE_UNUSED_IMPORTS", default_value = "on", value_parser = switch, action = clap::ArgAction::Set)]
+    pub prune_unused_imports: bool,
+    /// Two-step generation: run step 1 on prompts without imports too, as the paper does
+    /// (`on`/`off`).
+    #[arg(long, env = "HEXACODER_TWO_STEP_WITHOUT_IMPORTS", default_value = "on", value_parser = switch, action = clap::ArgAction::Set)]
+    pub two_step_without_imports: bool,
     /// Log format on stderr: `text` or `json` (one object per line). Verbosity comes from
     /// `HEXACODER_LOG` (e.g. `info`, `hexacoder_server=debug`).
     #[arg(long, env = "HEXACODER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -209,4 +224,13 @@ pub struct FetchArgs {
     /// Cache directory (default: `HEXACODER_MODELS_DIR` or `<user cache>/hexacoder/models`).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+/// `on`/`off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
+fn switch(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected `on` or `off`, got {value:?}")),
+    }
 }

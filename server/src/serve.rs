@@ -119,6 +119,15 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         },
         adapter_root,
         adapter_requests: Default::default(),
+        two_step: http::two_step::TwoStepDefaults {
+            enabled: args.two_step,
+            options: hexacoder_two_step::TwoStepOptions {
+                first_step_tokens: args.first_step_tokens,
+                prune_unused: args.prune_unused_imports,
+                per_sample_imports: false,
+                without_imports: args.two_step_without_imports,
+            },
+        },
         request_timeout: (args.request_timeout > 0)
             .then(|| Duration::from_secs(args.request_timeout)),
         max_body_bytes: args.max_body_bytes,

@@ -51,6 +51,8 @@ pub enum Skipped {
     NoBudget,
     /// Nothing precedes the import block and the model has no token to start from.
     EmptyPrompt,
+    /// The prompt's language is unknown (see [`TwoStepPlan::unknown_language`]).
+    UnknownLanguage,
 }
 
 impl Skipped {
@@ -60,6 +62,9 @@ impl Skipped {
             Skipped::NoImports => "the prompt has no imports",
             Skipped::NoBudget => "max_tokens is 0",
             Skipped::EmptyPrompt => "the import block is empty and the model has no BOS token",
+            Skipped::UnknownLanguage => {
+                "the prompt's language could not be told from its imports; set its language"
+            }
         }
     }
 }
@@ -130,6 +135,17 @@ impl TwoStepPlan {
             options,
             first_prompt,
             skipped,
+        }
+    }
+
+    /// A plan for a prompt in no known language: step 2 alone, reported as skipped.
+    pub fn unknown_language(request: GenerateRequest) -> Self {
+        TwoStepPlan {
+            block: ImportBlock::find(Language::Python, ""),
+            request,
+            options: TwoStepOptions::default(),
+            first_prompt: String::new(),
+            skipped: Some(Skipped::UnknownLanguage),
         }
     }
 
@@ -220,28 +236,39 @@ impl TwoStepPlan {
     /// asked), as one edit of the original prompt.
     pub fn finish(&self, step: &SecondStep, completion: &str) -> ImportsOutcome {
         let prompt = &self.request.prompt;
-        let (kept, pruned) = if self.options.prune_unused {
-            // A name counts as used anywhere after the block: the completion, the code the
-            // prompt already has, and the text after the cursor.
-            let rest = &prompt[self.block.insert_at.min(prompt.len())..];
-            let suffix = self.request.suffix.as_deref().unwrap_or("");
-            let code = format!("{rest}{completion}\n{suffix}");
-            self.block.prune_unused(&step.imports, &code)
-        } else {
-            (step.imports.clone(), Vec::new())
-        };
+        if !self.options.prune_unused {
+            return self.outcome(&step.imports, Vec::new());
+        }
+        // A name counts as used anywhere after the block: the completion, the code the
+        // prompt already has, and the text after the cursor.
+        let rest = &prompt[self.block.insert_at.min(prompt.len())..];
+        let suffix = self.request.suffix.as_deref().unwrap_or("");
+        let code = format!("{rest}{completion}\n{suffix}");
+        let (kept, pruned) = self.block.prune_unused(&step.imports, &code);
+        self.outcome(&kept, pruned)
+    }
+
+    /// What step 2 starts from, before its completion is known (and so before pruning):
+    /// what a stream sends ahead of the code.
+    pub fn preview(&self, step: &SecondStep) -> ImportsOutcome {
+        self.outcome(&step.imports, Vec::new())
+    }
+
+    fn outcome(&self, kept: &NewImports, pruned: Vec<Import>) -> ImportsOutcome {
+        let prompt = &self.request.prompt;
+        let pruned = pruned.into_iter().map(|i| i.text).collect();
         if kept.is_empty() {
             return ImportsOutcome {
                 added: Vec::new(),
-                pruned: pruned.into_iter().map(|i| i.text).collect(),
+                pruned,
                 edit: None,
                 prompt: prompt.clone(),
             };
         }
-        let (merged, edit) = self.block.merge(prompt, &kept);
+        let (merged, edit) = self.block.merge(prompt, kept);
         ImportsOutcome {
             added: kept.statements().map(|i| i.text.clone()).collect(),
-            pruned: pruned.into_iter().map(|i| i.text).collect(),
+            pruned,
             edit: Some(edit),
             prompt: merged,
         }

@@ -309,6 +309,8 @@ impl sse::Translate for StreamTranslate {
     fn event(&mut self, event: RunEvent) -> Vec<Value> {
         let mut out = Vec::new();
         match event {
+            // Chat runs one step.
+            RunEvent::Imports { .. } => {}
             RunEvent::Token {
                 sample,
                 token,

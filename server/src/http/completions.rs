@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
-use super::run::{Run, RunEvent, openai_finish_reason};
+use super::run::{Job, Run, RunEvent, openai_finish_reason};
+use super::two_step::{self, TwoStepChoice};
 use super::{AppState, response_id, sse, unix_now};
 
 /// OpenAI's default for this route.
@@ -62,7 +63,10 @@ pub struct CompletionRequest {
 struct Plan {
     adapter: Option<SharedAdapter>,
     prompts: Vec<String>,
-    requests: Vec<GenerateRequest>,
+    /// Taken when the run starts.
+    jobs: Vec<Job>,
+    /// Per prompt: whether it runs two steps (its echo waits for its imports).
+    two_step: Vec<bool>,
     n: usize,
     logprobs: Option<usize>,
     echo: bool,
@@ -114,15 +118,16 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
     }
     let top_k = extension.top_k.map(|k| k as i64);
     let sampling = params::sampling(req.temperature, req.top_p, top_k, req.seed)?;
+    let choice = TwoStepChoice::resolve(state, &extension, &adapter)?;
     let max_tokens = params::max_tokens(
         "max_tokens",
         req.max_tokens,
-        DEFAULT_MAX_TOKENS,
+        choice.default_max_tokens(DEFAULT_MAX_TOKENS),
         state.model.context_length,
     )?;
     let stop = params::stop(req.stop)?;
     let _ = req.user;
-    let requests = prompts
+    let jobs: Vec<Job> = prompts
         .iter()
         .map(|prompt| GenerateRequest {
             prompt: prompt.clone(),
@@ -138,12 +143,15 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             ignore_eos: extension.ignore_eos,
             ..Default::default()
         })
+        .map(|request| choice.job(state, request))
         .collect();
+    let two_step = jobs.iter().map(|j| matches!(j, Job::TwoStep(_))).collect();
     let stream = req.stream.unwrap_or(false);
     Ok(Plan {
         adapter,
         prompts,
-        requests,
+        jobs,
+        two_step,
         n,
         logprobs,
         echo,
@@ -156,9 +164,9 @@ pub async fn handle(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let plan = plan(&state, req)?;
+    let mut plan = plan(&state, req)?;
     let adapter = plan.adapter.clone();
-    let run = Run::start(&state, "/v1/completions", plan.requests.clone())?;
+    let run = Run::start_jobs(&state, "/v1/completions", std::mem::take(&mut plan.jobs))?;
     let id = response_id("cmpl");
     let created = unix_now();
     if plan.stream {
@@ -174,23 +182,36 @@ pub async fn handle(
         };
         return Ok(adapter_header(sse::response(run, translate), &adapter));
     }
-    let generations = run.collect().await?;
+    let generations = run.collect_two_step().await?;
     let mut choices = Vec::new();
     let mut usage = Usage::default();
-    for (p, (generation, prompt)) in generations.iter().zip(&plan.prompts).enumerate() {
+    for (p, ((generation, report), prompt)) in generations.iter().zip(&plan.prompts).enumerate() {
         usage.add(generation);
+        if let Some(first) = report.as_ref().and_then(|r| r.first.as_ref()) {
+            usage.add_counts(first);
+        }
         for (s, sample) in generation.samples.iter().enumerate() {
-            let prefix = if plan.echo { prompt.as_str() } else { "" };
+            let imports = report.as_ref().and_then(|r| Some((r, r.samples.get(s)?)));
+            // With two steps, `echo` shows the prompt with its imports merged.
+            let prefix = match (plan.echo, imports) {
+                (false, _) => "",
+                (true, Some((_, imports))) => imports.outcome.prompt.as_str(),
+                (true, None) => prompt.as_str(),
+            };
             let logprobs = plan.logprobs.map(|_| {
                 let mut offset = prefix.len();
                 logprobs_json(&state.model.tokenizer, &sample.tokens, &mut offset)
             });
-            choices.push(json!({
+            let mut choice = json!({
                 "index": p * plan.n + s,
                 "text": format!("{prefix}{}", sample.text),
                 "logprobs": logprobs,
                 "finish_reason": openai_finish_reason(sample.finish_reason),
-            }));
+            });
+            if let Some((report, imports)) = imports {
+                choice["hexacoder"] = two_step::sample_json(report, imports);
+            }
+            choices.push(choice);
         }
     }
     let mut body = json!({
@@ -217,13 +238,18 @@ pub struct Usage {
 
 impl Usage {
     pub fn add(&mut self, generation: &Generation) {
-        self.prompt_tokens += generation.prompt_tokens.len();
-        self.completion_tokens += generation.completion_tokens();
-        self.cached_tokens += generation.cached_prompt_tokens;
+        self.add_counts(generation);
         self.ttft_ms = self
             .ttft_ms
             .max(generation.time_to_first_token.as_secs_f64() * 1e3);
         self.elapsed_ms = self.elapsed_ms.max(generation.elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// Adds token counts only (two-step's first step, whose time the second's includes).
+    pub fn add_counts(&mut self, generation: &Generation) {
+        self.prompt_tokens += generation.prompt_tokens.len();
+        self.completion_tokens += generation.completion_tokens();
+        self.cached_tokens += generation.cached_prompt_tokens;
     }
 
     pub fn json(&self) -> Value {
@@ -341,17 +367,47 @@ impl sse::Translate for StreamTranslate {
         if !self.echoed {
             self.echoed = true;
             if self.plan.echo {
-                let choices = (0..self.plan.prompts.len() * self.plan.n)
+                // Two-step prompts echo with their imports, once step 1 is done.
+                let choices: Vec<Value> = (0..self.plan.prompts.len() * self.plan.n)
+                    .filter(|i| !self.plan.two_step[i / self.plan.n])
                     .map(|i| {
                         let prompt = &self.plan.prompts[i / self.plan.n];
                         self.offsets.insert(i, prompt.len());
                         json!({"index": i, "text": prompt, "logprobs": null, "finish_reason": null})
                     })
                     .collect();
-                out.push(self.chunk(choices));
+                if !choices.is_empty() {
+                    out.push(self.chunk(choices));
+                }
             }
         }
         match event {
+            RunEvent::Imports {
+                prompt,
+                samples,
+                skipped,
+            } => {
+                let choices = samples
+                    .iter()
+                    .map(|(sample, preview)| {
+                        let index = prompt * self.plan.n + sample;
+                        let text = if self.plan.echo {
+                            preview.prompt.as_str()
+                        } else {
+                            ""
+                        };
+                        self.offsets.insert(index, text.len());
+                        json!({
+                            "index": index,
+                            "text": text,
+                            "logprobs": null,
+                            "finish_reason": null,
+                            "hexacoder": two_step::preview_json(preview, skipped),
+                        })
+                    })
+                    .collect();
+                out.push(self.chunk(choices));
+            }
             RunEvent::Token {
                 prompt,
                 sample,
@@ -377,8 +433,15 @@ impl sse::Translate for StreamTranslate {
                     "finish_reason": finish_reason.map(openai_finish_reason),
                 })]));
             }
-            RunEvent::Finished { prompt, generation } => {
+            RunEvent::Finished {
+                prompt,
+                generation,
+                two_step: report,
+            } => {
                 self.usage.add(&generation);
+                if let Some(first) = report.as_ref().and_then(|r| r.first.as_ref()) {
+                    self.usage.add_counts(first);
+                }
                 // Samples that ended before any token (`max_tokens: 0`) still get a reason.
                 for (sample, s) in generation.samples.iter().enumerate() {
                     if s.tokens.is_empty() {
@@ -389,6 +452,24 @@ impl sse::Translate for StreamTranslate {
                             "finish_reason": openai_finish_reason(s.finish_reason),
                         })]));
                     }
+                }
+                // Two-step: the final imports (pruned by what the completion used).
+                if let Some(report) = &report {
+                    let choices: Vec<Value> = report
+                        .samples
+                        .iter()
+                        .enumerate()
+                        .map(|(sample, imports)| {
+                            json!({
+                                "index": prompt * self.plan.n + sample,
+                                "text": "",
+                                "logprobs": null,
+                                "finish_reason": null,
+                                "hexacoder": two_step::sample_json(report, imports),
+                            })
+                        })
+                        .collect();
+                    out.push(self.chunk(choices));
                 }
             }
         }

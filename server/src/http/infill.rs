@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::completions::adapter_header;
 use super::error::{ApiError, ApiJson};
-use super::params::{self, OneOrMany};
+use super::params::{self, Extension, OneOrMany};
 use super::run::{Run, RunEvent};
+use super::two_step::{self, TwoStepChoice};
 use super::{AppState, sse};
 
 /// `n_predict` when absent or -1 (llama.cpp's "until done").
@@ -47,6 +48,9 @@ pub struct InfillRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub n_probs: Option<i64>,
+    /// HexaCoder's extension: two-step generation, adapter, `ignore_eos`, context files.
+    #[serde(default)]
+    pub hexacoder: Option<Extension>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +64,9 @@ pub async fn handle(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<InfillRequest>,
 ) -> Result<Response, ApiError> {
-    let adapter = state.resolve_model(req.model.as_deref(), None)?;
+    let extension = req.hexacoder.unwrap_or_default();
+    let adapter = state.resolve_model(req.model.as_deref(), extension.adapter.as_deref())?;
+    let choice = TwoStepChoice::resolve(&state, &extension, &adapter)?;
     let answered_by = adapter.clone();
     if !state.model.has_fim {
         return Err(hexacoder_engine::Error::NoFim.into());
@@ -78,7 +84,7 @@ pub async fn handle(
     let sampling = params::sampling(
         req.temperature.or(Some(0.8)),
         req.top_p.or(Some(0.95)),
-        req.top_k.or(Some(40)),
+        req.top_k.or(extension.top_k.map(|k| k as i64)).or(Some(40)),
         req.seed.filter(|&s| s >= 0),
     )?;
     let top_logprobs = params::top_logprobs("n_probs", req.n_probs)?;
@@ -97,21 +103,22 @@ pub async fn handle(
                 name: c.filename,
                 text: c.text,
             })
+            .chain(extension.context_files())
             .collect(),
         logit_bias: vec![],
         adapter,
-        ignore_eos: false,
+        ignore_eos: extension.ignore_eos,
         ..Default::default()
     };
-    let run = Run::start(&state, "/infill", vec![request])?;
+    let run = Run::start_jobs(&state, "/infill", vec![choice.job(&state, request)])?;
     if req.stream.unwrap_or(false) {
         let translate = StreamTranslate {
             state: Arc::clone(&state),
         };
         return Ok(adapter_header(sse::response(run, translate), &answered_by));
     }
-    let generation = run
-        .collect()
+    let (generation, report) = run
+        .collect_two_step()
         .await?
         .pop()
         .ok_or_else(|| ApiError::internal("no result"))?;
@@ -121,6 +128,11 @@ pub async fn handle(
         .ok_or_else(|| ApiError::internal("no sample"))?;
     let mut body = final_object(&state, &generation);
     body["content"] = json!(sample.text);
+    if let Some(report) = &report
+        && let Some(imports) = report.samples.first()
+    {
+        body["hexacoder"] = two_step::sample_json(report, imports);
+    }
     Ok(adapter_header(
         axum::Json(body).into_response(),
         &answered_by,
@@ -172,7 +184,34 @@ impl sse::Translate for StreamTranslate {
                 vec![json!({"content": text, "stop": false, "index": 0})]
             }
             RunEvent::Token { .. } => Vec::new(),
-            RunEvent::Finished { generation, .. } => vec![final_object(&self.state, &generation)],
+            // Two-step: the imports edit comes before the code.
+            RunEvent::Imports {
+                samples, skipped, ..
+            } => samples
+                .first()
+                .map(|(_, preview)| {
+                    json!({
+                        "content": "",
+                        "stop": false,
+                        "index": 0,
+                        "hexacoder": two_step::preview_json(preview, skipped),
+                    })
+                })
+                .into_iter()
+                .collect(),
+            RunEvent::Finished {
+                generation,
+                two_step: report,
+                ..
+            } => {
+                let mut last = final_object(&self.state, &generation);
+                if let Some(report) = &report
+                    && let Some(imports) = report.samples.first()
+                {
+                    last["hexacoder"] = two_step::sample_json(report, imports);
+                }
+                vec![last]
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod params;
 pub mod run;
 pub mod sse;
 pub mod tabby;
+pub mod two_step;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +64,8 @@ pub struct AppState {
     pub admin_token_digest: Option<[u8; 32]>,
     /// Canonical directory run-time adapter loads must stay inside.
     pub adapter_root: Option<std::path::PathBuf>,
+    /// Two-step generation's defaults.
+    pub two_step: two_step::TwoStepDefaults,
     /// In-flight requests per adapter, for `lora_requests_info`.
     pub adapter_requests: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }

@@ -47,6 +47,23 @@ pub struct Extension {
     /// The LoRA adapter to apply (alternative to naming it in `model`).
     #[serde(default)]
     pub adapter: Option<String>,
+    /// Two-step generation: imports first, then code (default: the adapter's, then the
+    /// server's).
+    #[serde(default)]
+    pub two_step: Option<bool>,
+    /// The prompt's language (`python`, `c`, `cpp`, or an extension); detected from its
+    /// imports when absent.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Tokens step 1 may spend (out of `max_tokens`).
+    #[serde(default)]
+    pub first_step_tokens: Option<usize>,
+    /// Drop added imports the completion never uses.
+    #[serde(default)]
+    pub prune_unused_imports: Option<bool>,
+    /// With `n` > 1, run step 1 once per sample instead of once for all.
+    #[serde(default)]
+    pub per_sample_imports: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

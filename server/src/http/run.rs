@@ -1,26 +1,49 @@
 //! One HTTP request's engine work: its prompts submitted to the scheduler, their events
 //! merged, timed for metrics, and bounded by the request timeout. Dropping a `Run` cancels
 //! whatever is still generating: the scheduler sees the channel closed before its next step.
+//!
+//! A prompt is a [`Job`]: one engine request, or a two-step plan whose step-2 requests are
+//! submitted when its step 1 finishes. Step 1's tokens are not the completion and are never
+//! reported as tokens; its result arrives as one [`RunEvent::Imports`] before step 2's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hexacoder_engine::batch::{Event, Sink};
 use hexacoder_engine::{FinishReason, GenerateRequest, GeneratedToken, Generation};
+use hexacoder_two_step::{ImportsOutcome, SecondStep, TwoStepPlan};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::AppState;
 use super::error::ApiError;
 
+/// What one prompt of a request runs.
+pub enum Job {
+    /// One engine request.
+    OneStep(Box<GenerateRequest>),
+    /// Imports first, then code.
+    TwoStep(Box<TwoStepPlan>),
+}
+
+/// Which engine request of a prompt an event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Only,
+    First,
+    /// Index into the prompt's step-2 requests.
+    Second(usize),
+}
+
 struct ChannelSink {
     prompt: usize,
-    events: UnboundedSender<(usize, Event)>,
+    stage: Stage,
+    events: UnboundedSender<(usize, Stage, Event)>,
 }
 
 impl Sink for ChannelSink {
     fn send(&mut self, event: Event) -> bool {
-        self.events.send((self.prompt, event)).is_ok()
+        self.events.send((self.prompt, self.stage, event)).is_ok()
     }
 
     fn is_closed(&self) -> bool {
@@ -28,8 +51,36 @@ impl Sink for ChannelSink {
     }
 }
 
+/// A sample's two-step result, for responses.
+#[derive(Clone, Debug)]
+pub struct SampleImports {
+    /// The imports it kept, their edit and the updated prompt.
+    pub outcome: ImportsOutcome,
+    pub first_step_tokens: usize,
+    pub second_step_tokens: usize,
+}
+
+/// A prompt's two-step result.
+#[derive(Clone, Debug)]
+pub struct TwoStepReport {
+    /// Why step 1 did not run, if it did not.
+    pub skipped: Option<&'static str>,
+    /// Step 1's generation, when it ran (its tokens count in usage).
+    pub first: Option<Generation>,
+    /// One per sample, in order.
+    pub samples: Vec<SampleImports>,
+}
+
 /// What a run reports, per prompt.
 pub enum RunEvent {
+    /// A two-step prompt's step 1 finished (or was skipped): what each sample's step 2
+    /// starts from. Comes before any of the prompt's tokens.
+    Imports {
+        prompt: usize,
+        /// `(sample, preview)` for every sample of the prompt.
+        samples: Vec<(usize, ImportsOutcome)>,
+        skipped: Option<&'static str>,
+    },
     Token {
         prompt: usize,
         sample: usize,
@@ -40,7 +91,17 @@ pub enum RunEvent {
     Finished {
         prompt: usize,
         generation: Generation,
+        /// Set for two-step prompts.
+        two_step: Option<TwoStepReport>,
     },
+}
+
+/// A two-step prompt in flight.
+struct TwoStepState {
+    plan: Box<TwoStepPlan>,
+    first: Option<Generation>,
+    seconds: Vec<SecondStep>,
+    results: Vec<Option<Generation>>,
 }
 
 pub struct Run {
@@ -48,8 +109,13 @@ pub struct Run {
     /// Adapters of this run's prompts, counted in `adapter_requests` until it ends.
     adapters: Vec<String>,
     route: &'static str,
-    events: UnboundedReceiver<(usize, Event)>,
+    sender: Option<UnboundedSender<(usize, Stage, Event)>>,
+    events: UnboundedReceiver<(usize, Stage, Event)>,
+    /// Prompts not finished yet.
     remaining: usize,
+    two_step: HashMap<usize, TwoStepState>,
+    /// Events ready to hand out before receiving more.
+    ready: std::collections::VecDeque<RunEvent>,
     started: Instant,
     deadline: Option<tokio::time::Instant>,
     first_token: bool,
@@ -63,117 +129,372 @@ impl Run {
         route: &'static str,
         requests: Vec<GenerateRequest>,
     ) -> Result<Run, ApiError> {
+        Run::start_jobs(
+            state,
+            route,
+            requests
+                .into_iter()
+                .map(|r| Job::OneStep(Box::new(r)))
+                .collect(),
+        )
+    }
+
+    /// Starts every prompt's job: its request, or its step 1 (its step 2 when step 1 is
+    /// skipped).
+    pub fn start_jobs(
+        state: &Arc<AppState>,
+        route: &'static str,
+        jobs: Vec<Job>,
+    ) -> Result<Run, ApiError> {
         let (sender, events) = unbounded_channel();
-        let remaining = requests.len();
-        let adapters: Vec<String> = requests
+        let adapters: Vec<String> = jobs
             .iter()
-            .filter_map(|r| r.adapter.as_ref().map(|a| a.name().to_string()))
+            .filter_map(|job| match job {
+                Job::OneStep(request) => request.adapter.as_ref(),
+                Job::TwoStep(plan) => plan.request().adapter.as_ref(),
+            })
+            .map(|a| a.name().to_string())
             .collect();
-        for (prompt, request) in requests.into_iter().enumerate() {
-            let sink = ChannelSink {
-                prompt,
-                events: sender.clone(),
-            };
-            // On rejection the receiver is dropped with the error, cancelling earlier prompts.
-            state.scheduler.submit(request, Box::new(sink))?;
-        }
         let timeout = state.request_timeout;
-        {
-            let mut counts = state
-                .adapter_requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for name in &adapters {
-                *counts.entry(name.clone()).or_default() += 1;
-                state
-                    .metrics
-                    .lora_requests
-                    .with_label_values(&[name.as_str()])
-                    .inc();
-            }
-        }
-        Ok(Run {
+        let mut run = Run {
             state: Arc::clone(state),
             adapters,
             route,
+            sender: Some(sender),
             events,
-            remaining,
+            remaining: jobs.len(),
+            two_step: HashMap::new(),
+            ready: Default::default(),
             started: Instant::now(),
             deadline: timeout.map(|t| tokio::time::Instant::now() + t),
             first_token: true,
             last_token: HashMap::new(),
-        })
+        };
+        run.count_adapters();
+        // On rejection the run is dropped with the error, cancelling earlier prompts.
+        for (prompt, job) in jobs.into_iter().enumerate() {
+            match job {
+                Job::OneStep(request) => run.submit(prompt, Stage::Only, *request)?,
+                Job::TwoStep(plan) => {
+                    let first = plan.first_step();
+                    let skipped = plan.skipped();
+                    run.two_step.insert(
+                        prompt,
+                        TwoStepState {
+                            plan,
+                            first: None,
+                            seconds: Vec::new(),
+                            results: Vec::new(),
+                        },
+                    );
+                    match first {
+                        Some(request) => run.submit(prompt, Stage::First, request)?,
+                        None => {
+                            run.state
+                                .metrics
+                                .two_step_requests
+                                .with_label_values(&["skipped"])
+                                .inc();
+                            run.start_second_step(prompt, None, skipped.map(|s| s.reason()))?;
+                        }
+                    }
+                }
+            }
+        }
+        run.release_sender_when_done();
+        Ok(run)
+    }
+
+    fn count_adapters(&self) {
+        let mut counts = self
+            .state
+            .adapter_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for name in &self.adapters {
+            *counts.entry(name.clone()).or_default() += 1;
+            self.state
+                .metrics
+                .lora_requests
+                .with_label_values(&[name.as_str()])
+                .inc();
+        }
+    }
+
+    /// Lets go of the run's own sender once no step 2 is left to submit, so that an engine
+    /// that drops every sink is noticed instead of waited on.
+    fn release_sender_when_done(&mut self) {
+        if self.two_step.values().all(|job| !job.seconds.is_empty()) {
+            self.sender = None;
+        }
+    }
+
+    fn submit(
+        &self,
+        prompt: usize,
+        stage: Stage,
+        request: GenerateRequest,
+    ) -> Result<(), ApiError> {
+        let events = self
+            .sender
+            .clone()
+            .ok_or_else(|| ApiError::internal("the run already ended"))?;
+        let sink = ChannelSink {
+            prompt,
+            stage,
+            events,
+        };
+        self.state.scheduler.submit(request, Box::new(sink))?;
+        Ok(())
+    }
+
+    /// Submits a two-step prompt's step 2 and queues the [`RunEvent::Imports`] announcing it.
+    fn start_second_step(
+        &mut self,
+        prompt: usize,
+        first: Option<Generation>,
+        skipped: Option<&'static str>,
+    ) -> Result<(), ApiError> {
+        let Some(job) = self.two_step.get_mut(&prompt) else {
+            return Err(ApiError::internal("step 2 of an unknown prompt"));
+        };
+        let seconds = job.plan.second_step(first.as_ref());
+        let mut samples = Vec::new();
+        for step in &seconds {
+            let preview = job.plan.preview(step);
+            for sample in 0..step.request.n {
+                samples.push((step.first_sample + sample, preview.clone()));
+            }
+        }
+        job.first = first;
+        job.results = vec![None; seconds.len()];
+        let requests: Vec<GenerateRequest> = seconds.iter().map(|s| s.request.clone()).collect();
+        job.seconds = seconds;
+        for (index, request) in requests.into_iter().enumerate() {
+            self.submit(prompt, Stage::Second(index), request)?;
+        }
+        self.ready.push_back(RunEvent::Imports {
+            prompt,
+            samples,
+            skipped,
+        });
+        Ok(())
     }
 
     /// The next event, `None` once every prompt finished.
     pub async fn next(&mut self) -> Option<Result<RunEvent, ApiError>> {
-        if self.remaining == 0 {
-            return None;
-        }
-        let received = match self.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(received) => received,
-                Err(_) => {
-                    self.abandon();
-                    let seconds = self.state.request_timeout.map_or(0, |t| t.as_secs());
-                    return Some(Err(ApiError::timeout(seconds)));
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.remaining == 0 {
+                return None;
+            }
+            let received = match self.deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                        Ok(received) => received,
+                        Err(_) => {
+                            self.abandon();
+                            let seconds = self.state.request_timeout.map_or(0, |t| t.as_secs());
+                            return Some(Err(ApiError::timeout(seconds)));
+                        }
+                    }
                 }
-            },
-            None => self.events.recv().await,
-        };
-        let Some((prompt, event)) = received else {
-            self.remaining = 0;
-            return Some(Err(ApiError::internal(
-                "the engine stopped before finishing the request",
-            )));
-        };
-        Some(match event {
-            Event::Token {
-                sample,
-                token,
-                text,
-                finish_reason,
-            } => {
+                None => self.events.recv().await,
+            };
+            let Some((prompt, stage, event)) = received else {
+                self.remaining = 0;
+                return Some(Err(ApiError::internal(
+                    "the engine stopped before finishing the request",
+                )));
+            };
+            match self.handle(prompt, stage, event) {
+                Ok(Some(event)) => return Some(Ok(event)),
+                Ok(None) => {}
+                Err(err) => {
+                    self.abandon();
+                    return Some(Err(err));
+                }
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        prompt: usize,
+        stage: Stage,
+        event: Event,
+    ) -> Result<Option<RunEvent>, ApiError> {
+        match (stage, event) {
+            (Stage::First, Event::Token { .. }) => Ok(None),
+            (Stage::First, Event::Finished(result)) => {
+                let generation = result?;
+                let metrics = &self.state.metrics;
+                metrics.two_step_requests.with_label_values(&["ran"]).inc();
+                metrics
+                    .two_step_first_step_seconds
+                    .observe(self.started.elapsed().as_secs_f64());
+                metrics
+                    .two_step_first_step_tokens
+                    .inc_by(generation.completion_tokens() as u64);
+                metrics
+                    .prompt_tokens
+                    .inc_by(generation.prompt_tokens.len() as u64);
+                self.start_second_step(prompt, Some(generation), None)?;
+                self.release_sender_when_done();
+                Ok(None)
+            }
+            (
+                stage,
+                Event::Token {
+                    sample,
+                    token,
+                    text,
+                    finish_reason,
+                },
+            ) => {
+                let sample = match stage {
+                    Stage::Second(index) => self
+                        .two_step
+                        .get(&prompt)
+                        .and_then(|job| job.seconds.get(index))
+                        .map_or(sample, |step| step.first_sample + sample),
+                    _ => sample,
+                };
                 self.observe_token(prompt, sample);
-                Ok(RunEvent::Token {
+                Ok(Some(RunEvent::Token {
                     prompt,
                     sample,
                     token,
                     text,
                     finish_reason,
-                })
+                }))
             }
-            Event::Finished(result) => {
+            (Stage::Only, Event::Finished(result)) => {
+                let generation = result?;
                 self.remaining -= 1;
-                match result {
-                    Ok(generation) => {
-                        self.observe_finished(&generation);
-                        Ok(RunEvent::Finished { prompt, generation })
-                    }
-                    Err(err) => {
-                        self.remaining = 0;
-                        Err(err.into())
-                    }
-                }
+                self.observe_finished(&generation);
+                Ok(Some(RunEvent::Finished {
+                    prompt,
+                    generation,
+                    two_step: None,
+                }))
             }
-        })
+            (Stage::Second(index), Event::Finished(result)) => {
+                let generation = result?;
+                self.observe_finished(&generation);
+                let job = self
+                    .two_step
+                    .get_mut(&prompt)
+                    .ok_or_else(|| ApiError::internal("step 2 of an unknown prompt"))?;
+                if let Some(slot) = job.results.get_mut(index) {
+                    *slot = Some(generation);
+                }
+                if job.results.iter().any(Option::is_none) {
+                    return Ok(None);
+                }
+                let Some(job) = self.two_step.remove(&prompt) else {
+                    return Ok(None);
+                };
+                self.remaining -= 1;
+                let (generation, report) = self.finish_two_step(job);
+                Ok(Some(RunEvent::Finished {
+                    prompt,
+                    generation,
+                    two_step: Some(report),
+                }))
+            }
+        }
+    }
+
+    /// One generation holding every sample of a two-step prompt, and its report.
+    fn finish_two_step(&self, job: TwoStepState) -> (Generation, TwoStepReport) {
+        let TwoStepState {
+            plan,
+            first,
+            seconds,
+            results,
+        } = job;
+        let mut samples = Vec::new();
+        let mut reports = Vec::new();
+        let mut combined: Option<Generation> = None;
+        let first_elapsed = first.as_ref().map_or(Duration::ZERO, |g| g.elapsed);
+        for (step, generation) in seconds.iter().zip(results.into_iter().flatten()) {
+            for sample in &generation.samples {
+                let outcome = plan.finish(step, &sample.text);
+                let metrics = &self.state.metrics;
+                metrics.imports_added.inc_by(outcome.added.len() as u64);
+                metrics.imports_pruned.inc_by(outcome.pruned.len() as u64);
+                reports.push(SampleImports {
+                    outcome,
+                    first_step_tokens: step.first_step_tokens,
+                    second_step_tokens: sample.tokens.len(),
+                });
+                samples.push(sample.clone());
+            }
+            combined = Some(match combined {
+                None => generation,
+                Some(mut all) => {
+                    all.cached_prompt_tokens += generation.cached_prompt_tokens;
+                    all.prompt_tokens.extend(generation.prompt_tokens);
+                    all.time_to_first_token =
+                        all.time_to_first_token.max(generation.time_to_first_token);
+                    all.elapsed = all.elapsed.max(generation.elapsed);
+                    all
+                }
+            });
+        }
+        let mut generation = combined.unwrap_or_else(|| Generation {
+            samples: Vec::new(),
+            prompt_tokens: Vec::new(),
+            cached_prompt_tokens: 0,
+            time_to_first_token: Duration::ZERO,
+            elapsed: Duration::ZERO,
+        });
+        generation.samples = samples;
+        // Step 1 ran before step 2 started: the user waited for both.
+        generation.time_to_first_token += first_elapsed;
+        generation.elapsed += first_elapsed;
+        let report = TwoStepReport {
+            skipped: plan.skipped().map(|s| s.reason()),
+            first,
+            samples: reports,
+        };
+        (generation, report)
+    }
+
+    /// Waits for every prompt; generations (with two-step reports) in prompt order.
+    pub async fn collect_two_step(
+        mut self,
+    ) -> Result<Vec<(Generation, Option<TwoStepReport>)>, ApiError> {
+        let mut out: Vec<Option<(Generation, Option<TwoStepReport>)>> = Vec::new();
+        while let Some(event) = self.next().await {
+            if let RunEvent::Finished {
+                prompt,
+                generation,
+                two_step,
+            } = event?
+            {
+                if out.len() <= prompt {
+                    out.resize_with(prompt + 1, || None);
+                }
+                out[prompt] = Some((generation, two_step));
+            }
+        }
+        out.into_iter()
+            .map(|g| g.ok_or_else(|| ApiError::internal("a prompt ended without a result")))
+            .collect()
     }
 
     /// Waits for every prompt; generations in prompt order.
-    pub async fn collect(mut self) -> Result<Vec<Generation>, ApiError> {
-        let mut generations: Vec<Option<Generation>> = Vec::new();
-        while let Some(event) = self.next().await {
-            if let RunEvent::Finished { prompt, generation } = event? {
-                if generations.len() <= prompt {
-                    generations.resize_with(prompt + 1, || None);
-                }
-                generations[prompt] = Some(generation);
-            }
-        }
-        generations
+    pub async fn collect(self) -> Result<Vec<Generation>, ApiError> {
+        Ok(self
+            .collect_two_step()
+            .await?
             .into_iter()
-            .map(|g| g.ok_or_else(|| ApiError::internal("a prompt ended without a result")))
-            .collect()
+            .map(|(generation, _)| generation)
+            .collect())
     }
 
     /// Counts what is still generating as aborted; the scheduler cancels it once the

@@ -6,3 +6,4 @@ mod cli;
 mod harness;
 mod openai_client;
 mod production;
+mod two_step;
