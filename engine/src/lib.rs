@@ -156,6 +156,11 @@ impl Engine {
         self.prefix_cache.stats()
     }
 
+    /// Forgets every remembered prompt, so the next request prefills from scratch.
+    pub fn clear_prefix_cache(&mut self) {
+        self.prefix_cache.clear();
+    }
+
     /// Positions a sequence may hold (prompt plus completion).
     pub fn context_length(&self) -> usize {
         self.model.max_positions()

@@ -150,6 +150,11 @@ impl PrefixCache {
         Ok(())
     }
 
+    /// Forgets every entry (benchmarks that must start cold).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// Forgets every entry of `namespace` (an adapter was replaced or unloaded).
     pub fn invalidate(&mut self, namespace: u64) {
         self.entries.retain(|e| e.namespace != namespace);
