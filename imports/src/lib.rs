@@ -24,28 +24,63 @@ pub enum Language {
     C,
     /// `#include`.
     Cpp,
+    /// `import … from '…'` and `const x = require('…')`.
+    JavaScript,
+    /// As JavaScript, plus `import x = require('…')`.
+    TypeScript,
+    /// TypeScript with JSX.
+    Tsx,
+    /// `import "fmt"` and `import ( … )`, after the package clause.
+    Go,
+    /// `import java.util.List;`, after the package declaration.
+    Java,
+    /// `use std::io;` and `extern crate x;`.
+    Rust,
 }
+
+/// Every language, for listings and tests.
+pub const LANGUAGES: [Language; 9] = [
+    Language::Python,
+    Language::C,
+    Language::Cpp,
+    Language::JavaScript,
+    Language::TypeScript,
+    Language::Tsx,
+    Language::Go,
+    Language::Java,
+    Language::Rust,
+];
 
 impl Language {
     /// From an editor language id, a file extension or a name (`python`, `py`, `c`, `h`,
-    /// `cpp`, `c++`, `cc`, `hpp`, …).
+    /// `cpp`, `c++`, `cc`, `hpp`, `javascript`, `js`, `typescript`, `ts`, `tsx`, `go`,
+    /// `java`, `rust`, `rs`, …).
     pub fn from_name(name: &str) -> Option<Self> {
         match name.trim_start_matches('.').to_ascii_lowercase().as_str() {
-            "python" | "py" | "python3" => Some(Language::Python),
+            "python" | "py" | "python3" | "pyi" => Some(Language::Python),
             "c" | "h" => Some(Language::C),
             "cpp" | "c++" | "cc" | "cxx" | "hpp" | "hh" | "hxx" => Some(Language::Cpp),
+            "javascript" | "js" | "jsx" | "mjs" | "cjs" | "javascriptreact" => {
+                Some(Language::JavaScript)
+            }
+            "typescript" | "ts" | "mts" | "cts" => Some(Language::TypeScript),
+            "typescriptreact" | "tsx" => Some(Language::Tsx),
+            "go" | "golang" => Some(Language::Go),
+            "java" => Some(Language::Java),
+            "rust" | "rs" => Some(Language::Rust),
             _ => None,
         }
     }
 
-    /// The language of a prompt from its imports: `#include` lines mean C or C++ (C++ when
-    /// it uses the standard library's namespaces, classes or templates), import statements
-    /// mean Python. `None` when it has neither.
+    /// The language of a prompt from its first lines, for clients that do not say: a
+    /// `#include` means C or C++ (C++ when it uses the standard library's namespaces,
+    /// classes or templates), a Go package clause Go, `import a.b.C;` Java, `use a::b;`
+    /// Rust, `import … from '…'` or `require('…')` JavaScript (TypeScript with type
+    /// annotations), and Python import statements Python. `None` when it has none of these.
     pub fn detect(source: &str) -> Option<Self> {
-        let includes = source
-            .lines()
-            .any(|line| line.trim_start().starts_with("#include"));
-        if includes {
+        let lines: Vec<&str> = source.lines().map(str::trim).take(200).collect();
+        let any = |test: &dyn Fn(&str) -> bool| lines.iter().any(|l| test(l));
+        if any(&|l| l.starts_with("#include")) {
             const CPP_MARKERS: &[&str] = &[
                 "std::",
                 "namespace ",
@@ -60,24 +95,70 @@ impl Language {
             let cpp = CPP_MARKERS.iter().any(|m| source.contains(m));
             return Some(if cpp { Language::Cpp } else { Language::C });
         }
+        if any(&|l| l.starts_with("package ") && !l.ends_with(';')) {
+            return Some(Language::Go);
+        }
+        let java_import = |l: &str| {
+            (l.starts_with("import ") || l.starts_with("package "))
+                && l.ends_with(';')
+                && !l.contains(['"', '\'', '{', '='])
+                && !l.contains(" from ")
+        };
+        if any(&java_import) {
+            return Some(Language::Java);
+        }
+        if any(&|l| (l.starts_with("use ") || l.starts_with("pub use ")) && l.contains("::")) {
+            return Some(Language::Rust);
+        }
+        let es_import = |l: &str| {
+            (l.starts_with("import ") && (l.contains(" from ") || l.contains(['"', '\''])))
+                || l.contains("require(")
+        };
+        if any(&es_import) {
+            const TS_MARKERS: &[&str] = &["import type ", ": string", ": number", "interface "];
+            let ts = TS_MARKERS.iter().any(|m| source.contains(m));
+            return Some(if ts {
+                Language::TypeScript
+            } else {
+                Language::JavaScript
+            });
+        }
         let python = ImportBlock::find(Language::Python, source);
         (!python.imports.is_empty()).then_some(Language::Python)
+    }
+
+    /// How lines that may be (or begin) an import, or sit among imports, start.
+    fn import_line_starts(self) -> &'static [&'static str] {
+        match self {
+            Language::Python => &["import ", "from ", "#"],
+            Language::C | Language::Cpp => &["#include", "//", "/*"],
+            Language::JavaScript | Language::TypeScript | Language::Tsx => &[
+                "import ", "import{", "const ", "let ", "var ", "//", "/*", "*",
+            ],
+            Language::Go => &["import ", "import(", "//", "/*"],
+            Language::Java => &["import ", "//", "/*", "*"],
+            Language::Rust => &[
+                "use ",
+                "pub use ",
+                "pub(crate) use ",
+                "extern crate ",
+                "//",
+                "/*",
+            ],
+        }
     }
 
     /// Whether a generated line (or the start of one, when not `complete`) may be an import
     /// or something allowed among imports (a blank line, a comment).
     fn may_begin_import(self, line: &str, complete: bool) -> bool {
-        let keywords: &[&str] = match self {
-            Language::Python => &["import ", "from ", "#"],
-            Language::C | Language::Cpp => &["#include", "//", "/*"],
-        };
         let line = match self {
             // Indentation would put a Python line inside something else.
             Language::Python => line.trim_end(),
-            Language::C | Language::Cpp => line.trim(),
+            _ => line.trim(),
         };
         line.is_empty()
-            || keywords
+            || self
+                .import_line_starts()
                 .iter()
                 .any(|k| line.starts_with(k) || (!complete && k.starts_with(line)))
     }
@@ -87,6 +168,12 @@ impl Language {
             Language::Python => tree_sitter_python::LANGUAGE.into(),
             Language::C => tree_sitter_c::LANGUAGE.into(),
             Language::Cpp => tree_sitter_cpp::LANGUAGE.into(),
+            Language::JavaScript => tree_sitter_javascript::LANGUAGE.into(),
+            Language::TypeScript => tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
+            Language::Tsx => tree_sitter_typescript::LANGUAGE_TSX.into(),
+            Language::Go => tree_sitter_go::LANGUAGE.into(),
+            Language::Java => tree_sitter_java::LANGUAGE.into(),
+            Language::Rust => tree_sitter_rust::LANGUAGE.into(),
         }
     }
 
@@ -97,26 +184,41 @@ impl Language {
     }
 
     /// Whether a top-level node is an import statement.
-    fn is_import(self, node: Node<'_>) -> bool {
+    fn is_import(self, node: Node<'_>, source: &str) -> bool {
         match self {
             Language::Python => matches!(
                 node.kind(),
                 "import_statement" | "import_from_statement" | "future_import_statement"
             ),
             Language::C | Language::Cpp => node.kind() == "preproc_include",
+            Language::JavaScript | Language::TypeScript | Language::Tsx => {
+                node.kind() == "import_statement" || is_require(node, source)
+            }
+            Language::Go | Language::Java => node.kind() == "import_declaration",
+            Language::Rust => {
+                matches!(node.kind(), "use_declaration" | "extern_crate_declaration")
+            }
         }
     }
 
     /// Whether a top-level node may sit before or between imports without ending the block.
     fn is_header(self, node: Node<'_>, first_statement: bool) -> bool {
+        if is_comment(node.kind()) {
+            return true;
+        }
         match (self, node.kind()) {
-            (_, "comment") => true,
-            // A module docstring.
-            (Language::Python, "expression_statement") => {
-                first_statement && node.named_child(0).is_some_and(|c| c.kind() == "string")
-            }
+            // A module docstring; a `"use strict"` directive.
+            (
+                Language::Python | Language::JavaScript | Language::TypeScript | Language::Tsx,
+                "expression_statement",
+            ) => first_statement && node.named_child(0).is_some_and(|c| c.kind() == "string"),
+            (Language::JavaScript | Language::TypeScript | Language::Tsx, "hash_bang_line") => true,
             // `#pragma once`, `#define _GNU_SOURCE` and the like.
             (Language::C | Language::Cpp, "preproc_call" | "preproc_def") => true,
+            (Language::Go, "package_clause") | (Language::Java, "package_declaration") => true,
+            // `#![deny(...)]`, and `mod x;` declarations among the `use`s.
+            (Language::Rust, "inner_attribute_item") => true,
+            (Language::Rust, "mod_item") => node.child_by_field_name("body").is_none(),
             _ => false,
         }
     }
@@ -234,7 +336,7 @@ impl ImportBlock {
         let mut first_statement = true;
         let mut block_end = None;
         for node in top_level(tree.root_node()) {
-            if language.is_import(node) {
+            if language.is_import(node, source) {
                 block.imports.push(import_of(language, node, source));
                 block_end = Some(trimmed_end(source, node));
                 // `from flask import request` → `…, escape`; an include has nothing to extend.
@@ -251,7 +353,7 @@ impl ImportBlock {
                 break;
             }
             // A shebang or comment may precede the docstring.
-            if node.kind() != "comment" {
+            if !is_comment(node.kind()) && node.kind() != "hash_bang_line" {
                 first_statement = false;
             }
         }
@@ -290,14 +392,14 @@ impl ImportBlock {
             }
         }
         let lines: Vec<&str> = rest.split('\n').collect();
-        let mut open_parentheses = 0i64;
+        let mut open_brackets = 0i64;
         for (index, line) in lines.iter().enumerate() {
             let complete = index + 1 < lines.len();
-            if open_parentheses <= 0 && !self.language.may_begin_import(line, complete) {
+            if open_brackets <= 0 && !self.language.may_begin_import(line, complete) {
                 return true;
             }
-            open_parentheses += line.matches('(').count() as i64;
-            open_parentheses -= line.matches(')').count() as i64;
+            open_brackets += line.matches(['(', '{']).count() as i64;
+            open_brackets -= line.matches([')', '}']).count() as i64;
         }
         false
     }
@@ -443,25 +545,28 @@ fn classify(language: Language, text: &str) -> Parsed {
     let mut cursor = root.walk();
     let nodes: Vec<Node<'_>> = root
         .named_children(&mut cursor)
-        .filter(|n| n.kind() != "comment")
+        .filter(|n| !is_comment(n.kind()))
         .collect();
     if nodes.is_empty() {
         return Parsed::Other;
     }
     if root.has_error() {
-        // An open parenthesis of `from x import (` is incomplete, not wrong.
-        let opens = text.matches('(').count();
-        let closes = text.matches(')').count();
-        return if language == Language::Python
-            && opens > closes
-            && text.trim_start().starts_with("from ")
-        {
+        // An open bracket of `from x import (`, `import {` or `use a::{` is incomplete, not
+        // wrong.
+        let opens = text.matches(['(', '{']).count();
+        let closes = text.matches([')', '}']).count();
+        let starts_import = language
+            .import_line_starts()
+            .iter()
+            .filter(|k| k.chars().next().is_some_and(char::is_alphabetic))
+            .any(|k| text.trim_start().starts_with(k));
+        return if opens > closes && starts_import {
             Parsed::Incomplete
         } else {
             Parsed::Other
         };
     }
-    if nodes.iter().all(|n| language.is_import(*n)) {
+    if nodes.iter().all(|n| language.is_import(*n, text)) {
         Parsed::Imports(
             nodes
                 .into_iter()
@@ -485,7 +590,7 @@ fn collect_imports(language: Language, node: Node<'_>, source: &str, out: &mut V
     let mut cursor = node.walk();
     let children: Vec<Node<'_>> = node.named_children(&mut cursor).collect();
     for child in children {
-        if language.is_import(child) {
+        if language.is_import(child, source) {
             out.push(import_of(language, child, source));
         } else {
             collect_imports(language, child, source, out);
@@ -519,6 +624,10 @@ fn import_of(language: Language, node: Node<'_>, source: &str) -> Import {
     let bound_names = match language {
         Language::Python => python_bound_names(node, source),
         Language::C | Language::Cpp => Vec::new(),
+        Language::JavaScript | Language::TypeScript | Language::Tsx => es_bound_names(node, source),
+        Language::Go => go_bound_names(node, source),
+        Language::Java => java_bound_names(node, source),
+        Language::Rust => rust_bound_names(node, source),
     };
     Import {
         text,
@@ -556,6 +665,170 @@ fn python_bound_names(node: Node<'_>, source: &str) -> Vec<String> {
         .any(|c| c.kind() == "wildcard_import")
     {
         return Vec::new();
+    }
+    names
+}
+
+/// Comment node kinds of every grammar here.
+fn is_comment(kind: &str) -> bool {
+    matches!(kind, "comment" | "line_comment" | "block_comment")
+}
+
+/// `const x = require('y')` (every declarator a `require` call).
+fn is_require(node: Node<'_>, source: &str) -> bool {
+    if !matches!(node.kind(), "lexical_declaration" | "variable_declaration") {
+        return false;
+    }
+    let mut cursor = node.walk();
+    let declarators: Vec<Node<'_>> = node
+        .named_children(&mut cursor)
+        .filter(|c| c.kind() == "variable_declarator")
+        .collect();
+    !declarators.is_empty()
+        && declarators.iter().all(|d| {
+            d.child_by_field_name("value").is_some_and(|value| {
+                value.kind() == "call_expression"
+                    && value
+                        .child_by_field_name("function")
+                        .is_some_and(|f| &source[f.byte_range()] == "require")
+            })
+        })
+}
+
+/// Names an ES import or `require` binds; empty (use cannot be told) for a bare
+/// `import 'x'`.
+fn es_bound_names(node: Node<'_>, source: &str) -> Vec<String> {
+    let text = |n: Node<'_>| source[n.byte_range()].to_string();
+    let mut names = Vec::new();
+    let mut stack = vec![node];
+    while let Some(current) = stack.pop() {
+        match current.kind() {
+            // `import x from`, `import * as ns from`, `import x = require(...)`.
+            "import_clause" | "namespace_import" | "import_require_clause" => {
+                let mut cursor = current.walk();
+                for child in current.named_children(&mut cursor) {
+                    if child.kind() == "identifier" {
+                        names.push(text(child));
+                    } else {
+                        stack.push(child);
+                    }
+                }
+            }
+            "import_specifier" => {
+                let bound = current
+                    .child_by_field_name("alias")
+                    .or_else(|| current.child_by_field_name("name"));
+                names.extend(bound.map(text));
+            }
+            // `const {a, b: c} = require(...)`.
+            "variable_declarator" => {
+                if let Some(name) = current.child_by_field_name("name") {
+                    stack.push(name);
+                }
+            }
+            "identifier" | "shorthand_property_identifier_pattern" => names.push(text(current)),
+            "pair_pattern" => {
+                if let Some(value) = current.child_by_field_name("value") {
+                    stack.push(value);
+                }
+            }
+            "string" | "call_expression" => {}
+            _ => {
+                let mut cursor = current.walk();
+                stack.extend(current.named_children(&mut cursor));
+            }
+        }
+    }
+    names
+}
+
+/// Package names a Go import binds: the alias, or the path's last element. `_` and `.`
+/// imports cannot be told by use and bind nothing here.
+fn go_bound_names(node: Node<'_>, source: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![node];
+    while let Some(current) = stack.pop() {
+        if current.kind() != "import_spec" {
+            let mut cursor = current.walk();
+            stack.extend(current.named_children(&mut cursor));
+            continue;
+        }
+        match current.child_by_field_name("name") {
+            Some(alias) if alias.kind() == "package_identifier" => {
+                names.push(source[alias.byte_range()].to_string());
+            }
+            // A blank or dot import: its use cannot be told.
+            Some(_) => return Vec::new(),
+            None => {
+                if let Some(path) = current.child_by_field_name("path") {
+                    let path = source[path.byte_range()].trim_matches(['"', '`']);
+                    let last = path.rsplit('/').next().unwrap_or(path);
+                    // `gopkg.in/yaml.v3` binds `yaml`.
+                    let name = last.split('.').next().unwrap_or(last);
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The simple name a Java import binds; nothing for `*`.
+fn java_bound_names(node: Node<'_>, source: &str) -> Vec<String> {
+    let mut cursor = node.walk();
+    let children: Vec<Node<'_>> = node.named_children(&mut cursor).collect();
+    if children.iter().any(|c| c.kind() == "asterisk") {
+        return Vec::new();
+    }
+    children
+        .iter()
+        .find_map(|c| match c.kind() {
+            "scoped_identifier" => c.child_by_field_name("name"),
+            "identifier" => Some(*c),
+            _ => None,
+        })
+        .map(|n| vec![source[n.byte_range()].to_string()])
+        .unwrap_or_default()
+}
+
+/// Names a Rust `use` (or `extern crate`) binds; nothing when it has a `*`.
+fn rust_bound_names(node: Node<'_>, source: &str) -> Vec<String> {
+    let text = |n: Node<'_>| source[n.byte_range()].to_string();
+    if node.kind() == "extern_crate_declaration" {
+        let bound = node
+            .child_by_field_name("alias")
+            .or_else(|| node.child_by_field_name("name"));
+        return bound.map(text).into_iter().collect();
+    }
+    let mut names = Vec::new();
+    let Some(argument) = node.child_by_field_name("argument") else {
+        return names;
+    };
+    let mut stack = vec![argument];
+    while let Some(current) = stack.pop() {
+        match current.kind() {
+            "identifier" => names.push(text(current)),
+            "scoped_identifier" => names.extend(current.child_by_field_name("name").map(text)),
+            "use_as_clause" => names.extend(current.child_by_field_name("alias").map(text)),
+            // `use a::b::{self}` binds `b`.
+            "self" => {
+                if let Some(path) = current
+                    .parent()
+                    .and_then(|list| list.parent())
+                    .and_then(|scoped| scoped.child_by_field_name("path"))
+                {
+                    let path = text(path);
+                    names.push(path.rsplit("::").next().unwrap_or(&path).to_string());
+                }
+            }
+            "use_wildcard" => return Vec::new(),
+            "scoped_use_list" => stack.extend(current.child_by_field_name("list")),
+            "use_list" => {
+                let mut cursor = current.walk();
+                stack.extend(current.named_children(&mut cursor));
+            }
+            _ => {}
+        }
     }
     names
 }

@@ -190,7 +190,7 @@ fn edit_positions_count_utf16_columns() {
     assert_eq!(edit.start, (1, 9));
     assert_eq!(Language::from_name("PY"), Some(Language::Python));
     assert_eq!(Language::from_name(".hpp"), Some(Language::Cpp));
-    assert_eq!(Language::from_name("rust"), None);
+    assert_eq!(Language::from_name("cobol"), None);
 }
 
 #[test]
@@ -289,6 +289,128 @@ fn the_step1_prompt_is_a_prefix_of_every_merge() {
         assert!(
             merged.starts_with(&format!("{head}{kept}")),
             "{head:?}+{generated:?} / {merged:?}"
+        );
+    }
+}
+
+fn names(import: &Import) -> Vec<&str> {
+    let mut names: Vec<&str> = import.bound_names.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn javascript_and_typescript_imports_and_requires() {
+    let source = "#!/usr/bin/env node\n'use strict';\n// deps\nconst fs = require('fs');\nimport path from 'path';\nimport { readFile as rf, writeFile } from 'fs/promises';\n\nfunction main() {\n";
+    let block = ImportBlock::find(Language::JavaScript, source);
+    assert_eq!(
+        texts(&block),
+        [
+            "const fs = require('fs');",
+            "import path from 'path';",
+            "import { readFile as rf, writeFile } from 'fs/promises';"
+        ]
+    );
+    assert_eq!(names(&block.imports[0]), ["fs"]);
+    assert_eq!(names(&block.imports[2]), ["rf", "writeFile"]);
+    assert!(block.step1_prompt(source).ends_with("'fs/promises';\n"));
+    let new = block.new_imports("const { execFile } = require('child_process');\nconst x = 1;\n");
+    assert_eq!(new.added.len(), 1);
+    assert_eq!(names(&new.added[0]), ["execFile"]);
+    assert!(!block.step1_done("import {\n  a,\n"));
+    assert!(block.step1_done("import os from 'os';\nfunction"));
+
+    // A string that mentions an import is not one.
+    let quoted = "const s = \"import x from 'y'\";\n";
+    assert!(
+        ImportBlock::find(Language::JavaScript, quoted)
+            .imports
+            .is_empty()
+    );
+
+    let ts = "import type { A } from './a';\nimport fs = require('fs');\n\nexport function f(): string {\n";
+    let block = ImportBlock::find(Language::TypeScript, ts);
+    assert_eq!(block.imports.len(), 2);
+    assert_eq!(names(&block.imports[0]), ["A"]);
+    assert_eq!(names(&block.imports[1]), ["fs"]);
+    let tsx = "import React from 'react';\n\nexport const App = () => <div/>;\n";
+    assert_eq!(ImportBlock::find(Language::Tsx, tsx).imports.len(), 1);
+}
+
+#[test]
+fn go_java_and_rust_imports_after_their_headers() {
+    let go = "// Command main.\npackage main\n\nimport (\n\t\"fmt\"\n\tyaml \"gopkg.in/yaml.v3\"\n)\n\nfunc main() {\n";
+    let block = ImportBlock::find(Language::Go, go);
+    assert_eq!(block.imports.len(), 1);
+    assert_eq!(names(&block.imports[0]), ["fmt", "yaml"]);
+    let new = block.new_imports("import \"html/template\"\nfunc helper() {\n");
+    assert_eq!(names(&new.added[0]), ["template"]);
+    let (merged, _) = block.merge(go, &new);
+    assert!(
+        merged.contains(")\nimport \"html/template\"\n\nfunc main"),
+        "{merged}"
+    );
+    assert!(block.step1_done("import \"os\"\nfunc"));
+    assert!(!block.step1_done("import (\n\t\"os\"\n"));
+
+    let java = "package com.example;\n\nimport java.util.List;\nimport static java.lang.Math.max;\nimport java.io.*;\n\npublic class A {\n";
+    let block = ImportBlock::find(Language::Java, java);
+    assert_eq!(block.imports.len(), 3);
+    assert_eq!(names(&block.imports[0]), ["List"]);
+    assert_eq!(names(&block.imports[1]), ["max"]);
+    assert!(
+        block.imports[2].bound_names.is_empty(),
+        "a wildcard binds unknown names"
+    );
+    assert_eq!(
+        block.new_imports("import java.util.Map;\npublic").added[0].text,
+        "import java.util.Map;"
+    );
+
+    let rust = "//! Crate docs.\n#![deny(missing_docs)]\nmod config;\nuse std::collections::{HashMap, HashSet as Set};\nuse std::io::{self, Read};\nextern crate serde as s;\nuse a::*;\n\nfn main() {\n";
+    let block = ImportBlock::find(Language::Rust, rust);
+    assert_eq!(block.imports.len(), 4, "{:?}", texts(&block));
+    assert_eq!(names(&block.imports[0]), ["HashMap", "Set"]);
+    assert_eq!(names(&block.imports[1]), ["Read", "io"]);
+    assert_eq!(names(&block.imports[2]), ["s"]);
+    assert!(block.imports[3].bound_names.is_empty());
+    let new = block
+        .new_imports("use std::fs;\nuse std::path::{\n    Path,\n    PathBuf,\n};\nfn x() {}\n");
+    assert_eq!(new.added.len(), 2, "{new:?}");
+    assert_eq!(names(&new.added[1]), ["Path", "PathBuf"]);
+    let (kept, pruned) = block.prune_unused(&new, "    let p = Path::new(\"x\");\n");
+    assert_eq!(kept.added.len(), 1);
+    assert_eq!(pruned[0].text, "use std::fs;");
+    assert!(block.step1_done("use std::fs;\nfn"));
+}
+
+#[test]
+fn every_language_is_named_and_detected() {
+    for (source, language) in [
+        ("package main\n\nimport \"fmt\"\n", Language::Go),
+        ("package a.b;\nimport java.util.List;\n", Language::Java),
+        ("use std::io;\nfn main() {}\n", Language::Rust),
+        ("import fs from 'fs';\n", Language::JavaScript),
+        ("const fs = require('fs');\n", Language::JavaScript),
+        ("import type { A } from './a';\n", Language::TypeScript),
+    ] {
+        assert_eq!(Language::detect(source), Some(language), "{source}");
+    }
+    for (name, language) in [
+        ("typescriptreact", Language::Tsx),
+        ("go", Language::Go),
+        ("java", Language::Java),
+        ("rs", Language::Rust),
+        ("mjs", Language::JavaScript),
+    ] {
+        assert_eq!(Language::from_name(name), Some(language));
+    }
+    // Every grammar loads and an empty file has an empty block at its start.
+    for language in LANGUAGES {
+        let block = ImportBlock::find(language, "");
+        assert!(
+            block.imports.is_empty() && block.insert_at == 0,
+            "{language:?}"
         );
     }
 }

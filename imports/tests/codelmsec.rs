@@ -1,23 +1,15 @@
 //! Every CodeLMSec prompt (200 Python, 80 C, from `../shared`): its import block is found,
 //! and merging a new import yields one block with every old import once and the new one once.
 
-use std::path::Path;
-
 use hexacoder_imports::{ImportBlock, Language};
 
 fn prompts() -> Vec<(Language, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/bench/codelmsec/codelmsec_prompts.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).expect("json line");
-            let language = Language::from_name(row["language"].as_str().expect("language"))
-                .expect("known language");
+    hexacoder_testkit::codelmsec_prompts()
+        .into_iter()
+        .map(|p| {
             (
-                language,
-                row["prompt"].as_str().expect("prompt").to_string(),
+                Language::from_name(&p.language).expect("known language"),
+                p.prompt,
             )
         })
         .collect()

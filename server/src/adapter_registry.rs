@@ -51,6 +51,8 @@ pub struct AdapterInfo {
     pub path: String,
     pub bytes: usize,
     pub created: u64,
+    /// The adapter's two-step default from its metadata.
+    pub two_step_default: Option<bool>,
 }
 
 struct Entry {
@@ -151,6 +153,7 @@ impl AdapterRegistry {
             path: dir.display().to_string(),
             bytes,
             created: crate::http::unix_now(),
+            two_step_default: adapter.two_step_default(),
         };
         table.generations.insert(name.to_string(), generation);
         table.entries.insert(

@@ -104,6 +104,18 @@ pub struct GenerateArgs {
     /// With `--json`: alternatives to report per token.
     #[arg(long, default_value_t = 0)]
     pub logprobs: usize,
+    /// Two-step generation: imports first (up to --first-step-tokens of --max-tokens), then
+    /// the code. The added imports are printed to stderr (in --json, per sample).
+    #[arg(long)]
+    pub two_step: bool,
+    /// With --two-step: the prompt's language (`python`, `c`, `cpp`, `javascript`,
+    /// `typescript`, `tsx`, `go`, `java`, `rust`, or an extension);
+    /// detected from its imports when absent.
+    #[arg(long, requires = "two_step")]
+    pub language: Option<String>,
+    /// With --two-step: tokens step 1 may spend.
+    #[arg(long, default_value_t = 20, requires = "two_step")]
+    pub first_step_tokens: usize,
 }
 
 /// `serve` options.

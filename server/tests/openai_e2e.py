@@ -90,4 +90,38 @@ try:
 except openai.BadRequestError as err:
     check("exceeds the context" in str(err), "overlong prompt says it exceeds the context")
 
+# Two-step generation through extra_body: each choice carries its imports edit.
+def apply(text, edit):
+    def offset(position):
+        lines = text.split("\n")
+        return sum(len(line) + 1 for line in lines[: position["line"]]) + position["character"]
+
+    start, end = offset(edit["range"]["start"]), offset(edit["range"]["end"])
+    return text[:start] + edit["newText"] + text[end:]
+
+
+flask = (
+    "from flask import Flask, request\n\napp = Flask(__name__)\n\n\n"
+    "@app.route('/hello')\ndef hello():\n    name = request.args.get('name')\n"
+)
+two = client.completions.create(
+    model=model, prompt=flask, max_tokens=48, temperature=0, echo=True,
+    extra_body={"hexacoder": {"two_step": True}},
+)
+ext = two.choices[0].model_extra["hexacoder"]
+check(ext["two_step"] is True, "two-step reported in the choice")
+check(ext["first_step_tokens"] + ext["second_step_tokens"] == two.usage.completion_tokens, "both steps count in usage")
+updated = apply(flask, ext["imports_edit"]) if ext["imports_edit"] else flask
+check(two.choices[0].text.startswith(updated), "echo is the prompt with the imports edit applied")
+check(all(s.startswith(("import ", "from ")) for s in ext["added_imports"]), f"added imports are imports: {ext['added_imports']}")
+stream = client.completions.create(
+    model=model, prompt=flask, max_tokens=48, temperature=0, stream=True,
+    extra_body={"hexacoder": {"two_step": True}},
+)
+chunks = list(stream)
+first_ext = chunks[0].choices[0].model_extra.get("hexacoder")
+check(first_ext is not None and "imports_edit" in first_ext, "the first streamed chunk carries the imports")
+streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+check(updated + streamed == two.choices[0].text, "streamed two-step text equals the whole response")
+
 print("all openai client checks passed")

@@ -313,3 +313,66 @@ impl Tiny {
         dir.to_path_buf()
     }
 }
+
+/// `../shared` beside the repository: benchmark data, reference tokenizers.
+pub fn shared_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// One CodeLMSec prompt.
+#[derive(Clone, Debug)]
+pub struct BenchPrompt {
+    /// Its id, e.g. `codelmsec/python/CWE-020/…`.
+    pub id: String,
+    /// `python` or `c`.
+    pub language: String,
+    /// e.g. `CWE-020`.
+    pub cwe: String,
+    /// The code to complete.
+    pub prompt: String,
+}
+
+/// The 280 CodeLMSec prompts (200 Python, 80 C) from `../shared`.
+pub fn codelmsec_prompts() -> Vec<BenchPrompt> {
+    let path = shared_dir().join("bench/codelmsec/codelmsec_prompts.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let prompts: Vec<BenchPrompt> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).expect("a JSON line");
+            let field = |key: &str| {
+                row[key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{key} missing in {line}"))
+                    .to_string()
+            };
+            BenchPrompt {
+                id: field("id"),
+                language: field("language"),
+                cwe: field("cwe"),
+                prompt: field("prompt"),
+            }
+        })
+        .collect();
+    assert_eq!(prompts.len(), 280, "{}", path.display());
+    prompts
+}
+
+/// A real model from the catalogue, for tests of the real-model tier: `None` (and a note on
+/// stderr) unless `HEXACODER_TEST_MODELS=1`; then it must be available (`scripts/test`
+/// fetches it), or the test fails loudly.
+pub fn real_model(id: &str) -> Option<PathBuf> {
+    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
+        eprintln!("skipping: set HEXACODER_TEST_MODELS=1 (and fetch {id}) to run real-model tests");
+        return None;
+    }
+    let model = hexacoder_catalog::find(id).expect("catalogue id");
+    let path = hexacoder_catalog::ensure(
+        model,
+        &hexacoder_catalog::cache_dir(),
+        hexacoder_catalog::Progress::Quiet,
+    )
+    .unwrap_or_else(|e| panic!("HEXACODER_TEST_MODELS=1 but {id} is not available: {e}"));
+    Some(path)
+}

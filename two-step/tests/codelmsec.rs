@@ -3,40 +3,18 @@
 //! block holding each import once.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{GenerateRequest, SamplingParams};
 use hexacoder_two_step::{ImportBlock, Language, TwoStepOptions, TwoStepPlan, generate};
 
-fn real_model(id: &str) -> Option<std::path::PathBuf> {
-    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
-        eprintln!("skipping: set HEXACODER_TEST_MODELS=1 (and fetch {id}) to run real-model tests");
-        return None;
-    }
-    let model = hexacoder_catalog::find(id).expect("catalogue id");
-    let path = hexacoder_catalog::ensure(
-        model,
-        &hexacoder_catalog::cache_dir(),
-        hexacoder_catalog::Progress::Quiet,
-    )
-    .unwrap_or_else(|e| panic!("HEXACODER_TEST_MODELS=1 but {id} is not available: {e}"));
-    Some(path)
-}
-
 fn prompts() -> Vec<(String, Language, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/bench/codelmsec/codelmsec_prompts.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).expect("json line");
-            let language = Language::from_name(row["language"].as_str().expect("language"))
-                .expect("known language");
-            let field = |k: &str| row[k].as_str().expect(k).to_string();
-            (field("id"), language, field("prompt"))
+    hexacoder_testkit::codelmsec_prompts()
+        .into_iter()
+        .map(|p| {
+            let language = Language::from_name(&p.language).expect("known language");
+            (p.id, language, p.prompt)
         })
         .collect()
 }
@@ -51,7 +29,7 @@ fn counts(block: &ImportBlock) -> HashMap<String, usize> {
 
 #[test]
 fn smollm2_two_step_over_every_codelmsec_prompt() {
-    let Some(path) = real_model("smollm2-135m") else {
+    let Some(path) = hexacoder_testkit::real_model("smollm2-135m") else {
         return;
     };
     let mut engine = load::load(&ModelFiles::Gguf(path), &LoadOptions::cpu()).expect("load");

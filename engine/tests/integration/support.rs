@@ -1,13 +1,11 @@
 //! Tiny random-weight checkpoints written to disk, so tests load them through the real paths.
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device, Tensor};
 use hexacoder_engine::fim::FimSetting;
 use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
 use hexacoder_engine::{Engine, GenerateRequest, SamplingParams};
-pub use hexacoder_testkit::{SPECIAL, Tiny, vocab};
+pub use hexacoder_testkit::{SPECIAL, Tiny, real_model, shared_dir, vocab};
 
 /// A plain request: no suffix, one sample, no stops, logprobs, context, bias or adapter.
 pub fn request(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
@@ -58,25 +56,4 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("max")
         .to_scalar::<f32>()
         .expect("scalar")
-}
-
-/// Real models, fetched by `.ci/run` (or `hexacoder-server fetch`). Tests that need them run
-/// when `HEXACODER_TEST_MODELS=1` and fail loudly if the model is missing then.
-pub fn real_model(id: &str) -> Option<PathBuf> {
-    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
-        eprintln!("skipping: set HEXACODER_TEST_MODELS=1 (and fetch {id}) to run real-model tests");
-        return None;
-    }
-    let model = hexacoder_catalog::find(id).expect("catalogue id");
-    let path = hexacoder_catalog::ensure(
-        model,
-        &hexacoder_catalog::cache_dir(),
-        hexacoder_catalog::Progress::Quiet,
-    )
-    .unwrap_or_else(|e| panic!("HEXACODER_TEST_MODELS=1 but {id} is not available: {e}"));
-    Some(path)
-}
-
-pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
 }

@@ -7,17 +7,10 @@ use hexacoder_engine::tokenizer::Tokenizer;
 use crate::support;
 
 fn prompts() -> Vec<String> {
-    let path = support::shared_dir().join("bench/codelmsec/codelmsec_prompts.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut prompts: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let json: serde_json::Value = serde_json::from_str(l).expect("jsonl");
-            json["prompt"].as_str().expect("prompt").to_string()
-        })
+    let mut prompts: Vec<String> = hexacoder_testkit::codelmsec_prompts()
+        .into_iter()
+        .map(|p| p.prompt)
         .collect();
-    assert_eq!(prompts.len(), 280);
     prompts.extend(
         [
             "\tindented\twith tabs\r\nand CRLF\r\n",

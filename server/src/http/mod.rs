@@ -280,7 +280,7 @@ fn adapter_objects(state: &AppState) -> Vec<serde_json::Value> {
                 "parent": state.model.id,
                 "root": a.path,
                 "max_model_len": state.model.context_length,
-                "hexacoder": {"kind": "lora", "generation": a.generation, "bytes": a.bytes},
+                "hexacoder": {"kind": "lora", "generation": a.generation, "bytes": a.bytes, "two_step_default": a.two_step_default},
             })
         })
         .collect()

@@ -51,7 +51,8 @@ pub struct Extension {
     /// server's).
     #[serde(default)]
     pub two_step: Option<bool>,
-    /// The prompt's language (`python`, `c`, `cpp`, or an extension); detected from its
+    /// The prompt's language (`python`, `c`, `cpp`, `javascript`, `typescript`, `tsx`, `go`,
+    /// `java`, `rust`, or an extension); detected from its
     /// imports when absent.
     #[serde(default)]
     pub language: Option<String>,

@@ -170,15 +170,26 @@ impl Run {
             first_token: true,
             last_token: HashMap::new(),
         };
+        if let Err(err) = run.submit_jobs(jobs) {
+            // Rejected at admission: nothing ran, so nothing counts as aborted or in flight.
+            run.remaining = 0;
+            run.adapters.clear();
+            return Err(err);
+        }
         run.count_adapters();
+        run.release_sender_when_done();
+        Ok(run)
+    }
+
+    fn submit_jobs(&mut self, jobs: Vec<Job>) -> Result<(), ApiError> {
         // On rejection the run is dropped with the error, cancelling earlier prompts.
         for (prompt, job) in jobs.into_iter().enumerate() {
             match job {
-                Job::OneStep(request) => run.submit(prompt, Stage::Only, *request)?,
+                Job::OneStep(request) => self.submit(prompt, Stage::Only, *request)?,
                 Job::TwoStep(plan) => {
                     let first = plan.first_step();
                     let skipped = plan.skipped();
-                    run.two_step.insert(
+                    self.two_step.insert(
                         prompt,
                         TwoStepState {
                             plan,
@@ -188,21 +199,20 @@ impl Run {
                         },
                     );
                     match first {
-                        Some(request) => run.submit(prompt, Stage::First, request)?,
+                        Some(request) => self.submit(prompt, Stage::First, request)?,
                         None => {
-                            run.state
+                            self.state
                                 .metrics
                                 .two_step_requests
                                 .with_label_values(&["skipped"])
                                 .inc();
-                            run.start_second_step(prompt, None, skipped.map(|s| s.reason()))?;
+                            self.start_second_step(prompt, None, skipped.map(|s| s.reason()))?;
                         }
                     }
                 }
             }
         }
-        run.release_sender_when_done();
-        Ok(run)
+        Ok(())
     }
 
     fn count_adapters(&self) {

@@ -52,7 +52,7 @@ impl TwoStepChoice {
                 ApiError::bad_param(
                     "hexacoder.language",
                     format!(
-                        "Two-step generation knows `python`, `c` and `cpp` (or their file extensions), not {name:?}."
+                        "Two-step generation knows python, c, cpp, javascript, typescript, tsx, go, java and rust (or their file extensions), not {name:?}."
                     ),
                 )
             })?),

@@ -133,6 +133,49 @@ fn generate_on_smollm2_prints_a_completion_and_json_with_logprobs() {
         }
     }
 
+    // Two-step: imports first; the JSON says what each sample added to the prompt.
+    let prompt = "import os\nimport subprocess\n\n\ndef run(command):\n    \"\"\"Run a shell command given by the user.\"\"\"\n";
+    let output = server(&[
+        "generate",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "40",
+        "--two-step",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let imports = &doc["samples"][0]["imports"];
+    let updated = imports["prompt"].as_str().expect("updated prompt");
+    assert!(
+        updated.starts_with("import os\nimport subprocess\n"),
+        "{updated}"
+    );
+    assert!(
+        updated.ends_with(
+            "\n\n\ndef run(command):\n    \"\"\"Run a shell command given by the user.\"\"\"\n"
+        ),
+        "{updated}"
+    );
+    assert!(imports["added"].is_array() && imports["pruned"].is_array());
+    let output = server(&[
+        "generate",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        "hello",
+        "--two-step",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("--language"),
+        "{}",
+        stderr(&output)
+    );
+
     // SmolLM2 has no FIM tokens: a suffix is refused with a clear message.
     let output = server(&[
         "generate",
