@@ -88,3 +88,31 @@ fn dequantize_round_trips_the_stored_values() {
         .expect("f32");
     assert_eq!(diff, 0.0);
 }
+
+#[test]
+fn a_rows_result_does_not_depend_on_the_other_rows() {
+    if !Q8Matrix::supported() {
+        eprintln!("skipping: no AVX2/FMA");
+        return;
+    }
+    let (m, k, n) = (37, 192, 40);
+    let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).expect("w");
+    let x = Tensor::from_vec(random(m * k, 5), (m, k), &Device::Cpu).expect("x");
+    let matrix = Q8Matrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0).expect("q"))
+        .expect("layout")
+        .expect("q8_0");
+    let batch = matrix
+        .matmul(&x)
+        .expect("batch")
+        .to_vec2::<f32>()
+        .expect("vec");
+    for (i, batch_row) in batch.iter().enumerate() {
+        let row = x.narrow(0, i, 1).expect("row");
+        let single = matrix
+            .matmul(&row)
+            .expect("single")
+            .to_vec2::<f32>()
+            .expect("vec");
+        assert_eq!(&single[0], batch_row, "row {i}");
+    }
+}
