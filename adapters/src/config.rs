@@ -66,7 +66,38 @@ struct RawConfig {
     layers_to_transform: Option<Value>,
     #[serde(default)]
     base_model_name_or_path: Option<String>,
+    // Newer PEFT features that change what the adapter computes; refused, never ignored.
+    #[serde(default)]
+    lora_bias: bool,
+    #[serde(default)]
+    use_qalora: bool,
+    #[serde(default)]
+    init_lora_weights: Option<Value>,
+    #[serde(default)]
+    alora_invocation_tokens: Option<Value>,
+    #[serde(default)]
+    layer_replication: Option<Value>,
+    #[serde(default)]
+    use_bdlora: Option<Value>,
+    #[serde(default)]
+    target_parameters: Option<Value>,
+    #[serde(default)]
+    trainable_token_indices: Option<Value>,
 }
+
+/// `null`, `false`, `[]` and `{}` leave a feature off.
+fn is_set(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(Value::Object(entries)) => !entries.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Initializations that only seed the adapter's weights; the others (PiSSA, OLoRA, CorDA,
+/// LoftQ) also rewrite the base weights when PEFT loads the adapter.
+const PLAIN_INITS: [&str; 5] = ["gaussian", "eva", "orthogonal", "mica", "lora_ga"];
 
 impl LoraConfig {
     /// Reads and checks `adapter_config.json`.
@@ -124,6 +155,59 @@ impl LoraConfig {
                 "layers_to_transform",
                 "is set; it is not supported",
             ));
+        }
+        if raw.lora_bias {
+            return Err(Error::unsupported(
+                "lora_bias",
+                "is true; adapters with a trained LoRA bias are not supported",
+            ));
+        }
+        if raw.use_qalora {
+            return Err(Error::unsupported(
+                "use_qalora",
+                "is true; QALoRA is not supported",
+            ));
+        }
+        if let Some(Value::String(init)) = &raw.init_lora_weights
+            && !PLAIN_INITS.contains(&init.to_lowercase().as_str())
+        {
+            return Err(Error::unsupported(
+                "init_lora_weights",
+                format!(
+                    "is {init:?}, which changes the base weights when loaded; convert the \
+                     adapter to plain LoRA first"
+                ),
+            ));
+        }
+        for (field, value, what) in [
+            (
+                "alora_invocation_tokens",
+                &raw.alora_invocation_tokens,
+                "activated LoRA",
+            ),
+            (
+                "layer_replication",
+                &raw.layer_replication,
+                "layer replication",
+            ),
+            ("use_bdlora", &raw.use_bdlora, "block-diagonal LoRA"),
+            (
+                "target_parameters",
+                &raw.target_parameters,
+                "LoRA on raw parameters (such as MoE experts)",
+            ),
+            (
+                "trainable_token_indices",
+                &raw.trainable_token_indices,
+                "trained token embeddings",
+            ),
+        ] {
+            if is_set(value.as_ref()) {
+                return Err(Error::unsupported(
+                    field,
+                    format!("is set; {what} is not supported"),
+                ));
+            }
         }
         if raw.fan_in_fan_out {
             // What PEFT itself does for `nn.Linear` targets, which are all our models have.

@@ -271,6 +271,12 @@ impl Adapter {
         let weights = staging.path().join(WEIGHTS_FILE);
         safetensors::serialize_to_file(views, metadata, &weights)
             .map_err(|e| Error::io(&weights, std::io::Error::other(e.to_string())))?;
+        // safetensors writes through a private (0600) temp file; give the weights the mode
+        // the umask gave the config, so a server running as another user can read them.
+        let config_mode = std::fs::metadata(staging.path().join(CONFIG_FILE))
+            .map_err(|e| Error::io(staging.path().join(CONFIG_FILE), e))?
+            .permissions();
+        std::fs::set_permissions(&weights, config_mode).map_err(|e| Error::io(&weights, e))?;
         // Swap the finished directory into place; the old one survives until the new one is in.
         let staged = staging.keep();
         let old = parent.join(format!(

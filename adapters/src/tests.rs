@@ -133,10 +133,39 @@ fn refuses_unsupported_features_by_name() {
         (json!({"modules_to_save": ["lm_head"]}), "modules_to_save"),
         (json!({"peft_type": "IA3"}), "peft_type"),
         (json!({"bias": "all"}), "bias"),
+        (json!({"lora_bias": true}), "lora_bias"),
+        (json!({"use_qalora": true}), "use_qalora"),
+        (json!({"init_lora_weights": "pissa"}), "init_lora_weights"),
+        (
+            json!({"alora_invocation_tokens": [7, 8]}),
+            "alora_invocation_tokens",
+        ),
+        (json!({"layer_replication": [[0, 2]]}), "layer_replication"),
+        (json!({"use_bdlora": {"nblocks": 2}}), "use_bdlora"),
+        (
+            json!({"target_parameters": ["experts.gate_up_proj"]}),
+            "target_parameters",
+        ),
+        (
+            json!({"trainable_token_indices": [5]}),
+            "trainable_token_indices",
+        ),
     ] {
         let err = load_with(config(extra), valid_tensors()).expect_err(field);
         assert!(err.to_string().contains(field), "{err}");
     }
+    // What PEFT 0.21 writes for a plain adapter loads.
+    let peft_defaults = json!({
+        "lora_bias": false, "use_qalora": false, "init_lora_weights": false,
+        "alora_invocation_tokens": null, "layer_replication": null, "use_bdlora": null,
+        "target_parameters": null, "trainable_token_indices": null, "loftq_config": {},
+    });
+    load_with(config(peft_defaults), valid_tensors()).expect("plain PEFT 0.21 config");
+    load_with(
+        config(json!({"init_lora_weights": "gaussian"})),
+        valid_tensors(),
+    )
+    .expect("gaussian init only seeds the adapter");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join(CONFIG_FILE), config(json!({})).to_string()).expect("config");
     std::fs::write(dir.path().join("adapter_model.bin"), b"\x80\x02pickle").expect("bin");
@@ -252,4 +281,16 @@ fn saved_adapters_reload_bit_identically() {
         vec![std::ffi::OsString::from("out")],
         "no staging directories left behind"
     );
+    #[cfg(unix)]
+    {
+        // The server may run as another user: the files get the umask's mode, not 0600.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str| {
+            std::fs::metadata(target.join(name))
+                .expect("stat")
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode(WEIGHTS_FILE), mode(CONFIG_FILE));
+    }
 }

@@ -34,9 +34,12 @@ pub struct LlamaConfig {
     pub head_dim: Option<usize>,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
-    /// RoPE base.
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f32,
+    /// RoPE base (before transformers 5).
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+    /// RoPE base and type (transformers 5).
+    #[serde(default)]
+    pub rope_parameters: Option<super::RopeParameters>,
     /// Trained context.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
@@ -51,9 +54,7 @@ pub struct LlamaConfig {
     pub rope_scaling: Option<serde_json::Value>,
 }
 
-fn default_rope_theta() -> f32 {
-    10_000.0
-}
+const DEFAULT_ROPE_THETA: f32 = 10_000.0;
 
 fn default_max_positions() -> usize {
     4096
@@ -80,7 +81,11 @@ impl LlamaConfig {
                 .head_dim
                 .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
             rms_norm_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
+            rope_theta: super::rope_theta(
+                self.rope_parameters.as_ref(),
+                self.rope_theta,
+                DEFAULT_ROPE_THETA,
+            )?,
             rope_style: RopeStyle::Half,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,

@@ -23,9 +23,12 @@ pub struct Qwen2Config {
     pub num_key_value_heads: usize,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
-    /// RoPE base.
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f32,
+    /// RoPE base (before transformers 5).
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+    /// RoPE base and type (transformers 5).
+    #[serde(default)]
+    pub rope_parameters: Option<super::RopeParameters>,
     /// Trained context.
     pub max_position_embeddings: usize,
     /// Tied output projection.
@@ -36,9 +39,7 @@ pub struct Qwen2Config {
     pub use_sliding_window: bool,
 }
 
-fn default_rope_theta() -> f32 {
-    1_000_000.0
-}
+const DEFAULT_ROPE_THETA: f32 = 1_000_000.0;
 
 impl Qwen2Config {
     /// The engine's view of this configuration.
@@ -56,7 +57,11 @@ impl Qwen2Config {
             num_key_value_heads: self.num_key_value_heads,
             head_dim: self.hidden_size / self.num_attention_heads.max(1),
             rms_norm_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
+            rope_theta: super::rope_theta(
+                self.rope_parameters.as_ref(),
+                self.rope_theta,
+                DEFAULT_ROPE_THETA,
+            )?,
             rope_style: RopeStyle::Half,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,

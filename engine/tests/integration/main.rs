@@ -5,6 +5,7 @@ mod gguf;
 mod hub;
 mod lora;
 mod parity;
+mod peft;
 mod real_model;
 mod scheduler;
 mod support;
