@@ -38,6 +38,7 @@ pub struct Metrics {
     pub two_step_first_step_tokens: IntCounter,
     pub imports_added: IntCounter,
     pub imports_pruned: IntCounter,
+    pub completion_events: IntCounterVec,
     max_lora: usize,
     /// Counter values at the last scrape, to turn engine totals into increments.
     last: Mutex<SchedulerStats>,
@@ -191,6 +192,13 @@ impl Metrics {
             imports_pruned: register!(IntCounter::new(
                 "hexacoder:imports_pruned_total",
                 "Import statements step 1 added that the completion never used, over samples."
+            )?),
+            completion_events: register!(IntCounterVec::new(
+                Opts::new(
+                    "hexacoder:completion_events_total",
+                    "Editor events on shown suggestions (show, accept, reject), by model or adapter, generation mode and UI.",
+                ),
+                &["event", "model", "mode", "kind"],
             )?),
             max_lora,
             registry,

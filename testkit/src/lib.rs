@@ -314,6 +314,66 @@ impl Tiny {
     }
 }
 
+/// A tiny model whose next token depends only on the current one, following `chain`: after
+/// each token of the text `chain[i]` comes the first token of `chain[i + 1]`, and the last
+/// wraps to the first. Attention and MLP outputs are zero, so every layer passes the embedding
+/// through and the output head alone decides. End-to-end tests use it to script what a "model"
+/// writes (an import in step 1, then code) through the real server.
+///
+/// # Panics
+/// If a token of `chain` is not in [`vocab`] or repeats with two different successors.
+pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf {
+    let (tokens, _) = vocab();
+    let id = |token: &str| -> usize {
+        tokens
+            .iter()
+            .position(|t| t == token)
+            .unwrap_or_else(|| panic!("{token:?} is not a tiny-vocabulary token"))
+    };
+    let ids: Vec<usize> = chain.iter().map(|t| id(t)).collect();
+    let mut successor: HashMap<usize, usize> = HashMap::new();
+    for (i, &token) in ids.iter().enumerate() {
+        let next = ids[(i + 1) % ids.len()];
+        if let Some(previous) = successor.insert(token, next) {
+            assert_eq!(previous, next, "{:?} has two successors", tokens[token]);
+        }
+    }
+    let mut weights = tiny.weights(17);
+    let (h, vocab_size) = (tiny.hidden, tiny.vocab_size());
+    // Unit-length random embeddings: nearly orthogonal, so each token's own row dominates.
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut embed = vec![0f32; vocab_size * h];
+    for row in embed.chunks_mut(h) {
+        for v in row.iter_mut() {
+            *v = rng.random_range(-1.0..1.0);
+        }
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let mut head = vec![0f32; vocab_size * h];
+    for (&from, &to) in &successor {
+        for k in 0..h {
+            head[to * h + k] += 4.0 * embed[from * h + k];
+        }
+    }
+    let tensor = |values: Vec<f32>, shape: (usize, usize)| {
+        Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor")
+    };
+    weights.insert(
+        "model.embed_tokens.weight".into(),
+        tensor(embed, (vocab_size, h)),
+    );
+    weights.insert("lm_head.weight".into(), tensor(head, (vocab_size, h)));
+    for (name, value) in weights.iter_mut() {
+        if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+            *value = value.zeros_like().expect("zeros");
+        } else if name.ends_with("norm.weight") {
+            *value = value.ones_like().expect("ones");
+        }
+    }
+    tiny.write_hf_dir_with(dir, &weights)
+}
+
 /// `../shared` beside the repository: benchmark data, reference tokenizers.
 pub fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")

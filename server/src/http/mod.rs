@@ -8,6 +8,7 @@ pub mod adapters;
 pub mod chat;
 pub mod completions;
 pub mod error;
+pub mod events;
 pub mod infill;
 pub mod params;
 pub mod run;
@@ -142,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/lora_adapters", get(adapters::list))
         .route("/tabby/v1/completions", post(tabby::completions))
         .route("/tabby/v1/health", get(tabby::health).post(tabby::health))
+        .route("/v1/hexacoder/events", post(events::record))
         .route("/tabby/v1/events", post(tabby::events))
         .route("/metrics", get(metrics))
         .route("/health", get(health))

@@ -122,7 +122,18 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-/// Editor telemetry; accepted and dropped.
-pub async fn events() -> StatusCode {
+/// Tabby's editor telemetry: views, selections and dismissals count as shown, accepted and
+/// rejected suggestions; other event types are accepted and dropped.
+pub async fn events(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> StatusCode {
+    let kind = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_string));
+    let event = match kind.as_deref() {
+        Some("view") => "show",
+        Some("select") => "accept",
+        Some("dismiss") => "reject",
+        _ => return StatusCode::OK,
+    };
+    super::events::count(&state, event, &state.model.id, "unknown", "inline");
     StatusCode::OK
 }

@@ -1,0 +1,4 @@
+//! The bridge's integration tests: one binary.
+
+mod bridge;
+mod harness;
