@@ -292,19 +292,13 @@ fn print_banner(addr: SocketAddr, model: &str, auth: bool) {
     } else {
         ""
     };
-    // The first line is machine-read by tests and scripts.
-    println!("listening on {base}");
-    println!();
-    println!("Try it with curl:");
-    println!(
-        "  curl -s {base}/v1/completions{auth_header} -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"prompt\": \"def fibonacci(n):\\n\", \"max_tokens\": 64, \"temperature\": 0}}'"
+    // The first line is machine-read by tests and scripts, which may close the pipe after
+    // it: a failed write must not take the server down, so errors are ignored.
+    let banner = format!(
+        "listening on {base}\n\nTry it with curl:\n  curl -s {base}/v1/completions{auth_header} -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"prompt\": \"def fibonacci(n):\\n\", \"max_tokens\": 64, \"temperature\": 0}}'\n\nor with the official openai Python client (pip install openai):\n  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\"); print(c.completions.create(model=\"{model}\", prompt=\"def fibonacci(n):\\n\", max_tokens=64, temperature=0).choices[0].text)'\n\n"
     );
-    println!();
-    println!("or with the official openai Python client (pip install openai):");
-    println!(
-        "  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\"); print(c.completions.create(model=\"{model}\", prompt=\"def fibonacci(n):\\n\", max_tokens=64, temperature=0).choices[0].text)'"
-    );
-    println!();
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
 }

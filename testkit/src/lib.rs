@@ -374,6 +374,8 @@ pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf
     tiny.write_hf_dir_with(dir, &weights)
 }
 
+pub mod lsp;
+
 /// `../shared` beside the repository: benchmark data, reference tokenizers.
 pub fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")

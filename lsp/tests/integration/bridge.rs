@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Lsp, Server, WAIT, apply_edits, free_port, scripted_text};
+use crate::harness::{Lsp, Server, WAIT, apply_edits, free_port, lsp_binary, scripted_text};
 
 const URI: &str = "file:///work/app.py";
 /// A file whose import block ends in `c`, so the scripted step 1 writes `\nimport gc`.
@@ -26,7 +26,7 @@ fn first_inline_item(result: &Value) -> &Value {
 #[test]
 fn inline_completion_with_the_two_step_imports_edit_applied_on_accept() {
     let server = Server::start(0, &[]);
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     let init = lsp.initialize(options(&server, json!({"maxTokens": 40})));
     let capabilities = &init["capabilities"];
     assert_eq!(capabilities["inlineCompletionProvider"], json!(true));
@@ -121,7 +121,7 @@ fn inline_completion_with_the_two_step_imports_edit_applied_on_accept() {
 #[test]
 fn popup_completion_carries_the_imports_edit_in_additional_text_edits() {
     let server = Server::start(0, &[]);
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     lsp.initialize(options(&server, json!({"maxTokens": 40})));
     let text = format!("{HEAD}x = g");
     lsp.open(URI, "python", &text);
@@ -163,7 +163,7 @@ fn popup_completion_carries_the_imports_edit_in_additional_text_edits() {
 #[test]
 fn changes_sent_just_before_a_request_are_applied_first() {
     let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 6})));
     lsp.open(URI, "python", "y = 1\nx = i");
     // No waiting between the change and the request.
@@ -178,7 +178,7 @@ fn changes_sent_just_before_a_request_are_applied_first() {
 #[test]
 fn utf16_positions_after_multibyte_text_and_crlf() {
     let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 4})));
     // `é` is one UTF-16 unit, `𝑥` two; lines end in CRLF.
     lsp.open(URI, "python", "s = 'é𝑥'\r\nt = ");
@@ -197,7 +197,7 @@ fn utf16_positions_after_multibyte_text_and_crlf() {
 #[test]
 fn cancelled_and_superseded_requests_stop_the_servers_generation() {
     let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     // Thousands of tokens: only cancellation ends it early.
     lsp.initialize(options(
         &server,
@@ -261,7 +261,7 @@ fn cancelled_and_superseded_requests_stop_the_servers_generation() {
 #[test]
 fn configuration_changes_take_effect_and_bad_values_are_reported() {
     let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 8})));
     lsp.open(URI, "python", "x = ");
     let long = lsp.complete_inline(URI, 0, 4).expect("inline");
@@ -303,7 +303,7 @@ fn configuration_changes_take_effect_and_bad_values_are_reported() {
     });
     assert_eq!(shown["params"]["type"], json!(1));
     // Bad initialization options are an error response naming the field.
-    let mut other = Lsp::spawn();
+    let mut other = Lsp::spawn(lsp_binary());
     let id = other.request(
         "initialize",
         json!({"processId": null, "capabilities": {}, "initializationOptions": {"maxTokens": 0}}),
@@ -321,7 +321,7 @@ fn configuration_changes_take_effect_and_bad_values_are_reported() {
 #[test]
 fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
     let port = free_port();
-    let mut lsp = Lsp::spawn();
+    let mut lsp = Lsp::spawn(lsp_binary());
     lsp.initialize(
         json!({"serverUrl": format!("http://127.0.0.1:{port}"), "debounceMs": 0,
         "model": "scripted", "twoStep": false, "maxTokens": 4}),

@@ -373,3 +373,38 @@ fn environment_sits_between_flags_and_file() {
     server.terminate();
     assert!(server.wait(Duration::from_secs(30)).success());
 }
+
+/// Scripts read the address line and may close the pipe; the server must keep serving.
+#[tokio::test]
+async fn closing_stdout_after_the_address_line_does_not_stop_the_server() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = crate::harness::tiny_model(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hexacoder-server"))
+        .args(["serve", "--port", "0", "--model"])
+        .arg(&model)
+        .env("HEXACODER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    {
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        stdout.read_line(&mut line).expect("address line");
+    } // The pipe's read end closes here.
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = client()
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": "def f(", "max_tokens": 4}))
+        .send()
+        .await
+        .expect("the server is still up");
+    assert_eq!(response.status(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
