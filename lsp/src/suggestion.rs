@@ -37,6 +37,9 @@ pub fn build_prompt(
     let budget = budget_tokens.saturating_mul(CHARS_PER_TOKEN);
     let suffix_budget = ((budget as f64) * (1.0 - PREFIX_SHARE)) as usize;
     let suffix = cut_after(after, suffix_budget.min(after.len()));
+    // Only blank lines after the cursor (the end of a file): nothing to fill in the middle
+    // of, and a plain completion avoids the FIM format.
+    let suffix = if suffix.trim().is_empty() { "" } else { suffix };
     let prefix_budget = budget - suffix.len();
     if before.len() <= prefix_budget {
         return Prompt {

@@ -38,6 +38,15 @@ fn a_large_file_keeps_its_imports_and_the_lines_near_the_cursor() {
 }
 
 #[test]
+fn a_blank_suffix_is_no_suffix() {
+    let prompt = build_prompt("x = 1\ny = \n\n", 10, 2048, None);
+    assert_eq!(
+        (prompt.prefix.as_str(), prompt.suffix.as_str()),
+        ("x = 1\ny = ", "")
+    );
+}
+
+#[test]
 fn the_suffix_is_cut_at_a_line_end() {
     let after: String = (0..500).map(|i| format!("y{i} = {i}\n")).collect();
     let text = format!("x = 1\n{after}");
