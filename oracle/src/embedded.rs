@@ -1,0 +1,286 @@
+//! The embedded analyzer: YAML rules for `ast-grep`, matched on tree-sitter trees in process,
+//! fast enough to run inside a completion request.
+
+use std::borrow::Cow;
+
+use ast_grep_config::{GlobalRules, RuleConfig};
+use ast_grep_core::Language as AstLanguage;
+use ast_grep_core::matcher::{Pattern, PatternBuilder, PatternError};
+use ast_grep_core::tree_sitter::{LanguageExt, StrDoc, TSLanguage};
+use serde::{Deserialize, Deserializer};
+
+use crate::finding::{Finding, Severity, Span, normalize_cwe};
+
+/// Languages the embedded rules cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// Python 3.
+    Python,
+    /// C.
+    C,
+    /// C++ (the C rules run on it too).
+    Cpp,
+}
+
+impl Language {
+    /// From a name or file extension (`python`, `py`, `c`, `h`, `cpp`, `cc`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim_start_matches('.').to_ascii_lowercase().as_str() {
+            "python" | "py" | "pyi" => Some(Language::Python),
+            "c" | "h" => Some(Language::C),
+            "cpp" | "c++" | "cc" | "cxx" | "hpp" | "hh" | "hxx" => Some(Language::Cpp),
+            _ => None,
+        }
+    }
+
+    fn ts(self) -> TSLanguage {
+        match self {
+            Language::Python => tree_sitter_python::LANGUAGE.into(),
+            Language::C => tree_sitter_c::LANGUAGE.into(),
+            Language::Cpp => tree_sitter_cpp::LANGUAGE.into(),
+        }
+    }
+
+    /// A character the grammar accepts in identifiers, standing in for `$` in patterns.
+    fn expando(self) -> char {
+        match self {
+            Language::Python => 'µ',
+            Language::C => 'µ',
+            Language::Cpp => '𐀀',
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Language {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Language::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unsupported rule language {name:?}")))
+    }
+}
+
+impl AstLanguage for Language {
+    fn kind_to_id(&self, kind: &str) -> u16 {
+        self.ts().id_for_node_kind(kind, true)
+    }
+
+    fn field_to_id(&self, field: &str) -> Option<u16> {
+        self.ts().field_id_for_name(field).map(|f| f.get())
+    }
+
+    fn expando_char(&self) -> char {
+        self.expando()
+    }
+
+    fn pre_process_pattern<'q>(&self, query: &'q str) -> Cow<'q, str> {
+        // `$A`, `$$A`, `$$$A` and `$$$` become expando-led identifiers the parser accepts.
+        let expando = self.expando();
+        let mut out = String::with_capacity(query.len());
+        let mut dollars = 0;
+        for c in query.chars() {
+            if c == '$' {
+                dollars += 1;
+                continue;
+            }
+            let sigil = if c.is_ascii_uppercase() || c == '_' || dollars == 3 {
+                expando
+            } else {
+                '$'
+            };
+            out.extend(std::iter::repeat_n(sigil, dollars));
+            dollars = 0;
+            out.push(c);
+        }
+        let sigil = if dollars == 3 { expando } else { '$' };
+        out.extend(std::iter::repeat_n(sigil, dollars));
+        Cow::Owned(out)
+    }
+
+    fn build_pattern(&self, builder: &PatternBuilder) -> Result<Pattern, PatternError> {
+        builder.build(|src| StrDoc::try_new(src, *self))
+    }
+}
+
+impl LanguageExt for Language {
+    fn get_ts_language(&self) -> TSLanguage {
+        self.ts()
+    }
+}
+
+/// A rule file that does not load.
+#[derive(Debug, thiserror::Error)]
+#[error("rule file {file}: {reason}")]
+pub struct RuleError {
+    /// The file.
+    pub file: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The parts of a rule the engine does not keep: its CWE.
+#[derive(Deserialize)]
+struct RuleHeader {
+    id: String,
+    language: String,
+    metadata: Option<RuleMetadata>,
+}
+
+#[derive(Deserialize)]
+struct RuleMetadata {
+    cwe: Option<String>,
+}
+
+struct Rule {
+    config: RuleConfig<Language>,
+    cwe: String,
+    severity: Severity,
+}
+
+/// HexaCoder's own rules, compiled into the binary.
+pub const BUILTIN_RULES: &[(&str, &str)] = &[
+    (
+        "python/cwe-078-os-command.yml",
+        include_str!("../rules/python/cwe-078-os-command.yml"),
+    ),
+    (
+        "python/cwe-089-sql.yml",
+        include_str!("../rules/python/cwe-089-sql.yml"),
+    ),
+    (
+        "python/cwe-094-code-injection.yml",
+        include_str!("../rules/python/cwe-094-code-injection.yml"),
+    ),
+    (
+        "python/cwe-502-deserialization.yml",
+        include_str!("../rules/python/cwe-502-deserialization.yml"),
+    ),
+    (
+        "python/cwe-079-xss.yml",
+        include_str!("../rules/python/cwe-079-xss.yml"),
+    ),
+    (
+        "python/cwe-611-xxe.yml",
+        include_str!("../rules/python/cwe-611-xxe.yml"),
+    ),
+    (
+        "c/cwe-787-unbounded-copy.yml",
+        include_str!("../rules/c/cwe-787-unbounded-copy.yml"),
+    ),
+    (
+        "c/cwe-476-unchecked-malloc.yml",
+        include_str!("../rules/c/cwe-476-unchecked-malloc.yml"),
+    ),
+];
+
+/// The embedded analyzer: compiled rules per language.
+pub struct EmbeddedAnalyzer {
+    rules: Vec<(Language, Rule)>,
+}
+
+impl EmbeddedAnalyzer {
+    /// The built-in rules.
+    ///
+    /// # Errors
+    /// A rule that does not compile (a bug in the rules, caught by the tests).
+    pub fn builtin() -> Result<Self, RuleError> {
+        Self::from_rules(BUILTIN_RULES.iter().copied())
+    }
+
+    /// Rules from `(file name, YAML)` pairs; a file may hold several documents. Rules for C
+    /// also run on C++.
+    ///
+    /// # Errors
+    /// YAML that is not a rule, a rule without `metadata.cwe`, or a pattern that does not parse.
+    pub fn from_rules<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, RuleError> {
+        let globals = GlobalRules::default();
+        let mut rules = Vec::new();
+        for (file, yaml) in files {
+            let error = |reason: String| RuleError {
+                file: file.to_string(),
+                reason,
+            };
+            let documents = yaml
+                .split("\n---\n")
+                .filter(|d| !d.trim().is_empty() && d.trim() != "---");
+            for document in documents {
+                let header: RuleHeader =
+                    ast_grep_config::from_str(document).map_err(|e| error(e.to_string()))?;
+                let cwe = header
+                    .metadata
+                    .and_then(|m| m.cwe)
+                    .and_then(|c| normalize_cwe(&c))
+                    .ok_or_else(|| error(format!("rule {} has no metadata.cwe", header.id)))?;
+                let mut variants = vec![document.to_string()];
+                if Language::from_name(&header.language) == Some(Language::C) {
+                    variants.push(document.replacen(
+                        &format!("language: {}", header.language),
+                        "language: cpp",
+                        1,
+                    ));
+                }
+                for variant in variants {
+                    let configs: Vec<RuleConfig<Language>> =
+                        ast_grep_config::from_yaml_string(&variant, &globals)
+                            .map_err(|e| error(format!("rule {}: {e}", header.id)))?;
+                    for config in configs {
+                        let severity = match config.severity {
+                            ast_grep_config::Severity::Error => Severity::Error,
+                            ast_grep_config::Severity::Warning => Severity::Warning,
+                            _ => Severity::Note,
+                        };
+                        let language = config.language;
+                        rules.push((
+                            language,
+                            Rule {
+                                config,
+                                cwe: cwe.clone(),
+                                severity,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(EmbeddedAnalyzer { rules })
+    }
+
+    /// Rules loaded, per language.
+    pub fn rule_count(&self, language: Language) -> usize {
+        self.rules.iter().filter(|(l, _)| *l == language).count()
+    }
+
+    /// Every finding in `source`, in source order.
+    pub fn scan(&self, language: Language, path: &str, source: &str) -> Vec<Finding> {
+        let root = language.ast_grep(source);
+        let mut findings = Vec::new();
+        for (rule_language, rule) in &self.rules {
+            if *rule_language != language {
+                continue;
+            }
+            for matched in root.root().find_all(&rule.config.matcher) {
+                let start = matched.start_pos();
+                let end = matched.end_pos();
+                let node = matched.get_node();
+                findings.push(Finding {
+                    cwe: rule.cwe.clone(),
+                    rule_id: rule.config.id.clone(),
+                    message: rule.config.get_message(&matched),
+                    path: path.to_string(),
+                    span: Span {
+                        start_line: start.line() + 1,
+                        start_column: start.column(node) + 1,
+                        end_line: end.line() + 1,
+                        end_column: end.column(node) + 1,
+                    },
+                    severity: rule.severity,
+                    analyzer: "embedded".into(),
+                });
+            }
+        }
+        findings.sort_by_key(|f| (f.span.start_line, f.span.start_column, f.rule_id.clone()));
+        findings.dedup_by(|a, b| a.rule_id == b.rule_id && a.span == b.span);
+        findings
+    }
+}

@@ -1,0 +1,199 @@
+use super::*;
+
+fn analyzer() -> EmbeddedAnalyzer {
+    EmbeddedAnalyzer::builtin().expect("built-in rules compile")
+}
+
+fn cwes(language: Language, source: &str) -> Vec<String> {
+    analyzer()
+        .scan(language, "snippet", source)
+        .into_iter()
+        .map(|f| f.cwe)
+        .collect()
+}
+
+/// Each case: CWE, vulnerable snippet (must be flagged with that CWE), fixed snippet (must be
+/// clean of it).
+const PYTHON: &[(&str, &str, &str)] = &[
+    (
+        "CWE-078",
+        "import os\ndef ping(host):\n    os.system('ping -c 1 ' + host)\n",
+        "import subprocess\ndef ping(host):\n    subprocess.run(['ping', '-c', '1', host], shell=False)\n",
+    ),
+    (
+        "CWE-078",
+        "import subprocess\ndef run(cmd):\n    subprocess.call(cmd, shell=True)\n",
+        "import subprocess\ndef run(cmd):\n    subprocess.call(['ls', cmd])\n    os.system('ls -l')\n",
+    ),
+    (
+        "CWE-089",
+        "def get(cur, name):\n    cur.execute(\"SELECT * FROM users WHERE name = '%s'\" % name)\n",
+        "def get(cur, name):\n    cur.execute('SELECT * FROM users WHERE name = %s', (name,))\n",
+    ),
+    (
+        "CWE-089",
+        "def get(cur, name):\n    cur.execute(f\"SELECT * FROM users WHERE name = '{name}'\")\n",
+        "def get(cur, name):\n    cur.execute('SELECT * FROM users WHERE name = ?', [name])\n",
+    ),
+    (
+        "CWE-089",
+        "def get(db, uid):\n    query = 'SELECT * FROM t WHERE id = ' + uid\n    cur = db.cursor()\n    cur.execute(query)\n",
+        "def get(db, uid):\n    query = 'SELECT * FROM t WHERE id = %s'\n    cur = db.cursor()\n    cur.execute(query, (uid,))\n",
+    ),
+    (
+        "CWE-094",
+        "def calc(expr):\n    return eval(expr)\n",
+        "import ast\ndef calc(expr):\n    return ast.literal_eval(expr)\n",
+    ),
+    (
+        "CWE-502",
+        "import pickle\ndef load(data):\n    return pickle.loads(data)\n",
+        "import json\ndef load(data):\n    return json.loads(data)\n",
+    ),
+    (
+        "CWE-502",
+        "import yaml\ndef load(text):\n    return yaml.load(text)\n",
+        "import yaml\ndef load(text):\n    return yaml.safe_load(text)\n",
+    ),
+    (
+        "CWE-079",
+        "from flask import request, render_template_string\ndef hello():\n    return render_template_string('<p>' + request.args['n'] + '</p>')\n",
+        "from flask import request, render_template\ndef hello():\n    return render_template('hello.html', name=request.args['n'])\n",
+    ),
+    (
+        "CWE-079",
+        "from flask import request\ndef hello():\n    name = request.args.get('name')\n    return f'<h1>Hello {name}</h1>'\n",
+        "from flask import request\nfrom markupsafe import escape\ndef hello():\n    name = request.args.get('name')\n    return f'<h1>Hello {escape(name)}</h1>'\n",
+    ),
+    (
+        "CWE-611",
+        "from lxml import etree\ndef parse(data):\n    parser = etree.XMLParser()\n    return etree.fromstring(data, parser)\n",
+        "from lxml import etree\ndef parse(data):\n    parser = etree.XMLParser(resolve_entities=False)\n    return etree.fromstring(data, parser)\n",
+    ),
+];
+
+const C: &[(&str, &str, &str)] = &[
+    (
+        "CWE-787",
+        "#include <stdio.h>\nint main(void) {\n    char buf[100];\n    gets(buf);\n    return 0;\n}\n",
+        "#include <stdio.h>\nint main(void) {\n    char buf[100];\n    if (!fgets(buf, sizeof buf, stdin)) return 1;\n    return 0;\n}\n",
+    ),
+    (
+        "CWE-787",
+        "#include <string.h>\nvoid copy(char *src) {\n    char dst[16];\n    strcpy(dst, src);\n}\n",
+        "#include <stdio.h>\nvoid copy(char *src) {\n    char dst[16];\n    snprintf(dst, sizeof dst, \"%s\", src);\n}\n",
+    ),
+    (
+        "CWE-787",
+        "#include <stdio.h>\nint main(void) {\n    char name[100];\n    scanf(\"%s\", name);\n    return 0;\n}\n",
+        "#include <stdio.h>\nint main(void) {\n    char name[100];\n    if (scanf(\"%99s\", name) != 1) return 1;\n    return 0;\n}\n",
+    ),
+    (
+        "CWE-476",
+        "#include <stdlib.h>\nint *make(int n) {\n    int *p;\n    p = malloc(n * sizeof *p);\n    p[0] = 1;\n    return p;\n}\n",
+        "#include <stdlib.h>\nint *make(int n) {\n    int *p;\n    p = malloc(n * sizeof *p);\n    if (p == NULL) return NULL;\n    p[0] = 1;\n    return p;\n}\n",
+    ),
+];
+
+#[test]
+fn every_rule_flags_its_vulnerable_snippet_and_not_the_fixed_one() {
+    for (language, cases) in [(Language::Python, PYTHON), (Language::C, C)] {
+        for (cwe, vulnerable, fixed) in cases {
+            let found = cwes(language, vulnerable);
+            assert!(
+                found.iter().any(|c| c == cwe),
+                "{cwe} missed in\n{vulnerable}\nfound {found:?}"
+            );
+            let found = cwes(language, fixed);
+            assert!(
+                !found.iter().any(|c| c == cwe),
+                "{cwe} flagged in the fixed\n{fixed}\nfound {found:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn c_rules_also_run_on_cpp() {
+    assert!(analyzer().rule_count(Language::Cpp) > 0);
+    let found = cwes(
+        Language::Cpp,
+        "#include <cstdio>\nint main() { char b[8]; gets(b); }\n",
+    );
+    assert_eq!(found, vec!["CWE-787".to_string()]);
+}
+
+#[test]
+fn findings_carry_rule_span_message_and_analyzer() {
+    let source = "import os\n\ndef run(cmd):\n    os.system(cmd)\n";
+    let findings = analyzer().scan(Language::Python, "app.py", source);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let finding = &findings[0];
+    assert_eq!(finding.rule_id, "py-os-command-shell");
+    assert_eq!(finding.path, "app.py");
+    assert_eq!(finding.analyzer, "embedded");
+    assert_eq!(finding.severity, Severity::Error);
+    assert_eq!(
+        finding.span,
+        Span {
+            start_line: 4,
+            start_column: 5,
+            end_line: 4,
+            end_column: 19
+        }
+    );
+    assert!(finding.message.contains("(cmd)"), "{}", finding.message);
+}
+
+#[test]
+fn cwe_references_normalize_to_three_digits() {
+    for (text, expected) in [
+        ("CWE-79", Some("CWE-079")),
+        ("cwe79", Some("CWE-079")),
+        ("79", Some("CWE-079")),
+        ("CWE-1333: ReDoS", Some("CWE-1333")),
+        ("CWE-020", Some("CWE-020")),
+        ("none", None),
+    ] {
+        assert_eq!(normalize_cwe(text).as_deref(), expected, "{text}");
+    }
+}
+
+#[test]
+fn sarif_has_one_run_per_analyzer_with_rules_and_cwe_taxa() {
+    let mut findings = analyzer().scan(
+        Language::C,
+        "a.c",
+        "void f(char *s) { char b[4]; strcpy(b, s); gets(b); }\n",
+    );
+    let mut other = findings[0].clone();
+    other.analyzer = "semgrep".into();
+    findings.push(other);
+    let sarif = to_sarif(&findings);
+    assert_eq!(sarif["version"], "2.1.0");
+    let runs = sarif["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    let embedded = &runs[0];
+    assert_eq!(
+        embedded["tool"]["driver"]["name"],
+        "hexacoder-oracle/embedded"
+    );
+    assert_eq!(embedded["results"].as_array().map(Vec::len), Some(2));
+    let result = &embedded["results"][0];
+    assert_eq!(result["taxa"][0]["id"], "787");
+    assert_eq!(
+        result["locations"][0]["physicalLocation"]["region"]["startLine"],
+        1
+    );
+}
+
+#[test]
+fn a_rule_without_a_cwe_is_refused() {
+    let err = EmbeddedAnalyzer::from_rules([(
+        "bad.yml",
+        "id: x\nlanguage: python\nrule:\n  pattern: eval($X)\n",
+    )])
+    .err()
+    .expect("no cwe");
+    assert!(err.to_string().contains("metadata.cwe"), "{err}");
+}
