@@ -375,6 +375,7 @@ pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf
 }
 
 pub mod lsp;
+pub mod server;
 
 /// `../shared` beside the repository: benchmark data, reference tokenizers.
 pub fn shared_dir() -> PathBuf {

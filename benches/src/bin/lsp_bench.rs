@@ -9,7 +9,6 @@
 //! `cargo build --release -p hexacoder-server -p hexacoder-lsp && cargo run --release -p
 //! hexacoder-benches --bin lsp-bench -- [--model PATH] [--requests N]`
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -73,27 +72,17 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(model: &Path) -> Result<(ServerProcess, String)> {
-    let mut child = Command::new(sibling_binary("hexacoder-server")?)
+    let mut command = Command::new(sibling_binary("hexacoder-server")?);
+    command
         .args(["serve", "--port", "0", "--served-model-name", "bench"])
         .args(["--prefix-cache-bytes", "0", "--two-step", "off", "--model"])
         .arg(model)
         .env("HEXACODER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting hexacoder-server")?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let server = ServerProcess(child);
-    let mut stdout = BufReader::new(stdout);
-    let mut line = String::new();
-    stdout.read_line(&mut line)?;
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
-    Ok((server, base))
+        .stderr(Stdio::inherit());
+    let (child, base) =
+        hexacoder_testkit::server::spawn_listening(command, std::time::Duration::from_secs(120))
+            .map_err(anyhow::Error::msg)?;
+    Ok((ServerProcess(child), base))
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -1,10 +1,9 @@
 //! The real `hexacoder-lsp` binary over stdio, talking to a real `hexacoder-server` on a
 //! loopback port that serves a scripted tiny model.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
 use hexacoder_testkit::{Arch, Tiny};
 use serde_json::Value;
@@ -63,31 +62,16 @@ impl Server {
         };
         let model =
             hexacoder_testkit::write_scripted_hf_dir(&tiny, &dir.path().join("scripted"), &CHAIN);
-        let mut child = Command::new(server_binary())
+        let mut command = Command::new(server_binary());
+        command
             .args(["serve", "--port", &port.to_string(), "--model"])
             .arg(&model)
             .args(["--served-model-name", "scripted"])
             .args(args)
             .env("HEXACODER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hexacoder-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("the server printed no address");
-        });
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+            .stderr(Stdio::inherit());
+        let (child, base) = hexacoder_testkit::server::spawn_listening(command, WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
         Server {
             child,
             base,

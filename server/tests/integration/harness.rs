@@ -1,9 +1,7 @@
 //! A real `hexacoder-server serve` process on a loopback port, over a tiny random model.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hexacoder_testkit::{Arch, Tiny};
@@ -42,31 +40,13 @@ impl Server {
             .arg(model)
             .args(args)
             .env("HEXACODER_LOG", "warn")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("spawn hexacoder-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (first_line, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = first_line.send(line);
-            }
-        });
-        let line = match lines.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server printed no address within 120 s");
-            }
-        };
-        let base = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let (child, base) =
+            hexacoder_testkit::server::spawn_listening(command, Duration::from_secs(120))
+                .unwrap_or_else(|e| panic!("{e}"));
         Server {
             child,
             base,
