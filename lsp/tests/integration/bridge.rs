@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Lsp, Server, WAIT, apply_edits, free_port, lsp_binary, scripted_text};
 
-const URI: &str = "file:///work/app.py";
+const URI: &str = "file:///project/app.py";
 /// A file whose import block ends in `c`, so the scripted step 1 writes `\nimport gc`.
 const HEAD: &str = "import abc\n\n";
 
