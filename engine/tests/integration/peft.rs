@@ -4,7 +4,8 @@
 //!
 //! To remake them: `HEXACODER_WRITE_PEFT_FIXTURES=DIR cargo test -p hexacoder-engine --test
 //! integration peft::` writes our adapters into DIR; then, where torch is installed,
-//! `python make_fixtures.py OUT --ours DIR` and copy OUT and DIR into the fixtures folder.
+//! `python make_fixtures.py OUT --ours DIR`; copy OUT and DIR into the fixtures folder and run
+//! `python to_text.py` there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,8 +27,64 @@ const ARCHS: [(&str, Arch); 2] = [("llama", Arch::Llama), ("qwen2", Arch::Qwen2)
 /// f32 on both sides, different summation orders.
 const TOLERANCE: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
+fn fixture_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")
+}
+
+/// The fixtures as the tools wrote them: git holds each `.safetensors` file as text
+/// (`to_text.py`: its exact header and its values), rebuilt here byte for byte.
+fn fixtures() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        materialize(&fixture_source(), dir.path());
+        dir
+    })
+    .path()
+    .to_path_buf()
+}
+
+fn materialize(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixtures") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if path.is_dir() {
+            materialize(&path, &to.join(&name));
+        } else if let Some(binary) = name
+            .strip_suffix(".json")
+            .filter(|n| n.ends_with(".safetensors"))
+        {
+            std::fs::write(to.join(binary), safetensors_from_text(&path)).expect("write");
+        } else {
+            std::fs::copy(&path, to.join(&name)).expect("copy");
+        }
+    }
+}
+
+fn safetensors_from_text(path: &Path) -> Vec<u8> {
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    let header = text["header"].as_str().expect("header");
+    let dtypes: serde_json::Value = serde_json::from_str(header).expect("header json");
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    for tensor in text["tensors"].as_array().expect("tensors") {
+        let name = tensor["name"].as_str().expect("name");
+        let values = tensor["values"].as_array().expect("values");
+        for value in values {
+            match dtypes[name]["dtype"].as_str().expect("dtype") {
+                "F32" => bytes.extend((value.as_f64().expect("f32") as f32).to_le_bytes()),
+                "I64" => bytes.extend(value.as_i64().expect("i64").to_le_bytes()),
+                other => panic!("{path:?}: dtype {other} in fixtures"),
+            }
+        }
+    }
+    bytes
 }
 
 /// The fixture models' sizes (`base_model` in the script).
