@@ -33,6 +33,15 @@ impl Language {
         }
     }
 
+    /// The file extension tools recognize it by.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Language::Python => "py",
+            Language::C => "c",
+            Language::Cpp => "cpp",
+        }
+    }
+
     fn ts(self) -> TSLanguage {
         match self {
             Language::Python => tree_sitter_python::LANGUAGE.into(),

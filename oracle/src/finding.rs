@@ -69,21 +69,48 @@ pub fn normalize_cwe(text: &str) -> Option<String> {
     Some(format!("CWE-{number:03}"))
 }
 
-/// Findings as a SARIF 2.1.0 log with one run per analyzer.
+/// Findings as a SARIF 2.1.0 log with one run per analyzer that reported something.
 pub fn to_sarif(findings: &[Finding]) -> serde_json::Value {
     let mut analyzers: Vec<&str> = findings.iter().map(|f| f.analyzer.as_str()).collect();
     analyzers.sort_unstable();
     analyzers.dedup();
-    let runs: Vec<serde_json::Value> = analyzers
+    let per_analyzer: Vec<(&str, Vec<Finding>)> = analyzers
         .iter()
-        .map(|analyzer| {
-            let mine: Vec<&Finding> = findings.iter().filter(|f| f.analyzer == *analyzer).collect();
+        .map(|a| {
+            let mine = findings
+                .iter()
+                .filter(|f| f.analyzer == *a)
+                .cloned()
+                .collect();
+            (*a, mine)
+        })
+        .collect();
+    to_sarif_runs(
+        per_analyzer
+            .iter()
+            .map(|(a, mine)| (*a, None, mine.as_slice())),
+    )
+}
+
+/// A SARIF 2.1.0 log with one run per `(analyzer, failure, findings)`; a run whose analyzer
+/// did not run carries `executionSuccessful: false` and the reason.
+pub fn to_sarif_runs<'a>(
+    runs: impl IntoIterator<Item = (&'a str, Option<String>, &'a [Finding])>,
+) -> serde_json::Value {
+    let runs: Vec<serde_json::Value> = runs
+        .into_iter()
+        .map(|(analyzer, failure, mine)| {
             let mut rules: Vec<(&str, &str)> = mine
                 .iter()
                 .map(|f| (f.rule_id.as_str(), f.cwe.as_str()))
                 .collect();
             rules.sort_unstable();
             rules.dedup();
+            let mut invocation = serde_json::json!({"executionSuccessful": failure.is_none()});
+            if let Some(reason) = failure {
+                invocation["toolExecutionNotifications"] =
+                    serde_json::json!([{"level": "error", "message": {"text": reason}}]);
+            }
             serde_json::json!({
                 "tool": {"driver": {
                     "name": format!("hexacoder-oracle/{analyzer}"),
@@ -93,6 +120,7 @@ pub fn to_sarif(findings: &[Finding]) -> serde_json::Value {
                         "properties": {"tags": ["security", cwe]},
                     })).collect::<Vec<_>>(),
                 }},
+                "invocations": [invocation],
                 "results": mine.iter().map(|f| serde_json::json!({
                     "ruleId": f.rule_id,
                     "level": f.severity.sarif_level(),

@@ -197,3 +197,99 @@ fn a_rule_without_a_cwe_is_refused() {
     .expect("no cwe");
     assert!(err.to_string().contains("metadata.cwe"), "{err}");
 }
+
+#[test]
+fn the_cwe_map_prefers_its_table_then_the_tool_and_drops_the_rest() {
+    let map = CweMap::builtin().expect("the shipped table loads");
+    // The table wins over bandit's own CWE-20 for yaml.load.
+    assert_eq!(
+        map.map("bandit", "B506", Some("20")),
+        Mapped::Cwe("CWE-502".into())
+    );
+    // Not in the table: the tool's CWE, normalized.
+    assert_eq!(
+        map.map("semgrep", "some-rule", Some("CWE-78: OS Command Injection")),
+        Mapped::Cwe("CWE-078".into())
+    );
+    // Code quality and unmapped reports decide nothing; analysis errors skip the file.
+    assert_eq!(
+        map.map("cppcheck", "unusedVariable", Some("563")),
+        Mapped::Ignore
+    );
+    assert_eq!(map.map("semgrep", "style-rule", None), Mapped::Ignore);
+    assert_eq!(map.map("cppcheck", "syntaxError", None), Mapped::Skip);
+    assert!(map.counts_for("CWE-120", "CWE-787"));
+    assert!(map.counts_for("CWE-787", "CWE-787"));
+    assert!(!map.counts_for("CWE-787", "CWE-120"));
+    assert!(!map.counts_for("CWE-089", "CWE-078"));
+}
+
+#[test]
+fn a_cwe_map_with_a_bad_value_is_refused_by_name() {
+    let err = CweMap::parse("[rules.bandit]\nB999 = \"injection\"\n").expect_err("not a CWE");
+    assert!(err.to_string().contains("rules.bandit.B999"), "{err}");
+    assert!(err.to_string().contains("injection"), "{err}");
+    let err = CweMap::parse("[rulez]\n").expect_err("unknown table");
+    assert!(err.to_string().contains("rulez"), "{err}");
+}
+
+#[test]
+fn sarif_we_write_reads_back_as_the_same_reports() {
+    let findings = analyzer().scan(
+        Language::Python,
+        "s0/app.py",
+        "import os\ndef f(c):\n    os.system(c)\n    eval(c)\n",
+    );
+    assert_eq!(findings.len(), 2);
+    let text = serde_json::to_string(&to_sarif(&findings)).expect("json");
+    let reports = crate::sarif::parse(&text).expect("our SARIF parses");
+    assert_eq!(reports.len(), 2);
+    for (report, finding) in reports.iter().zip(&findings) {
+        assert_eq!(report.path, finding.path);
+        assert_eq!(report.rule_id, finding.rule_id);
+        assert_eq!(report.span, finding.span);
+        assert_eq!(report.severity, finding.severity);
+        assert_eq!(report.cwe.as_deref(), Some(finding.cwe.as_str()));
+    }
+}
+
+#[test]
+fn sarif_in_codeqls_shape_takes_the_cwe_from_the_rule_tags() {
+    // The shape `codeql database analyze --format=sarif-latest` writes: rules in the driver
+    // (or an extension) with `external/cwe/cwe-NNN` tags, results pointing at them by index.
+    let log = serde_json::json!({
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "CodeQL", "rules": [
+                {"id": "py/command-line-injection", "properties": {"tags": ["correctness", "security", "external/cwe/cwe-078", "external/cwe/cwe-088"]}},
+                {"id": "py/unused-import", "properties": {"tags": ["maintainability"]}},
+            ]}},
+            "results": [
+                {"ruleId": "py/command-line-injection", "ruleIndex": 0, "level": "error",
+                 "message": {"text": "This command line depends on a user-provided value."},
+                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": "s3/app.py", "uriBaseId": "%SRCROOT%"},
+                                "region": {"startLine": 8, "startColumn": 15, "endColumn": 38}}}]},
+                {"ruleId": "py/unused-import", "ruleIndex": 1, "level": "note",
+                 "message": {"text": "Import of 'sys' is not used."},
+                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": "s3/app.py"},
+                                "region": {"startLine": 1}}}]},
+            ],
+        }],
+    });
+    let reports = crate::sarif::parse(&log.to_string()).expect("parses");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].cwe.as_deref(), Some("CWE-078"));
+    assert_eq!(reports[0].severity, Severity::Error);
+    assert_eq!(
+        reports[0].span,
+        Span {
+            start_line: 8,
+            start_column: 15,
+            end_line: 8,
+            end_column: 38
+        }
+    );
+    assert_eq!(reports[1].cwe, None);
+    let err = crate::sarif::parse("{\"version\": \"2.1.0\"}").expect_err("no runs");
+    assert!(err.contains("runs"), "{err}");
+}
