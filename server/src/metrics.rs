@@ -39,6 +39,9 @@ pub struct Metrics {
     pub imports_added: IntCounter,
     pub imports_pruned: IntCounter,
     pub completion_events: IntCounterVec,
+    pub verify_requests: IntCounterVec,
+    pub verify_seconds: Histogram,
+    pub oracle_findings: IntCounterVec,
     max_lora: usize,
     /// Counter values at the last scrape, to turn engine totals into increments.
     last: Mutex<SchedulerStats>,
@@ -199,6 +202,27 @@ impl Metrics {
                     "Editor events on shown suggestions (show, accept, reject), by model or adapter, generation mode and UI.",
                 ),
                 &["event", "model", "mode", "kind"],
+            )?),
+            verify_requests: register!(IntCounterVec::new(
+                Opts::new(
+                    "hexacoder:verify_requests_total",
+                    "Prompts answered in verify mode, by outcome: first_clean (the most probable candidate had no findings), replaced (a less probable clean candidate was returned), all_flagged (every candidate had findings).",
+                ),
+                &["outcome"],
+            )?),
+            verify_seconds: register!(histogram(
+                "hexacoder:verify_seconds",
+                "Time the security oracle took to check one prompt's candidates.",
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+                ]
+            )?),
+            oracle_findings: register!(IntCounterVec::new(
+                Opts::new(
+                    "hexacoder:oracle_findings_total",
+                    "Findings the security oracle reported in verified candidates, by CWE and generation mode.",
+                ),
+                &["cwe", "mode"],
             )?),
             max_lora,
             registry,

@@ -119,6 +119,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         },
         adapter_root,
         adapter_requests: Default::default(),
+        oracle: Arc::new(
+            hexacoder_oracle::EmbeddedAnalyzer::builtin().context("loading the oracle's rules")?,
+        ),
         two_step: http::two_step::TwoStepDefaults {
             enabled: args.two_step,
             options: hexacoder_two_step::TwoStepOptions {

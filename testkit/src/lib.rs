@@ -323,6 +323,32 @@ impl Tiny {
 /// # Panics
 /// If a token of `chain` is not in [`vocab`] or repeats with two different successors.
 pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf {
+    let mut edges: Vec<(&str, &str, f32)> = Vec::new();
+    for (i, &token) in chain.iter().enumerate() {
+        let next = chain[(i + 1) % chain.len()];
+        match edges.iter().find(|(from, _, _)| *from == token) {
+            Some((_, previous, _)) => {
+                assert_eq!(*previous, next, "{token:?} has two successors")
+            }
+            None => edges.push((token, next, SCRIPT_WEIGHT)),
+        }
+    }
+    write_bigram_hf_dir(tiny, dir, &edges)
+}
+
+/// The weight [`write_scripted_hf_dir`] gives each step of its chain: with the final norm's
+/// scaling, the successor's logit beats every other token's by more than 10.
+pub const SCRIPT_WEIGHT: f32 = 4.0;
+
+/// A tiny model whose next token depends only on the current one: each `(from, to, weight)`
+/// edge adds `weight` (times the final norm's scale, `sqrt(hidden)`) to `to`'s logit after
+/// `from`. Two edges from one token make a branch whose odds the weights set (a weight gap of
+/// `g` gives odds `exp(g * sqrt(hidden))`), so tests can script candidates with known
+/// probabilities.
+///
+/// # Panics
+/// If a token is not in [`vocab`].
+pub fn write_bigram_hf_dir(tiny: &Tiny, dir: &Path, edges: &[(&str, &str, f32)]) -> PathBuf {
     let (tokens, _) = vocab();
     let id = |token: &str| -> usize {
         tokens
@@ -330,14 +356,6 @@ pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf
             .position(|t| t == token)
             .unwrap_or_else(|| panic!("{token:?} is not a tiny-vocabulary token"))
     };
-    let ids: Vec<usize> = chain.iter().map(|t| id(t)).collect();
-    let mut successor: HashMap<usize, usize> = HashMap::new();
-    for (i, &token) in ids.iter().enumerate() {
-        let next = ids[(i + 1) % ids.len()];
-        if let Some(previous) = successor.insert(token, next) {
-            assert_eq!(previous, next, "{:?} has two successors", tokens[token]);
-        }
-    }
     let mut weights = tiny.weights(17);
     let (h, vocab_size) = (tiny.hidden, tiny.vocab_size());
     // Unit-length random embeddings: nearly orthogonal, so each token's own row dominates.
@@ -351,9 +369,10 @@ pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf
         row.iter_mut().for_each(|v| *v /= norm);
     }
     let mut head = vec![0f32; vocab_size * h];
-    for (&from, &to) in &successor {
+    for &(from, to, weight) in edges {
+        let (from, to) = (id(from), id(to));
         for k in 0..h {
-            head[to * h + k] += 4.0 * embed[from * h + k];
+            head[to * h + k] += weight * embed[from * h + k];
         }
     }
     let tensor = |values: Vec<f32>, shape: (usize, usize)| {

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
-use super::run::{Job, Run, RunEvent, openai_finish_reason};
+use super::run::{self as two_step_run, Job, Run, RunEvent, openai_finish_reason};
 use super::two_step::{self, TwoStepChoice};
+use super::verify::{self, Verified, VerifySettings};
 use super::{AppState, response_id, sse, unix_now};
 
 /// OpenAI's default for this route.
@@ -72,6 +73,9 @@ struct Plan {
     echo: bool,
     stream: bool,
     include_usage: bool,
+    /// Verify mode: the settings and each prompt's language.
+    verify: Option<(VerifySettings, Vec<hexacoder_oracle::Language>)>,
+    suffix: Option<String>,
 }
 
 fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
@@ -127,6 +131,19 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
     )?;
     let stop = params::stop(req.stop)?;
     let _ = req.user;
+    let stream = req.stream.unwrap_or(false);
+    let verify = match verify::resolve(&extension, n, stream)? {
+        None => None,
+        Some(settings) => {
+            let languages = prompts
+                .iter()
+                .map(|p| verify::language_of(&settings, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some((settings, languages))
+        }
+    };
+    // Verification samples its candidates as the engine's samples: one prefill for all.
+    let samples = verify.as_ref().map_or(n, |(v, _)| v.candidates);
     let jobs: Vec<Job> = prompts
         .iter()
         .map(|prompt| GenerateRequest {
@@ -134,7 +151,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             suffix: req.suffix.clone(),
             max_tokens,
             sampling: sampling.clone(),
-            n,
+            n: samples,
             stop: stop.clone(),
             top_logprobs: logprobs.unwrap_or(0),
             context_files: extension.context_files(),
@@ -146,7 +163,6 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
         .map(|request| choice.job(state, request))
         .collect();
     let two_step = jobs.iter().map(|j| matches!(j, Job::TwoStep(_))).collect();
-    let stream = req.stream.unwrap_or(false);
     Ok(Plan {
         adapter,
         prompts,
@@ -157,6 +173,8 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
         echo,
         stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        verify,
+        suffix: req.suffix,
     })
 }
 
@@ -183,6 +201,14 @@ pub async fn handle(
         return Ok(adapter_header(sse::response(run, translate), &adapter));
     }
     let generations = run.collect_two_step().await?;
+    let (generations, verified) = match &plan.verify {
+        None => (generations, None),
+        Some((_, languages)) => {
+            let (generations, verified) =
+                check_candidates(&state, generations, &plan, languages.clone()).await?;
+            (generations, Some(verified))
+        }
+    };
     let mut choices = Vec::new();
     let mut usage = Usage::default();
     for (p, ((generation, report), prompt)) in generations.iter().zip(&plan.prompts).enumerate() {
@@ -190,7 +216,11 @@ pub async fn handle(
         if let Some(first) = report.as_ref().and_then(|r| r.first.as_ref()) {
             usage.add_counts(first);
         }
+        let verified = verified.as_ref().map(|v: &Vec<Verified>| &v[p]);
         for (s, sample) in generation.samples.iter().enumerate() {
+            if verified.is_some_and(|v| v.chosen != s) {
+                continue;
+            }
             let imports = report.as_ref().and_then(|r| Some((r, r.samples.get(s)?)));
             // With two steps, `echo` shows the prompt with its imports merged.
             let prefix = match (plan.echo, imports) {
@@ -202,14 +232,25 @@ pub async fn handle(
                 let mut offset = prefix.len();
                 logprobs_json(&state.model.tokenizer, &sample.tokens, &mut offset)
             });
+            let index = if verified.is_some() {
+                p
+            } else {
+                p * plan.n + s
+            };
             let mut choice = json!({
-                "index": p * plan.n + s,
+                "index": index,
                 "text": format!("{prefix}{}", sample.text),
                 "logprobs": logprobs,
                 "finish_reason": openai_finish_reason(sample.finish_reason),
             });
             if let Some((report, imports)) = imports {
                 choice["hexacoder"] = two_step::sample_json(report, imports);
+            }
+            if let Some(verified) = verified {
+                if choice["hexacoder"].is_null() {
+                    choice["hexacoder"] = json!({});
+                }
+                choice["hexacoder"]["verification"] = verified.json();
             }
             choices.push(choice);
         }
@@ -224,6 +265,55 @@ pub async fn handle(
     });
     usage.attach(&mut body, &plan.adapter);
     Ok(adapter_header(axum::Json(body).into_response(), &adapter))
+}
+
+/// Checks every prompt's candidates off the async runtime (the analyzer is CPU work) and
+/// records them in the metrics.
+async fn check_candidates(
+    state: &Arc<AppState>,
+    generations: Vec<(Generation, Option<two_step_run::TwoStepReport>)>,
+    plan: &Plan,
+    languages: Vec<hexacoder_oracle::Language>,
+) -> Result<
+    (
+        Vec<(Generation, Option<two_step_run::TwoStepReport>)>,
+        Vec<Verified>,
+    ),
+    ApiError,
+> {
+    let analyzer = Arc::clone(&state.oracle);
+    let prompts = plan.prompts.clone();
+    let suffix = plan.suffix.clone().unwrap_or_default();
+    let (generations, verified) = tokio::task::spawn_blocking(move || {
+        let verified: Vec<Verified> = generations
+            .iter()
+            .zip(&prompts)
+            .zip(&languages)
+            .map(|(((generation, report), prompt), language)| {
+                let contexts: Vec<&str> = (0..generation.samples.len())
+                    .map(|s| {
+                        report
+                            .as_ref()
+                            .and_then(|r| r.samples.get(s))
+                            .map_or(prompt.as_str(), |i| i.outcome.prompt.as_str())
+                    })
+                    .collect();
+                verify::check(&analyzer, *language, generation, &contexts, &suffix)
+            })
+            .collect();
+        (generations, verified)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("verification failed: {e}")))?;
+    for ((_, report), verified) in generations.iter().zip(&verified) {
+        let mode = if report.is_some() {
+            "two_step"
+        } else {
+            "one_step"
+        };
+        verify::observe(state, verified, mode);
+    }
+    Ok((generations, verified))
 }
 
 /// Token counts and timings summed over a request's prompts.

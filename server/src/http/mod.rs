@@ -15,6 +15,7 @@ pub mod run;
 pub mod sse;
 pub mod tabby;
 pub mod two_step;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,8 @@ pub struct AppState {
     pub adapter_root: Option<std::path::PathBuf>,
     /// Two-step generation's defaults.
     pub two_step: two_step::TwoStepDefaults,
+    /// The security oracle's embedded analyzer, for verify mode.
+    pub oracle: Arc<hexacoder_oracle::EmbeddedAnalyzer>,
     /// In-flight requests per adapter, for `lora_requests_info`.
     pub adapter_requests: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }

@@ -65,6 +65,12 @@ pub struct Extension {
     /// With `n` > 1, run step 1 once per sample instead of once for all.
     #[serde(default)]
     pub per_sample_imports: Option<bool>,
+    /// Check candidates with the security oracle and return the most probable clean one.
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// Candidates verification samples (from one prefill).
+    #[serde(default)]
+    pub candidates: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

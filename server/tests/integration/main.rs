@@ -7,3 +7,4 @@ mod harness;
 mod openai_client;
 mod production;
 mod two_step;
+mod verify;

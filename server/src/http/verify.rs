@@ -1,0 +1,230 @@
+//! Verify mode (`{"hexacoder": {"verify": true, "candidates": k}}`): sample k candidates from
+//! one prefill, check each in context (prompt, completion, suffix) with the oracle's embedded
+//! analyzer, and return the most probable candidate without findings; if every candidate has
+//! findings, the most probable one with its findings attached.
+
+use std::time::Instant;
+
+use hexacoder_engine::{Generation, Sample};
+use hexacoder_oracle::{EmbeddedAnalyzer, Finding, Language};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::MAX_N;
+use super::error::ApiError;
+use super::params::Extension;
+
+/// Candidates when a request asks for verification without saying how many.
+pub const DEFAULT_CANDIDATES: usize = 4;
+
+/// A request's verification settings.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifySettings {
+    pub candidates: usize,
+    /// The language the request named; else each prompt's is detected from its imports.
+    pub language: Option<Language>,
+}
+
+/// Whether and how a request verifies. Verification answers with one choice per prompt after
+/// every candidate is complete, so it does not combine with `n` > 1 or streaming.
+pub fn resolve(
+    extension: &Extension,
+    n: usize,
+    stream: bool,
+) -> Result<Option<VerifySettings>, ApiError> {
+    if !extension.verify.unwrap_or(false) {
+        if extension.candidates.is_some() {
+            return Err(ApiError::bad_param(
+                "hexacoder.candidates",
+                "`candidates` only applies with `\"verify\": true`.",
+            ));
+        }
+        return Ok(None);
+    }
+    let candidates = extension.candidates.unwrap_or(DEFAULT_CANDIDATES);
+    if !(1..=MAX_N).contains(&candidates) {
+        return Err(ApiError::bad_param(
+            "hexacoder.candidates",
+            format!("`candidates` must be between 1 and {MAX_N}, got {candidates}."),
+        ));
+    }
+    if n != 1 {
+        return Err(ApiError::bad_param(
+            "n",
+            "With `hexacoder.verify` the server returns one checked choice per prompt; leave `n` out and set `hexacoder.candidates`.",
+        ));
+    }
+    if stream {
+        return Err(ApiError::bad_param(
+            "stream",
+            "`hexacoder.verify` checks whole candidates before answering, so it cannot stream; set `stream` to false.",
+        ));
+    }
+    let language = match extension.language.as_deref() {
+        None => None,
+        Some(name) => Some(oracle_language(name).ok_or_else(|| {
+            ApiError::bad_param(
+                "hexacoder.language",
+                format!("Verification checks python, c and cpp code, not {name:?}."),
+            )
+        })?),
+    };
+    Ok(Some(VerifySettings {
+        candidates,
+        language,
+    }))
+}
+
+fn oracle_language(name: &str) -> Option<Language> {
+    Language::from_name(name)
+}
+
+/// The language to check `prompt` as: the request's, or the one its imports show.
+pub fn language_of(settings: &VerifySettings, prompt: &str) -> Result<Language, ApiError> {
+    if let Some(language) = settings.language {
+        return Ok(language);
+    }
+    use hexacoder_two_step::Language as Detected;
+    let detected = match Detected::detect(prompt) {
+        Some(Detected::Python) => Some(Language::Python),
+        Some(Detected::C) => Some(Language::C),
+        Some(Detected::Cpp) => Some(Language::Cpp),
+        _ => None,
+    };
+    detected
+        .ok_or_else(|| {
+            ApiError::bad_param(
+                "hexacoder.language",
+                "Verification checks python, c and cpp code and could not tell the prompt's language from its imports: set `hexacoder.language`.",
+            )
+        })
+}
+
+/// One prompt's candidates, checked.
+pub struct Verified {
+    /// The sample returned.
+    pub chosen: usize,
+    /// Per candidate, in sample order: its findings inside the completion.
+    pub findings: Vec<Vec<Finding>>,
+    /// Per candidate: the sum of its tokens' log-probabilities.
+    pub logprobs: Vec<f64>,
+    /// Ranks candidates by probability, most probable first.
+    pub ranking: Vec<usize>,
+    pub language: Language,
+    pub elapsed_ms: f64,
+}
+
+impl Verified {
+    /// How the choice came about, for metrics: the most probable candidate was clean, a less
+    /// probable clean one replaced it, or every candidate had findings.
+    pub fn outcome(&self) -> &'static str {
+        if !self.findings[self.chosen].is_empty() {
+            "all_flagged"
+        } else if self.ranking.first() == Some(&self.chosen) {
+            "first_clean"
+        } else {
+            "replaced"
+        }
+    }
+
+    /// The choice's `hexacoder.verification` object.
+    pub fn json(&self) -> Value {
+        json!({
+            "analyzer": "embedded",
+            "language": self.language.extension(),
+            "candidates": self.findings.len(),
+            "chosen": self.chosen,
+            "chosen_rank": self.ranking.iter().position(|&i| i == self.chosen),
+            "clean_candidates": self.findings.iter().filter(|f| f.is_empty()).count(),
+            "outcome": self.outcome(),
+            "findings": self.findings[self.chosen],
+            "candidate_summaries": self.ranking.iter().map(|&i| json!({
+                "sample": i,
+                "logprob": self.logprobs[i],
+                "cwes": self.findings[i].iter().map(|f| f.cwe.as_str()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "verify_ms": self.elapsed_ms,
+        })
+    }
+}
+
+/// Checks every sample of `generation` as `context` + sample text + `suffix`, where `contexts`
+/// gives each sample's context (two-step samples may each have their own imports).
+pub fn check(
+    analyzer: &EmbeddedAnalyzer,
+    language: Language,
+    generation: &Generation,
+    contexts: &[&str],
+    suffix: &str,
+) -> Verified {
+    let started = Instant::now();
+    let mut findings = Vec::with_capacity(generation.samples.len());
+    let mut logprobs: Vec<f64> = Vec::with_capacity(generation.samples.len());
+    for (i, sample) in generation.samples.iter().enumerate() {
+        let context = contexts.get(i).copied().unwrap_or_default();
+        findings.push(check_sample(analyzer, language, context, sample, suffix));
+        logprobs.push(sample.tokens.iter().map(|t| f64::from(t.logprob)).sum());
+    }
+    let mut ranking: Vec<usize> = (0..logprobs.len()).collect();
+    ranking.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
+    let chosen = ranking
+        .iter()
+        .copied()
+        .find(|&i| findings[i].is_empty())
+        .or_else(|| ranking.first().copied())
+        .unwrap_or(0);
+    Verified {
+        chosen,
+        findings,
+        logprobs,
+        ranking,
+        language,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+/// The findings that touch the completion: weaknesses already in the prompt are the user's
+/// code, not the model's, and would flag every candidate alike.
+fn check_sample(
+    analyzer: &EmbeddedAnalyzer,
+    language: Language,
+    context: &str,
+    sample: &Sample,
+    suffix: &str,
+) -> Vec<Finding> {
+    let text = format!("{context}{}{suffix}", sample.text);
+    let start = position(context);
+    let end = position(&format!("{context}{}", sample.text));
+    analyzer
+        .scan(language, "completion", &text)
+        .into_iter()
+        .filter(|f| {
+            let finding_start = (f.span.start_line, f.span.start_column);
+            let finding_end = (f.span.end_line, f.span.end_column);
+            finding_end > start && finding_start < end
+        })
+        .collect()
+}
+
+/// The 1-based (line, column in characters) just after `text`, as findings count them.
+fn position(text: &str) -> (usize, usize) {
+    let line = text.matches('\n').count() + 1;
+    let last = text.rsplit('\n').next().unwrap_or_default();
+    (line, last.chars().count() + 1)
+}
+
+/// Records a verified prompt in the metrics.
+pub fn observe(state: &AppState, verified: &Verified, mode: &str) {
+    let metrics = &state.metrics;
+    metrics
+        .verify_requests
+        .with_label_values(&[verified.outcome()])
+        .inc();
+    metrics.verify_seconds.observe(verified.elapsed_ms / 1e3);
+    for finding in verified.findings.iter().flatten() {
+        metrics
+            .oracle_findings
+            .with_label_values(&[finding.cwe.as_str(), mode])
+            .inc();
+    }
+}
