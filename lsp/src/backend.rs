@@ -18,6 +18,7 @@ use tower_lsp_server::{Client, LanguageServer};
 use crate::client::{ClientError, Completion, CompletionQuery, EditorEvent, ServerClient};
 use crate::config::Settings;
 use crate::document::{Document, PositionEncoding};
+use crate::findings::{self, Flagged};
 use crate::lsp_types::*;
 use crate::suggestion::{Prompt, build_prompt, clean_completion};
 
@@ -74,6 +75,9 @@ struct Issued {
     completion: Arc<Completion>,
     imports_edit: Option<DocumentEdit>,
     accepted: bool,
+    /// The text the editor inserts, and the byte offset of the cursor it goes at.
+    inserted: String,
+    cursor: usize,
 }
 
 struct OpenDocument {
@@ -105,6 +109,8 @@ struct State {
     health: Mutex<Health>,
     /// The server's first model, when the settings name none.
     default_model: Mutex<Option<String>>,
+    /// The oracle's findings on accepted suggestions, per document.
+    flagged: Mutex<HashMap<Uri, Vec<Flagged>>>,
 }
 
 /// The LSP backend.
@@ -157,6 +163,7 @@ impl Backend {
                 issued: Mutex::new(lru::LruCache::new(issued)),
                 health: Mutex::new(Health::Unknown),
                 default_model: Mutex::new(None),
+                flagged: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -251,8 +258,15 @@ impl Backend {
         let key = hash_of(&[
             &model,
             &format!(
-                "{}|{}|{}|{}",
-                settings.two_step, settings.max_tokens, settings.temperature, request.language_id
+                "{}|{}|{}|{}|{}|{}|{}|{:?}",
+                settings.two_step,
+                settings.max_tokens,
+                settings.temperature,
+                request.language_id,
+                settings.verify,
+                settings.candidates,
+                settings.verify_temperature,
+                settings.seed
             ),
             &request.prompt.prefix,
             &request.prompt.suffix,
@@ -425,6 +439,10 @@ impl Backend {
         // One id per shown item: the response id plus the kind, so popup and inline copies
         // of one completion are told apart.
         let id = format!("{}:{kind}:{}", suggestion.completion.id, request.generation);
+        let cursor = request
+            .doc
+            .offset(request.cursor, self.encoding())
+            .unwrap_or_default();
         lock(&self.state.issued).put(
             id.clone(),
             Issued {
@@ -433,9 +451,45 @@ impl Backend {
                 completion: suggestion.completion.clone(),
                 imports_edit: suggestion.imports_edit.clone(),
                 accepted: false,
+                inserted: suggestion.text.clone(),
+                cursor,
             },
         );
         id
+    }
+
+    /// Publishes the oracle's findings on an accepted suggestion (verify mode), found where
+    /// the editor inserted it.
+    async fn flag_accepted(&self, issued: &Issued) {
+        if issued.completion.verification.is_none() {
+            return;
+        }
+        let diagnostics = {
+            let documents = lock(&self.state.documents);
+            let Some(open) = documents.get(&issued.uri) else {
+                return;
+            };
+            let text = open.doc.text();
+            let Some(at) = findings::locate(text, &issued.inserted, issued.cursor) else {
+                tracing::debug!("accepted text not found in the document; no diagnostics");
+                return;
+            };
+            let new = findings::flag_accepted(&issued.completion, &issued.inserted, at, text);
+            let mut flagged = lock(&self.state.flagged);
+            let entry = flagged.entry(issued.uri.clone()).or_default();
+            for f in new {
+                if !entry.contains(&f) {
+                    entry.push(f);
+                }
+            }
+            (
+                findings::diagnostics(entry, &open.doc, self.encoding()),
+                open.doc.version(),
+            )
+        };
+        self.client
+            .publish_diagnostics(issued.uri.clone(), diagnostics.0, Some(diagnostics.1))
+            .await;
     }
 
     fn lsp_edit(&self, doc: &Document, edit: &DocumentEdit) -> TextEdit {
@@ -488,7 +542,12 @@ impl Backend {
             entry.clone()
         };
         self.forward_event("accept", id);
-        let Some(edit) = issued.imports_edit.filter(|_| issued.kind == "inline") else {
+        self.flag_accepted(&issued).await;
+        let Some(edit) = issued
+            .imports_edit
+            .clone()
+            .filter(|_| issued.kind == "inline")
+        else {
             return Ok(());
         };
         let text_edit = {
@@ -530,9 +589,12 @@ impl Backend {
     pub async fn did_accept(&self, params: CompletionEventParams) {
         let first = lock(&self.state.issued)
             .get_mut(&params.id)
-            .map(|entry| !std::mem::replace(&mut entry.accepted, true));
-        if first == Some(true) {
+            .and_then(|entry| {
+                (!std::mem::replace(&mut entry.accepted, true)).then(|| entry.clone())
+            });
+        if let Some(issued) = first {
             self.forward_event("accept", &params.id);
+            self.flag_accepted(&issued).await;
         }
     }
 
@@ -682,6 +744,26 @@ impl LanguageServer for Backend {
             }
             failed
         };
+        let moved = {
+            let documents = lock(&self.state.documents);
+            let mut flagged = lock(&self.state.flagged);
+            match (documents.get(&uri), flagged.get_mut(&uri)) {
+                (Some(open), Some(entries)) => {
+                    findings::follow(entries, open.doc.text()).then(|| {
+                        (
+                            findings::diagnostics(entries, &open.doc, encoding),
+                            open.doc.version(),
+                        )
+                    })
+                }
+                _ => None,
+            }
+        };
+        if let Some((diagnostics, version)) = moved {
+            self.client
+                .publish_diagnostics(uri.clone(), diagnostics, Some(version))
+                .await;
+        }
         if let Some(error) = failed {
             tracing::error!(%error, uri = %uri, "document out of sync");
             self.client
@@ -694,7 +776,11 @@ impl LanguageServer for Backend {
     }
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
-        lock(&self.state.documents).remove(&params.text_document.uri);
+        let uri = params.text_document.uri;
+        lock(&self.state.documents).remove(&uri);
+        if lock(&self.state.flagged).remove(&uri).is_some() {
+            self.client.publish_diagnostics(uri, Vec::new(), None).await;
+        }
     }
 
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {

@@ -81,6 +81,39 @@ pub struct Completion {
     pub added_imports: Vec<String>,
     /// Those imports as an edit of the prompt.
     pub imports_edit: Option<PromptEdit>,
+    /// What the security oracle found, in verify mode.
+    pub verification: Option<Verification>,
+}
+
+/// The server's check of a verified completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// `first_clean`, `replaced` or `all_flagged`.
+    pub outcome: String,
+    /// Findings in the returned completion.
+    pub findings: Vec<VerifiedFinding>,
+    /// CWEs of the more probable candidates this one replaced.
+    pub replaced_cwes: Vec<String>,
+}
+
+/// One finding in a verified completion.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct VerifiedFinding {
+    /// `CWE-094` style.
+    pub cwe: String,
+    /// The oracle's rule.
+    pub rule_id: String,
+    /// What is wrong.
+    pub message: String,
+    /// `error`, `warning` or `note`.
+    pub severity: String,
+    /// Character offsets `[start, end)` in the completion text.
+    pub completion_range: [usize; 2],
+}
+
+/// Languages the server's oracle checks (LSP language ids).
+pub fn verifiable(language_id: &str) -> bool {
+    matches!(language_id, "python" | "c" | "cpp")
 }
 
 /// An editor event about a shown completion.
@@ -146,13 +179,21 @@ impl ServerClient {
         if let Some(language) = &query.language {
             extension["language"] = json!(language);
         }
+        let verify = settings.verify && query.language.as_deref().is_some_and(verifiable);
+        if verify {
+            extension["verify"] = json!(true);
+            extension["candidates"] = json!(settings.candidates);
+        }
         let mut body = json!({
             "model": model,
             "prompt": query.prefix,
             "max_tokens": settings.max_tokens,
-            "temperature": settings.temperature,
+            "temperature": if verify { settings.verify_temperature } else { settings.temperature },
             "hexacoder": extension,
         });
+        if let Some(seed) = settings.seed {
+            body["seed"] = json!(seed);
+        }
         if !query.suffix.is_empty() {
             body["suffix"] = json!(query.suffix);
         }
@@ -267,6 +308,29 @@ fn parse_completion(
                 .map_err(|e| ClientError::Malformed(format!("imports_edit: {e}")))?,
         ),
     };
+    let verification = match &extension["verification"] {
+        serde_json::Value::Null => None,
+        v => {
+            let findings = serde_json::from_value(v["findings"].clone())
+                .map_err(|e| ClientError::Malformed(format!("verification findings: {e}")))?;
+            let chosen_rank = v["chosen_rank"].as_u64().unwrap_or(0) as usize;
+            let mut replaced_cwes: Vec<String> = v["candidate_summaries"]
+                .as_array()
+                .map(|s| &s[..chosen_rank.min(s.len())])
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|s| s["cwes"].as_array().cloned().unwrap_or_default())
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            replaced_cwes.sort();
+            replaced_cwes.dedup();
+            Some(Verification {
+                outcome: v["outcome"].as_str().unwrap_or_default().to_string(),
+                findings,
+                replaced_cwes,
+            })
+        }
+    };
     Ok(Completion {
         id: value["id"].as_str().unwrap_or_default().to_string(),
         model: value["model"].as_str().unwrap_or_default().to_string(),
@@ -282,5 +346,6 @@ fn parse_completion(
             })
             .unwrap_or_default(),
         imports_edit,
+        verification,
     })
 }

@@ -21,8 +21,17 @@ pub struct Settings {
     pub model: Option<String>,
     /// Two-step generation (imports first), with its imports edit.
     pub two_step: bool,
-    /// Check accepted code with the security oracle (once the server offers it).
+    /// Verify mode: the server samples `candidates` suggestions, checks each with its
+    /// security oracle and returns the most probable clean one; accepted code's findings are
+    /// published as diagnostics. Python, C and C++ documents only.
     pub verify: bool,
+    /// Candidates per suggestion in verify mode.
+    pub candidates: u32,
+    /// The sampling temperature in verify mode: candidates drawn greedily would all be the
+    /// same text.
+    pub verify_temperature: f32,
+    /// A sampling seed, for reproducible suggestions; random when unset.
+    pub seed: Option<u64>,
     /// Tokens per suggestion.
     pub max_tokens: u32,
     /// Sampling temperature; 0 is greedy.
@@ -45,6 +54,9 @@ impl Default for Settings {
             model: None,
             two_step: true,
             verify: false,
+            candidates: 4,
+            verify_temperature: 0.4,
+            seed: None,
             max_tokens: 128,
             temperature: 0.0,
             debounce_ms: 75,
@@ -98,6 +110,18 @@ impl Settings {
             return invalid(
                 "temperature",
                 format!("{} is outside [0, 2]", self.temperature),
+            );
+        }
+        if !(0.0..=2.0).contains(&self.verify_temperature) {
+            return invalid(
+                "verifyTemperature",
+                format!("{} is outside [0, 2]", self.verify_temperature),
+            );
+        }
+        if !(1..=16).contains(&self.candidates) {
+            return invalid(
+                "candidates",
+                format!("{} is outside [1, 16]", self.candidates),
             );
         }
         if self.max_tokens == 0 || self.max_tokens > 4096 {
@@ -154,6 +178,9 @@ impl std::fmt::Debug for Settings {
             .field("model", &self.model)
             .field("two_step", &self.two_step)
             .field("verify", &self.verify)
+            .field("candidates", &self.candidates)
+            .field("verify_temperature", &self.verify_temperature)
+            .field("seed", &self.seed)
             .field("max_tokens", &self.max_tokens)
             .field("temperature", &self.temperature)
             .field("debounce_ms", &self.debounce_ms)
@@ -197,6 +224,8 @@ mod tests {
             (json!({"maxTokens": 0}), "maxTokens"),
             (json!({"serverUrl": "localhost:8080"}), "serverUrl"),
             (json!({"contextTokens": 3}), "contextTokens"),
+            (json!({"candidates": 0}), "candidates"),
+            (json!({"verifyTemperature": -1.0}), "verifyTemperature"),
         ] {
             let err = Settings::from_json(&value).expect_err(field);
             assert!(err.to_string().contains(field), "{err}");

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod document;
+pub mod findings;
 pub mod suggestion;
 
 pub use tower_lsp_server::gen_lsp_types as lsp_types;

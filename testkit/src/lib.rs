@@ -336,6 +336,29 @@ pub fn write_scripted_hf_dir(tiny: &Tiny, dir: &Path, chain: &[&str]) -> PathBuf
     write_bigram_hf_dir(tiny, dir, &edges)
 }
 
+/// A model for verify-mode tests: after a space it writes `eval(d)` (CWE-094, the more
+/// probable branch, odds about 2.2 to 1) or `int(d)` (clean), then ends; every other step is
+/// near-certain. After the prompt `def f(d):\n    return `, sampled candidates mix vulnerable
+/// and clean code with known log-probabilities.
+pub fn write_eval_or_int_hf_dir(dir: &Path) -> PathBuf {
+    let w = SCRIPT_WEIGHT;
+    // Odds of eval over int: exp(0.1 * sqrt(hidden 64)) = e^0.8.
+    let edges = [
+        ("Ġ", "e", w),
+        ("Ġ", "in", w - 0.1),
+        ("e", "v", w),
+        ("v", "a", w),
+        ("a", "l", w),
+        ("l", "(", w),
+        ("in", "t", w),
+        ("t", "(", w),
+        ("(", "d", w),
+        ("d", ")", w),
+        (")", "<|endoftext|>", w),
+    ];
+    write_bigram_hf_dir(&Tiny::small(Arch::Qwen2), dir, &edges)
+}
+
 /// The weight [`write_scripted_hf_dir`] gives each step of its chain: with the final norm's
 /// scaling, the successor's logit beats every other token's by more than 10.
 pub const SCRIPT_WEIGHT: f32 = 4.0;

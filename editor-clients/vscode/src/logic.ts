@@ -11,6 +11,9 @@ export interface BridgeSettings {
   model?: string;
   twoStep?: boolean;
   verify?: boolean;
+  candidates?: number;
+  verifyTemperature?: number;
+  seed?: number;
   maxTokens?: number;
   temperature?: number;
   debounceMs?: number;
@@ -19,8 +22,8 @@ export interface BridgeSettings {
 }
 
 const SETTING_KEYS: (keyof BridgeSettings)[] = [
-  'serverUrl', 'apiKeyEnv', 'model', 'twoStep', 'verify', 'maxTokens', 'temperature',
-  'debounceMs', 'contextTokens', 'requestTimeoutMs',
+  'serverUrl', 'apiKeyEnv', 'model', 'twoStep', 'verify', 'candidates', 'verifyTemperature',
+  'seed', 'maxTokens', 'temperature', 'debounceMs', 'contextTokens', 'requestTimeoutMs',
 ];
 
 /**

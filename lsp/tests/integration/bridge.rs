@@ -349,3 +349,107 @@ fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
     drop(server);
     lsp.shutdown();
 }
+
+/// Verify mode: the server's oracle picks among candidates; accepted code's findings (and the
+/// reason a suggestion was replaced) come back as diagnostics with CWE codes, follow edits, and
+/// clear when the flagged code is gone.
+#[test]
+fn verified_suggestions_publish_the_oracles_findings_as_diagnostics() {
+    const VERIFY_URI: &str = "file:///project/verify.py";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = hexacoder_testkit::write_eval_or_int_hf_dir(&dir.path().join("eval-or-int"));
+    let server = Server::with_model(dir, &model, 0, &[]);
+    let mut lsp = Lsp::spawn(lsp_binary());
+    // Seeded sampling makes the candidates reproducible: this seed draws both branches.
+    lsp.initialize(options(
+        &server,
+        json!({"verify": true, "candidates": 8, "verifyTemperature": 1.0, "seed": 11,
+               "twoStep": false}),
+    ));
+    lsp.open(VERIFY_URI, "python", "def f(d):\n    return \n");
+    let result = lsp
+        .complete_inline(VERIFY_URI, 1, 11)
+        .expect("inline completion");
+    let item = first_inline_item(&result);
+    assert_eq!(item["insertText"], "int(d)", "{result}");
+    let insert = |lsp: &mut Lsp, version: i32, text: &str| {
+        lsp.type_at(VERIFY_URI, version, 1, 11, text);
+    };
+    insert(&mut lsp, 2, "int(d)");
+    lsp.call("workspace/executeCommand", item["command"].clone());
+    let published = lsp.wait_for("textDocument/publishDiagnostics", |p| {
+        p["uri"] == VERIFY_URI && p["diagnostics"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    let note = &published["params"]["diagnostics"][0];
+    assert_eq!(note["severity"], 3, "{note}");
+    assert_eq!(note["source"], "hexacoder");
+    let message = note["message"].as_str().expect("message");
+    assert!(
+        message.contains("replaced") && message.contains("CWE-094"),
+        "{message}"
+    );
+    assert_eq!(
+        note["range"],
+        json!({"start": {"line": 1, "character": 11}, "end": {"line": 1, "character": 17}})
+    );
+    lsp.shutdown();
+
+    // Greedy candidates are all the more probable eval: it comes back flagged, and accepting
+    // it shows the finding on the inserted code.
+    let mut lsp = Lsp::spawn(lsp_binary());
+    lsp.initialize(options(
+        &server,
+        json!({"verify": true, "candidates": 2, "verifyTemperature": 0.0, "twoStep": false}),
+    ));
+    lsp.open(VERIFY_URI, "python", "def f(d):\n    return \n");
+    let result = lsp
+        .complete_inline(VERIFY_URI, 1, 11)
+        .expect("inline completion");
+    let item = first_inline_item(&result).clone();
+    assert_eq!(item["insertText"], "eval(d)", "{result}");
+    insert(&mut lsp, 2, "eval(d)");
+    lsp.call("workspace/executeCommand", item["command"].clone());
+    let published = lsp.wait_for("textDocument/publishDiagnostics", |p| {
+        p["diagnostics"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    let diagnostic = &published["params"]["diagnostics"][0];
+    assert_eq!(diagnostic["code"], "CWE-094", "{diagnostic}");
+    assert_eq!(diagnostic["severity"], 1);
+    assert_eq!(
+        diagnostic["codeDescription"]["href"],
+        "https://cwe.mitre.org/data/definitions/94.html"
+    );
+    assert!(
+        diagnostic["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("py-eval-exec")),
+        "{diagnostic}"
+    );
+    assert_eq!(
+        diagnostic["range"],
+        json!({"start": {"line": 1, "character": 11}, "end": {"line": 1, "character": 18}})
+    );
+    assert_eq!(published["params"]["version"], 2);
+    // A line added above moves the diagnostic with the code.
+    lsp.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": VERIFY_URI, "version": 3}, "contentChanges": [
+            {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
+             "text": "import os\n"}]}),
+    );
+    let moved = lsp.wait_for("textDocument/publishDiagnostics", |p| p["version"] == 3);
+    assert_eq!(
+        moved["params"]["diagnostics"][0]["range"]["start"],
+        json!({"line": 2, "character": 11})
+    );
+    // The user fixes it: the diagnostic goes.
+    lsp.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": VERIFY_URI, "version": 4}, "contentChanges": [
+            {"range": {"start": {"line": 2, "character": 11}, "end": {"line": 2, "character": 15}},
+             "text": "int"}]}),
+    );
+    let cleared = lsp.wait_for("textDocument/publishDiagnostics", |p| p["version"] == 4);
+    assert_eq!(cleared["params"]["diagnostics"], json!([]));
+    lsp.shutdown();
+}

@@ -62,10 +62,15 @@ impl Server {
         };
         let model =
             hexacoder_testkit::write_scripted_hf_dir(&tiny, &dir.path().join("scripted"), &CHAIN);
+        Server::with_model(dir, &model, port, args)
+    }
+
+    /// A server on `model` (which lives in `dir`).
+    pub fn with_model(dir: tempfile::TempDir, model: &Path, port: u16, args: &[&str]) -> Server {
         let mut command = Command::new(server_binary());
         command
             .args(["serve", "--port", &port.to_string(), "--model"])
-            .arg(&model)
+            .arg(model)
             .args(["--served-model-name", "scripted"])
             .args(args)
             .env("HEXACODER_LOG", "warn")

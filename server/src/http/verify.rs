@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use hexacoder_engine::{Generation, Sample};
 use hexacoder_oracle::{EmbeddedAnalyzer, Finding, Language};
+
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -100,12 +101,22 @@ pub fn language_of(settings: &VerifySettings, prompt: &str) -> Result<Language, 
         })
 }
 
+/// A finding in a candidate, with where it lies in the completion text.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Located {
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// Character offsets `[start, end)` in the completion (clamped to it), so that a client
+    /// can place the finding where it inserted the completion.
+    pub completion_range: [usize; 2],
+}
+
 /// One prompt's candidates, checked.
 pub struct Verified {
     /// The sample returned.
     pub chosen: usize,
     /// Per candidate, in sample order: its findings inside the completion.
-    pub findings: Vec<Vec<Finding>>,
+    pub findings: Vec<Vec<Located>>,
     /// Per candidate: the sum of its tokens' log-probabilities.
     pub logprobs: Vec<f64>,
     /// Ranks candidates by probability, most probable first.
@@ -141,7 +152,7 @@ impl Verified {
             "candidate_summaries": self.ranking.iter().map(|&i| json!({
                 "sample": i,
                 "logprob": self.logprobs[i],
-                "cwes": self.findings[i].iter().map(|f| f.cwe.as_str()).collect::<Vec<_>>(),
+                "cwes": self.findings[i].iter().map(|f| f.finding.cwe.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "verify_ms": self.elapsed_ms,
         })
@@ -191,10 +202,28 @@ fn check_sample(
     context: &str,
     sample: &Sample,
     suffix: &str,
-) -> Vec<Finding> {
+) -> Vec<Located> {
     let text = format!("{context}{}{suffix}", sample.text);
     let start = position(context);
     let end = position(&format!("{context}{}", sample.text));
+    let context_chars = context.chars().count();
+    let completion_chars = sample.text.chars().count();
+    // Character offset of each line's start, to turn (line, column) into an offset.
+    let mut line_starts = vec![0];
+    for (i, c) in text.chars().enumerate() {
+        if c == '\n' {
+            line_starts.push(i + 1);
+        }
+    }
+    let offset = |line: usize, column: usize| {
+        let line_start = line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        (line_start + column.saturating_sub(1))
+            .saturating_sub(context_chars)
+            .min(completion_chars)
+    };
     analyzer
         .scan(language, "completion", &text)
         .into_iter()
@@ -202,6 +231,13 @@ fn check_sample(
             let finding_start = (f.span.start_line, f.span.start_column);
             let finding_end = (f.span.end_line, f.span.end_column);
             finding_end > start && finding_start < end
+        })
+        .map(|finding| Located {
+            completion_range: [
+                offset(finding.span.start_line, finding.span.start_column),
+                offset(finding.span.end_line, finding.span.end_column),
+            ],
+            finding,
         })
         .collect()
 }
@@ -221,10 +257,10 @@ pub fn observe(state: &AppState, verified: &Verified, mode: &str) {
         .with_label_values(&[verified.outcome()])
         .inc();
     metrics.verify_seconds.observe(verified.elapsed_ms / 1e3);
-    for finding in verified.findings.iter().flatten() {
+    for located in verified.findings.iter().flatten() {
         metrics
             .oracle_findings
-            .with_label_values(&[finding.cwe.as_str(), mode])
+            .with_label_values(&[located.finding.cwe.as_str(), mode])
             .inc();
     }
 }

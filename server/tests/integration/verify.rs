@@ -1,10 +1,11 @@
-//! Verify mode over HTTP against a real server on a scripted tiny model. After `return ` the
-//! model branches: `eval(d)` (CWE-094, the more probable) or `int(d)` (clean), with odds set
-//! by its weights; every other step is near-certain. So k sampled candidates mix vulnerable
+//! Verify mode over HTTP against a real server on a scripted tiny model
+//! (`write_eval_or_int_hf_dir`). After `return ` the model branches: `eval(d)` (CWE-094, the
+//! more probable) or `int(d)` (clean), with odds set by its weights; every other step is
+//! near-certain. So k sampled candidates mix vulnerable
 //! and clean code with known log-probabilities, and `logit_bias` (a request's own logits
 //! processor) can remove the clean branch.
 
-use hexacoder_testkit::{SCRIPT_WEIGHT, Tiny, vocab, write_bigram_hf_dir};
+use hexacoder_testkit::{vocab, write_eval_or_int_hf_dir};
 use serde_json::{Value, json};
 
 use crate::harness::{Server, assert_error, client, post};
@@ -13,26 +14,7 @@ const PROMPT: &str = "def f(d):\n    return ";
 
 fn scripted_server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let w = SCRIPT_WEIGHT;
-    // Odds of eval over int: exp(0.1 * sqrt(hidden 64)) = e^0.8, about 2.2 to 1.
-    let edges = [
-        ("Ġ", "e", w),
-        ("Ġ", "in", w - 0.1),
-        ("e", "v", w),
-        ("v", "a", w),
-        ("a", "l", w),
-        ("l", "(", w),
-        ("in", "t", w),
-        ("t", "(", w),
-        ("(", "d", w),
-        ("d", ")", w),
-        (")", "<|endoftext|>", w),
-    ];
-    let model = write_bigram_hf_dir(
-        &Tiny::small(hexacoder_testkit::Arch::Qwen2),
-        &dir.path().join("m"),
-        &edges,
-    );
+    let model = write_eval_or_int_hf_dir(&dir.path().join("m"));
     let server = Server::start(&model, &["--prefix-cache-bytes", "0"], &[]);
     (dir, server)
 }
@@ -141,6 +123,8 @@ async fn verify_returns_the_most_probable_clean_candidate() {
     assert_eq!(finding["rule_id"], "py-eval-exec");
     assert_eq!(finding["span"]["start_line"], 2);
     assert_eq!(finding["span"]["start_column"], 12);
+    // In the completion "eval(d)": the whole call.
+    assert_eq!(finding["completion_range"], json!([0, 7]), "{finding}");
 
     // Greedy with one candidate: the eval, flagged.
     let (status, body) = post(
