@@ -1,10 +1,12 @@
 """Calibrates the oracle on SVEN's real vulnerable/fixed function pairs: per CWE and
-analyzer, the share of vulnerable functions flagged with that CWE and the share of fixed
-functions left clean of it.
+analyzer, the share of vulnerable functions flagged with that CWE (or a CWE of its family in
+oracle/data/cwe-map.toml) and the share of fixed functions left clean of it, plus the union of
+all analyzers.
 
-Usage: python sven.py HEXACODER_TRAIN SVEN_DATA_DIR [--analyzers embedded]
+Usage: python sven.py HEXACODER_TRAIN SVEN_DATA_DIR [--analyzers embedded,semgrep,...]
+       [scan options passed through, e.g. --semgrep-rules DIR --program semgrep=PATH]
 (SVEN_DATA_DIR is ../shared/bench/sven/data_train_val; train and val are pooled.)
-Prints a Markdown table.
+Prints Markdown tables.
 """
 
 import argparse
@@ -13,6 +15,9 @@ import json
 import pathlib
 import subprocess
 import tempfile
+import tomllib
+
+CWE_MAP = pathlib.Path(__file__).resolve().parent.parent / "data" / "cwe-map.toml"
 
 
 def main():
@@ -20,7 +25,13 @@ def main():
     parser.add_argument("binary")
     parser.add_argument("data")
     parser.add_argument("--analyzers", default="embedded")
-    args = parser.parse_args()
+    args, passthrough = parser.parse_known_args()
+    analyzers = args.analyzers.split(",")
+    families = tomllib.loads(CWE_MAP.read_text()).get("families", {})
+
+    def counts_for(found, target):
+        return found == target or found in families.get(target, [])
+
     pairs = collections.defaultdict(list)
     for path in sorted(pathlib.Path(args.data).glob("*/cwe-*.jsonl")):
         cwe = "CWE-" + path.stem.split("-")[1]
@@ -28,6 +39,10 @@ def main():
             row = json.loads(line)
             ext = row["file_name"].rsplit(".", 1)[-1].lower()
             pairs[cwe].append((ext, row["func_src_before"], row["func_src_after"]))
+    # (side, relative path) -> {analyzer: set of CWEs}; and what each analyzer skipped.
+    found = collections.defaultdict(lambda: collections.defaultdict(set))
+    skipped = collections.defaultdict(set)
+    status = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         for cwe, rows in pairs.items():
@@ -36,32 +51,59 @@ def main():
                     folder = root / side / cwe
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / f"{i}.{ext}").write_text(text)
-        flagged = {}
         for side in ("vulnerable", "fixed"):
-            out = subprocess.run(
-                [args.binary, "scan", "--format", "json", "--analyzers", args.analyzers, str(root / side)],
-                capture_output=True, text=True,
-            )
-            if out.returncode not in (0, 1):
+            command = [args.binary, "scan", "--format", "json", "--analyzers", args.analyzers,
+                       *passthrough, str(root / side)]
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode not in (0, 1, 2) or not out.stdout.strip():
                 raise SystemExit(out.stderr)
-            for finding in json.loads(out.stdout):
-                path = pathlib.Path(finding["path"]).relative_to(root / side)
-                flagged.setdefault((side, finding["cwe"], str(path)), True)
-    print("| CWE | pairs | vulnerable flagged | fixed clean |")
-    print("|---|---|---|---|")
-    total = [0, 0, 0]
+            outcome = json.loads(out.stdout)
+            for finding in outcome["findings"]:
+                path = str(pathlib.Path(finding["path"]).relative_to(root / side))
+                found[(side, path)][finding["analyzer"]].add(finding["cwe"])
+            for run in outcome["analyzers"]:
+                status[run["analyzer"]] = run["status"]["state"]
+                for s in run["skipped"]:
+                    skipped[run["analyzer"]].add((side, str(pathlib.Path(s["path"]).relative_to(root / side))))
+
+    for analyzer in analyzers:
+        if status.get(analyzer) not in ("ran", "not_applicable"):
+            print(f"{analyzer}: {status.get(analyzer)}")
+    columns = analyzers + (["any"] if len(analyzers) > 1 else [])
+    print("Vulnerable functions flagged with their CWE (fixed functions left clean of it):")
+    print()
+    print("| CWE | pairs | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    totals = {c: [0, 0, 0] for c in columns}
     for cwe in sorted(pairs):
-        n = len(pairs[cwe])
+        cells = []
         files = [f"{cwe}/{i}.{ext}" for i, (ext, _, _) in enumerate(pairs[cwe])]
-        # CWE-787 rules also answer for the other memory-safety CWEs SVEN labels separately.
-        hit = sum((("vulnerable", cwe, f) in flagged) for f in files)
-        clean = sum((("fixed", cwe, f) not in flagged) for f in files)
-        total[0] += n
-        total[1] += hit
-        total[2] += clean
-        print(f"| {cwe} | {n} | {hit} ({100 * hit / n:.0f}%) | {clean} ({100 * clean / n:.0f}%) |")
-    n = total[0]
-    print(f"| all | {n} | {total[1]} ({100 * total[1] / n:.0f}%) | {total[2]} ({100 * total[2] / n:.0f}%) |")
+        for column in columns:
+            members = analyzers if column == "any" else [column]
+
+            def flagged(side, f):
+                return any(counts_for(c, cwe) for a in members for c in found[(side, f)][a])
+
+            hit = sum(flagged("vulnerable", f) for f in files)
+            clean = sum(not flagged("fixed", f) for f in files)
+            # Pairs an analyzer could not read (gcc on fragments) are not counted as clean.
+            unread = sum(
+                any(("vulnerable", f) in skipped[a] or ("fixed", f) in skipped[a] for a in members)
+                for f in files
+            ) if column != "any" else 0
+            n = len(files)
+            t = totals[column]
+            t[0] += n
+            t[1] += hit
+            t[2] += clean
+            cell = f"{100 * hit / n:.0f}% ({100 * clean / n:.0f}%)"
+            if unread:
+                cell += f" [{unread} unread]"
+            cells.append(cell)
+        print(f"| {cwe} | {len(files)} | " + " | ".join(cells) + " |")
+    n = next(iter(totals.values()))[0]
+    print(f"| all | {n} | " + " | ".join(
+        f"{100 * t[1] / t[0]:.0f}% ({100 * t[2] / t[0]:.0f}%)" for t in totals.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,16 @@ const PYTHON: &[(&str, &str, &str)] = &[
         "import subprocess\ndef run(cmd):\n    subprocess.call(['ls', cmd])\n    os.system('ls -l')\n",
     ),
     (
+        "CWE-078",
+        "def resize(self, name, size):\n    ssh_cmd = 'svctask expandvdisksize -size %d %s' % (size, name)\n    out, err = self._run_ssh(ssh_cmd)\n",
+        "def resize(self, name, size):\n    ssh_cmd = ['svctask', 'expandvdisksize', '-size', str(size), name]\n    out, err = self._run_ssh(ssh_cmd)\n",
+    ),
+    (
+        "CWE-078",
+        "import subprocess\ndef title(url):\n    return subprocess.check_output('youtube-dl --get-title {}'.format(url))\n",
+        "import subprocess\ndef title(url):\n    return subprocess.check_output(['youtube-dl', '--get-title', url])\n",
+    ),
+    (
         "CWE-089",
         "def get(cur, name):\n    cur.execute(\"SELECT * FROM users WHERE name = '%s'\" % name)\n",
         "def get(cur, name):\n    cur.execute('SELECT * FROM users WHERE name = %s', (name,))\n",

@@ -139,7 +139,18 @@ pub fn parse_programs(values: &[String]) -> Result<Vec<(Analyzer, PathBuf)>> {
                 Some(Analyzer::Embedded) | None => bail!(
                     "--program {value:?}: {name:?} is not an external analyzer (semgrep, bandit, cppcheck, flawfinder, gcc, codeql)"
                 ),
-                Some(analyzer) => Ok((analyzer, PathBuf::from(path))),
+                // Tools run in a temp dir: a relative path is made absolute here; a bare name
+                // is looked up on PATH.
+                Some(analyzer) => {
+                    let path = PathBuf::from(path);
+                    let path = if path.components().count() > 1 {
+                        std::path::absolute(&path)
+                            .with_context(|| format!("--program {value:?}"))?
+                    } else {
+                        path
+                    };
+                    Ok((analyzer, path))
+                }
             }
         })
         .collect()
