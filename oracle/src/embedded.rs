@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use ast_grep_config::{GlobalRules, RuleConfig};
 use ast_grep_core::Language as AstLanguage;
-use ast_grep_core::matcher::{Pattern, PatternBuilder, PatternError};
+use ast_grep_core::matcher::{Matcher, MatcherExt, Pattern, PatternBuilder, PatternError};
 use ast_grep_core::tree_sitter::{LanguageExt, StrDoc, TSLanguage};
 use serde::{Deserialize, Deserializer};
 
@@ -143,6 +143,8 @@ struct Rule {
     config: RuleConfig<Language>,
     cwe: String,
     severity: Severity,
+    /// Node kinds the rule can match (by kind id); `None`: any.
+    kinds: Option<Vec<bool>>,
 }
 
 /// HexaCoder's own rules, compiled into the binary.
@@ -240,12 +242,21 @@ impl EmbeddedAnalyzer {
                             _ => Severity::Note,
                         };
                         let language = config.language;
+                        let kinds = config.matcher.potential_kinds().map(|set| {
+                            let ids: Vec<usize> = set.iter().collect();
+                            let mut kinds = vec![false; ids.iter().max().map_or(0, |m| m + 1)];
+                            for id in ids {
+                                kinds[id] = true;
+                            }
+                            kinds
+                        });
                         rules.push((
                             language,
                             Rule {
                                 config,
                                 cwe: cwe.clone(),
                                 severity,
+                                kinds,
                             },
                         ));
                     }
@@ -260,15 +271,31 @@ impl EmbeddedAnalyzer {
         self.rules.iter().filter(|(l, _)| *l == language).count()
     }
 
-    /// Every finding in `source`, in source order.
+    /// Every finding in `source`, in source order. One walk of the tree tries every rule on
+    /// each node whose kind the rule can match (a walk per rule costs about as much as the
+    /// matching itself).
     pub fn scan(&self, language: Language, path: &str, source: &str) -> Vec<Finding> {
         let root = language.ast_grep(source);
+        let rules: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|(l, _)| *l == language)
+            .map(|(_, rule)| rule)
+            .collect();
         let mut findings = Vec::new();
-        for (rule_language, rule) in &self.rules {
-            if *rule_language != language {
-                continue;
-            }
-            for matched in root.root().find_all(&rule.config.matcher) {
+        for node in root.root().dfs() {
+            let kind = usize::from(node.kind_id());
+            for rule in &rules {
+                if rule
+                    .kinds
+                    .as_ref()
+                    .is_some_and(|kinds| !kinds.get(kind).copied().unwrap_or(false))
+                {
+                    continue;
+                }
+                let Some(matched) = rule.config.matcher.match_node(node.clone()) else {
+                    continue;
+                };
                 let start = matched.start_pos();
                 let end = matched.end_pos();
                 let node = matched.get_node();

@@ -2,7 +2,10 @@
 //! HexaCoder training set (Python and C), whole functions joined until a file has 200 lines.
 //! Every file is scanned `--passes` times; the report gives the median and p99 per language.
 //!
-//! `cargo run --release -p hexacoder-benches --bin oracle-bench -- [--passes N] [--lines N]`
+//! With `--per-rule`, also the median time of each rule file alone, to find slow rules.
+//!
+//! `cargo run --release -p hexacoder-benches --bin oracle-bench -- [--passes N] [--lines N]
+//! [--per-rule]`
 
 use std::time::Instant;
 
@@ -12,6 +15,7 @@ use hexacoder_oracle::{EmbeddedAnalyzer, Language};
 fn main() -> Result<()> {
     let mut passes = 5usize;
     let mut lines = 200usize;
+    let mut per_rule = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<usize> {
@@ -25,6 +29,7 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--passes" => passes = number("--passes")?.max(1),
             "--lines" => lines = number("--lines")?.max(1),
+            "--per-rule" => per_rule = true,
             other => anyhow::bail!("unknown argument {other:?} (--passes N, --lines N)"),
         }
     }
@@ -69,6 +74,25 @@ fn main() -> Result<()> {
             at(0.99),
             at(1.0)
         );
+        if per_rule {
+            for (file, yaml) in hexacoder_oracle::embedded::BUILTIN_RULES {
+                let alone = EmbeddedAnalyzer::from_rules([(*file, *yaml)])
+                    .with_context(|| format!("rule file {file}"))?;
+                if alone.rule_count(language) == 0 {
+                    continue;
+                }
+                let mut times: Vec<f64> = files
+                    .iter()
+                    .map(|f| {
+                        let started = Instant::now();
+                        std::hint::black_box(alone.scan(language, "bench", f));
+                        started.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                println!("|   {file} | | | {:.2} | | |", times[times.len() / 2]);
+            }
+        }
     }
     Ok(())
 }
