@@ -100,6 +100,11 @@ const C: &[(&str, &str, &str)] = &[
     ),
     (
         "CWE-476",
+        "#include <stdlib.h>\nchar *dup(int n) {\n    char *s = (char *) malloc(n + 1);\n    s[n] = 0;\n    return s;\n}\n",
+        "#include <stdlib.h>\nchar *dup(int n) {\n    char *s = (char *) malloc(n + 1);\n    if (!s) return NULL;\n    s[n] = 0;\n    return s;\n}\n",
+    ),
+    (
+        "CWE-476",
         "#include <stdlib.h>\nint *make(int n) {\n    int *p;\n    p = malloc(n * sizeof *p);\n    p[0] = 1;\n    return p;\n}\n",
         "#include <stdlib.h>\nint *make(int n) {\n    int *p;\n    p = malloc(n * sizeof *p);\n    if (p == NULL) return NULL;\n    p[0] = 1;\n    return p;\n}\n",
     ),

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, run_process, with_files};
+use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, with_files};
 use crate::finding::{Severity, Span};
 use crate::oracle::Analyzer;
 
@@ -25,23 +25,9 @@ pub(super) fn run(
         workdir,
         applicable,
     );
-    let program = options.program(Analyzer::Bandit, "bandit");
-    let finished = run_process(
-        &program,
-        &args,
-        &workdir.sources(),
-        &workdir.out(),
-        deadline,
-    )?;
-    // bandit exits 1 when it found something; anything else but 0 is a failure.
-    let Ok(log) = serde_json::from_str::<Value>(&finished.stdout) else {
-        return Err(ToolError::Failed(format!(
-            "bandit exited with {} and no JSON: {}",
-            finished.status,
-            finished.stderr_tail()
-        )));
-    };
-    parse(&log)
+    // bandit exits 1 when it found something; its JSON tells a failure apart.
+    let finished = workdir.run(Analyzer::Bandit, options, &args, deadline)?;
+    parse(&finished.json("bandit")?)
 }
 
 pub(super) fn parse(log: &Value) -> Result<ToolOutput, ToolError> {

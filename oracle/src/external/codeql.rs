@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Instant;
 
-use super::{ExternalOptions, ToolError, ToolOutput, Workdir, run_process};
+use super::{ExternalOptions, ToolError, ToolOutput, Workdir};
 use crate::embedded::Language;
 use crate::oracle::{Analyzer, Source};
 
@@ -16,7 +16,6 @@ pub(super) fn run(
     options: &ExternalOptions,
     deadline: Instant,
 ) -> Result<ToolOutput, ToolError> {
-    let program = options.program(Analyzer::Codeql, "codeql");
     let mut output = ToolOutput::default();
     for codeql_language in ["python", "cpp"] {
         let wanted = applicable
@@ -39,13 +38,7 @@ pub(super) fn run(
             "--overwrite".into(),
             "--quiet".into(),
         ];
-        check(run_process(
-            &program,
-            &create,
-            &workdir.sources(),
-            &workdir.out(),
-            deadline,
-        )?)?;
+        check(workdir.run(Analyzer::Codeql, options, &create, deadline)?)?;
         let analyze: Vec<OsString> = vec![
             "database".into(),
             "analyze".into(),
@@ -55,13 +48,7 @@ pub(super) fn run(
             format!("--output={}", sarif.display()).into(),
             "--quiet".into(),
         ];
-        check(run_process(
-            &program,
-            &analyze,
-            &workdir.sources(),
-            &workdir.out(),
-            deadline,
-        )?)?;
+        check(workdir.run(Analyzer::Codeql, options, &analyze, deadline)?)?;
         let text = std::fs::read_to_string(&sarif)
             .map_err(|e| ToolError::Failed(format!("CodeQL wrote no SARIF: {e}")))?;
         output.reports.extend(
@@ -83,10 +70,6 @@ fn check(finished: super::Finished) -> Result<(), ToolError> {
     if finished.status.success() {
         Ok(())
     } else {
-        Err(ToolError::Failed(format!(
-            "codeql exited with {}: {}",
-            finished.status,
-            finished.stderr_tail()
-        )))
+        Err(finished.failure("codeql", "and no database or results"))
     }
 }

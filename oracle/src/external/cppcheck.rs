@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, run_process, with_files};
+use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, with_files};
 use crate::finding::{Severity, Span};
 use crate::oracle::Analyzer;
 
@@ -25,21 +25,9 @@ pub(super) fn run(
         workdir,
         applicable,
     );
-    let program = options.program(Analyzer::Cppcheck, "cppcheck");
-    let finished = run_process(
-        &program,
-        &args,
-        &workdir.sources(),
-        &workdir.out(),
-        deadline,
-    )?;
-    let xml = std::fs::read_to_string(&report).map_err(|e| {
-        ToolError::Failed(format!(
-            "cppcheck exited with {} and wrote no report ({e}): {}",
-            finished.status,
-            finished.stderr_tail()
-        ))
-    })?;
+    let finished = workdir.run(Analyzer::Cppcheck, options, &args, deadline)?;
+    let xml = std::fs::read_to_string(&report)
+        .map_err(|e| finished.failure("cppcheck", &format!("and wrote no report ({e})")))?;
     parse(&xml)
 }
 

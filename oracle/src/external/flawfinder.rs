@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, run_process, with_files};
+use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, with_files};
 use crate::finding::{Severity, Span};
 use crate::oracle::Analyzer;
 
@@ -23,20 +23,9 @@ pub(super) fn run(
     }
     let min_level = format!("--minlevel={}", options.flawfinder_min_level);
     let args = with_files(&["--csv", &min_level], workdir, applicable);
-    let program = options.program(Analyzer::Flawfinder, "flawfinder");
-    let finished = run_process(
-        &program,
-        &args,
-        &workdir.sources(),
-        &workdir.out(),
-        deadline,
-    )?;
+    let finished = workdir.run(Analyzer::Flawfinder, options, &args, deadline)?;
     if !finished.status.success() {
-        return Err(ToolError::Failed(format!(
-            "flawfinder exited with {}: {}",
-            finished.status,
-            finished.stderr_tail()
-        )));
+        return Err(finished.failure("flawfinder", "and no report"));
     }
     parse(&finished.stdout)
 }

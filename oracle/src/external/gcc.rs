@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, run_process};
+use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir};
 use crate::embedded::Language;
 use crate::finding::{Severity, Span};
 use crate::oracle::{Analyzer, Source};
@@ -19,7 +19,6 @@ pub(super) fn run(
     options: &ExternalOptions,
     deadline: Instant,
 ) -> Result<ToolOutput, ToolError> {
-    let program = options.program(Analyzer::Gcc, "gcc");
     let mut output = ToolOutput::default();
     for &i in applicable {
         let file = &workdir.files[i];
@@ -39,21 +38,10 @@ pub(super) fn run(
             "-o".into(),
             object.into_os_string(),
         ];
-        let finished = run_process(
-            &program,
-            &args,
-            &workdir.sources(),
-            &workdir.out(),
-            deadline,
-        )?;
+        let finished = workdir.run(Analyzer::Gcc, options, &args, deadline)?;
         let path = file.display().to_string();
-        let diagnostics: Value = serde_json::from_str(finished.stderr.trim()).map_err(|_| {
-            ToolError::Failed(format!(
-                "gcc exited with {} without JSON diagnostics: {}",
-                finished.status,
-                finished.stderr_tail()
-            ))
-        })?;
+        let diagnostics: Value = serde_json::from_str(finished.stderr.trim())
+            .map_err(|_| finished.failure("gcc", "without JSON diagnostics"))?;
         parse_file(&diagnostics, &path, &mut output);
     }
     Ok(output)

@@ -52,11 +52,12 @@ impl Default for ExternalOptions {
 }
 
 impl ExternalOptions {
-    fn program(&self, analyzer: Analyzer, default: &str) -> PathBuf {
+    /// The analyzer's program: the one configured, else its name on PATH.
+    fn program(&self, analyzer: Analyzer) -> PathBuf {
         self.programs
             .iter()
             .find(|(a, _)| *a == analyzer)
-            .map_or_else(|| PathBuf::from(default), |(_, p)| p.clone())
+            .map_or_else(|| PathBuf::from(analyzer.name()), |(_, p)| p.clone())
     }
 }
 
@@ -128,6 +129,23 @@ impl Workdir {
         self.dir.path().join("out")
     }
 
+    /// Runs `analyzer`'s program with `args` in the sources directory.
+    pub fn run(
+        &self,
+        analyzer: Analyzer,
+        options: &ExternalOptions,
+        args: &[OsString],
+        deadline: Instant,
+    ) -> Result<Finished, ToolError> {
+        run_process(
+            &options.program(analyzer),
+            args,
+            &self.sources(),
+            &self.out(),
+            deadline,
+        )
+    }
+
     /// The index of the source a tool's path names.
     fn source_index(&self, printed: &str) -> Option<usize> {
         let path = Path::new(printed);
@@ -173,6 +191,20 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    /// A failure of `tool` that says how it exited and what it printed last.
+    pub fn failure(&self, tool: &str, what: &str) -> ToolError {
+        ToolError::Failed(format!(
+            "{tool} exited with {} {what}: {}",
+            self.status,
+            self.stderr_tail()
+        ))
+    }
+
+    /// Standard output as JSON, or a failure.
+    pub fn json(&self, tool: &str) -> Result<serde_json::Value, ToolError> {
+        serde_json::from_str(&self.stdout).map_err(|_| self.failure(tool, "and no JSON"))
+    }
+
     /// The end of stderr, for error messages.
     pub fn stderr_tail(&self) -> String {
         let text = self.stderr.trim();

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, run_process, with_files};
+use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, with_files};
 use crate::finding::{Severity, Span};
 use crate::oracle::Analyzer;
 
@@ -39,22 +39,8 @@ pub(super) fn run(
         applicable,
     );
     args.insert(8, rules.as_ref().into());
-    let program = options.program(Analyzer::Semgrep, "semgrep");
-    let finished = run_process(
-        &program,
-        &args,
-        &workdir.sources(),
-        &workdir.out(),
-        deadline,
-    )?;
-    let Ok(log) = serde_json::from_str::<Value>(&finished.stdout) else {
-        return Err(ToolError::Failed(format!(
-            "semgrep exited with {} and no JSON: {}",
-            finished.status,
-            finished.stderr_tail()
-        )));
-    };
-    parse(&log)
+    let finished = workdir.run(Analyzer::Semgrep, options, &args, deadline)?;
+    parse(&finished.json("semgrep")?)
 }
 
 pub(super) fn parse(log: &Value) -> Result<ToolOutput, ToolError> {
