@@ -154,6 +154,22 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
         include_str!("../rules/python/cwe-078-os-command.yml"),
     ),
     (
+        "python/cwe-022-path-traversal.yml",
+        include_str!("../rules/python/cwe-022-path-traversal.yml"),
+    ),
+    (
+        "python/cwe-020-input-validation.yml",
+        include_str!("../rules/python/cwe-020-input-validation.yml"),
+    ),
+    (
+        "python/cwe-117-log-injection.yml",
+        include_str!("../rules/python/cwe-117-log-injection.yml"),
+    ),
+    (
+        "python/cwe-601-open-redirect.yml",
+        include_str!("../rules/python/cwe-601-open-redirect.yml"),
+    ),
+    (
         "python/cwe-089-sql.yml",
         include_str!("../rules/python/cwe-089-sql.yml"),
     ),
@@ -176,6 +192,14 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
     (
         "c/cwe-787-unbounded-copy.yml",
         include_str!("../rules/c/cwe-787-unbounded-copy.yml"),
+    ),
+    (
+        "c/cwe-190-size-overflow.yml",
+        include_str!("../rules/c/cwe-190-size-overflow.yml"),
+    ),
+    (
+        "c/cwe-022-path-traversal.yml",
+        include_str!("../rules/c/cwe-022-path-traversal.yml"),
     ),
     (
         "c/cwe-476-unchecked-malloc.yml",

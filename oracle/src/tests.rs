@@ -36,6 +36,31 @@ const PYTHON: &[(&str, &str, &str)] = &[
         "import subprocess\ndef title(url):\n    return subprocess.check_output(['youtube-dl', '--get-title', url])\n",
     ),
     (
+        "CWE-022",
+        "import os\nfrom flask import request, send_file\ndef download():\n    filename = request.args.get('file')\n    return send_file(os.path.join('uploads', filename))\n",
+        "import os\nfrom flask import request, send_file\nfrom werkzeug.utils import safe_join\ndef download():\n    filename = request.args.get('file')\n    return send_file(safe_join('uploads', filename))\n",
+    ),
+    (
+        "CWE-117",
+        "import logging\nfrom flask import request\ndef login():\n    user = request.args.get('user')\n    logging.info('login by %s', user)\n",
+        "import logging\nfrom flask import request\ndef login():\n    user = request.args.get('user').replace('\\n', '').replace('\\r', '')\n    logging.info('login by %s', user)\n",
+    ),
+    (
+        "CWE-601",
+        "from flask import request, redirect\ndef go():\n    target = request.args.get('next')\n    return redirect(target)\n",
+        "from flask import request, redirect, url_for\nfrom urllib.parse import urlparse\ndef go():\n    target = request.args.get('next', '')\n    if urlparse(target).netloc:\n        return redirect(url_for('index'))\n    return redirect(target)\n",
+    ),
+    (
+        "CWE-020",
+        "def allowed(url):\n    return 'example.com' in url\n",
+        "from urllib.parse import urlparse\ndef allowed(url):\n    return urlparse(url).hostname == 'example.com'\n",
+    ),
+    (
+        "CWE-020",
+        "import re\ndef allowed(host):\n    return re.match(r'(www|beta).example.com', host)\n",
+        "import re\ndef allowed(host):\n    return re.match(r'^(www|beta)\\.example\\.com$', host)\n",
+    ),
+    (
         "CWE-089",
         "def get(cur, name):\n    cur.execute(\"SELECT * FROM users WHERE name = '%s'\" % name)\n",
         "def get(cur, name):\n    cur.execute('SELECT * FROM users WHERE name = %s', (name,))\n",
@@ -97,6 +122,16 @@ const C: &[(&str, &str, &str)] = &[
         "CWE-787",
         "#include <stdio.h>\nint main(void) {\n    char name[100];\n    scanf(\"%s\", name);\n    return 0;\n}\n",
         "#include <stdio.h>\nint main(void) {\n    char name[100];\n    if (scanf(\"%99s\", name) != 1) return 1;\n    return 0;\n}\n",
+    ),
+    (
+        "CWE-190",
+        "#include <stdlib.h>\nint *make(const char *arg) {\n    size_t n = strtoul(arg, NULL, 10);\n    int *p = malloc(n * sizeof *p);\n    if (!p) return NULL;\n    return p;\n}\n",
+        "#include <stdint.h>\n#include <stdlib.h>\nint *make(const char *arg) {\n    size_t n = strtoul(arg, NULL, 10);\n    if (n > SIZE_MAX / sizeof(int)) return NULL;\n    int *p = malloc(n * sizeof *p);\n    if (!p) return NULL;\n    return p;\n}\n",
+    ),
+    (
+        "CWE-022",
+        "#include <stdio.h>\nint main(int argc, char **argv) {\n    char path[256];\n    snprintf(path, sizeof path, \"/srv/files/%s\", argv[1]);\n    FILE *f = fopen(path, \"r\");\n    return f == NULL;\n}\n",
+        "#include <stdio.h>\n#include <string.h>\nint main(int argc, char **argv) {\n    char path[256];\n    if (strstr(argv[1], \"..\")) return 1;\n    snprintf(path, sizeof path, \"/srv/files/%s\", argv[1]);\n    FILE *f = fopen(path, \"r\");\n    return f == NULL;\n}\n",
     ),
     (
         "CWE-476",
