@@ -3,3 +3,4 @@
 mod bridge;
 mod harness;
 mod neovim;
+mod vscode;
