@@ -76,6 +76,8 @@ function writeSettings() {
     'hexacoder.serverUrl': env('HEXACODER_URL'),
     'hexacoder.debounceMs': 0,
     'hexacoder.maxTokens': 40,
+    // The JSON-RPC traffic goes to the HexaCoder output channel, which a failure prints.
+    'hexacoder.trace.server': 'messages',
     'editor.inlineSuggest.enabled': true,
     // Nothing else may offer suggestions or steal focus.
     'editor.quickSuggestions': { other: false, comments: false, strings: false },
@@ -122,6 +124,15 @@ async function editorLines(page) {
     .map((line) => line.textContent.replace(/\u00a0/g, ' ')));
 }
 
+/** Runs a command from the palette by its title, as a user would. */
+async function runCommand(page, title) {
+  await page.keyboard.press('F1');
+  await page.locator('.quick-input-widget input').waitFor();
+  await page.keyboard.type(title);
+  await page.locator('.quick-input-list .monaco-list-row', { hasText: title }).first().waitFor();
+  await page.keyboard.press('Enter');
+}
+
 async function run(page, port, server) {
   await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}`);
   await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
@@ -166,10 +177,59 @@ async function run(page, port, server) {
   if (text.split('x = gc').length !== 2) {
     fail(`the suggestion was inserted more than once:\n${text}`);
   }
+
+  // The status bar and the commands: pick the model from the server's list, turn secure mode
+  // off, and accept another suggestion.
+  const statusItem = page.locator('.statusbar-item', { hasText: 'HexaCoder' }).first();
+  await page.keyboard.press('Escape');
+  await runCommand(page, 'HexaCoder: Pick Model or Adapter');
+  await page.locator('.quick-input-list .monaco-list-row', { hasText: 'scripted' }).first().waitFor();
+  await page.keyboard.press('Enter');
+  await waitFor('the picked model in the status bar', async () => (await statusItem.innerText()).includes('HexaCoder: scripted'));
+  if ((await statusItem.locator('.codicon-shield').count()) !== 1) {
+    fail('the status bar does not show secure mode as on');
+  }
+  await runCommand(page, 'HexaCoder: Toggle Secure Mode');
+  await waitFor('secure mode off in the status bar', async () => (await statusItem.locator('.codicon-circle-outline').count()) === 1);
+  await page.keyboard.press('Control+End');
+  await page.keyboard.press('Enter');
+  await page.keyboard.type('y = ', { delay: 20 });
+  await inline.first().waitFor({ timeout: 60_000 });
+  await page.keyboard.press('Tab');
+  await waitFor('the second suggestion', async () => (await editorLines(page)).some((line) => line === 'y = gc'));
+  await page.keyboard.press('Control+S');
+  await waitFor('the file to be saved again', async () => fs.readFileSync(file, 'utf8').includes('y = gc'));
+  const plain = fs.readFileSync(file, 'utf8');
+  // The import block is untouched; that the request went out in plain mode is checked by the
+  // server's event counts (lsp/tests/integration/vscode.rs).
+  if (!plain.startsWith(expected)) {
+    fail(`with secure mode off the file is\n${plain}`);
+  }
   if (process.env.HEXACODER_E2E_VERBOSE) {
     console.log(server.log());
   }
-  console.log('e2e ok:', JSON.stringify({ ghost: shown, status, file: text }));
+  console.log('e2e ok:', JSON.stringify({ ghost: shown, status, file: plain }));
+}
+
+/** The extension's output channel (the bridge's log messages) and the extension host's log. */
+function extensionLogs() {
+  const found = [];
+  const walk = (dir) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) {
+        walk(full);
+      } else if (/HexaCoder|exthost\.log/i.test(entry.name)) {
+        found.push(`--- ${full}\n${fs.readFileSync(full, 'utf8')}`);
+      }
+    }
+  };
+  try {
+    walk(path.join(userData, 'logs'));
+  } catch (error) {
+    found.push(`no logs: ${error}`);
+  }
+  return found.join('\n');
 }
 
 async function main() {
@@ -204,7 +264,7 @@ async function main() {
       const shot = path.join(process.env.HEXACODER_E2E_ARTIFACTS ?? home, 'vscode-e2e-failure.png');
       await page.screenshot({ path: shot }).catch(() => {});
       throw new Error(`${error.stack ?? error}\nscreenshot: ${shot}\npage errors: ${pageErrors.join('\n')}\n`
-        + `code-server log:\n${server.log()}`);
+        + `code-server log:\n${server.log()}\n${extensionLogs()}`);
     }
   } finally {
     await browser?.close();

@@ -2,7 +2,9 @@
 //! `editor-clients/vscode/e2e/drive.mjs` installs the packaged `.vsix` into code-server (VS
 //! Code's workbench and extension host, served to a browser), drives it through headless
 //! Chromium like a user (open a Python file, type, wait for the ghost text, accept with Tab,
-//! save) and checks the saved file, including the added import.
+//! save) and checks the saved file, including the added import; then picks the model and
+//! turns secure mode off through the command palette, checks the status bar, and accepts a
+//! second suggestion, which the server must count as plain (one-step) mode.
 //!
 //! `scripts/test` builds the `.vsix`, installs code-server and Chromium, and names them in
 //! `HEXACODER_VSIX`, `HEXACODER_CODE_SERVER` and `HEXACODER_CHROMIUM`.
@@ -69,17 +71,15 @@ fn vscode_shows_ghost_text_and_accepting_adds_the_import() {
     );
     eprintln!("{stdout}");
     // The extension's telemetry reached the server: shown (VS Code asks again after an
-    // accept, so at least once) and accepted exactly once, attributed to model and mode.
-    let counted = |event: &str| {
+    // accept, so at least once) and accepted once in each mode, attributed to the model.
+    let counted = |event: &str, mode: &str| {
         server.metric(
             "hexacoder:completion_events_total",
-            &[
-                ("event", event),
-                ("model", "scripted"),
-                ("mode", "two_step"),
-            ],
+            &[("event", event), ("model", "scripted"), ("mode", mode)],
         )
     };
-    assert!(counted("show") >= 1.0, "no show event counted");
-    assert_eq!(counted("accept"), 1.0, "accept events");
+    assert!(counted("show", "two_step") >= 1.0, "no show event counted");
+    assert_eq!(counted("accept", "two_step"), 1.0, "secure-mode accepts");
+    // The second suggestion, accepted after the palette command turned secure mode off.
+    assert_eq!(counted("accept", "one_step"), 1.0, "plain-mode accepts");
 }
