@@ -101,6 +101,46 @@ const PYTHON: &[(&str, &str, &str)] = &[
         "from flask import request\nfrom markupsafe import escape\ndef hello():\n    name = request.args.get('name')\n    return f'<h1>Hello {escape(name)}</h1>'\n",
     ),
     (
+        "CWE-079",
+        "from jinja2 import Environment, FileSystemLoader\ndef render(name):\n    env = Environment(loader=FileSystemLoader('templates'))\n    return env.get_template('page.html').render(name=name)\n",
+        "from jinja2 import Environment, FileSystemLoader, select_autoescape\ndef render(name):\n    env = Environment(loader=FileSystemLoader('templates'), autoescape=select_autoescape())\n    return env.get_template('page.html').render(name=name)\n",
+    ),
+    (
+        "CWE-079",
+        "import jinja2\ndef render(text, name):\n    return jinja2.Environment(autoescape=False).from_string(text).render(name=name)\n",
+        "import jinja2\ndef render(text, name):\n    return jinja2.Environment(autoescape=True).from_string(text).render(name=name)\n",
+    ),
+    (
+        "CWE-079",
+        "from django.utils.safestring import mark_safe\ndef avatar(user):\n    return mark_safe('<img alt=\"%s\">' % user.get_full_name())\n",
+        "from django.utils.html import format_html\ndef avatar(user):\n    return format_html('<img alt=\"{}\">', user.get_full_name())\n",
+    ),
+    (
+        "CWE-079",
+        "from markupsafe import Markup\ndef link(url, title):\n    return Markup(f'<a href=\"{url}\">{title}</a>')\n",
+        "from markupsafe import Markup, escape\ndef link(url, title):\n    return Markup(f'<a href=\"{escape(url)}\">{escape(title)}</a>')\n",
+    ),
+    (
+        "CWE-079",
+        "from flask import request\ndef search():\n    q = request.args.get('q', '')\n    return '<p>Results for %s</p>' % q\n",
+        "from flask import request\nimport html\ndef search():\n    q = request.args.get('q', '')\n    return '<p>Results for %s</p>' % html.escape(q)\n",
+    ),
+    (
+        "CWE-079",
+        "from flask import request\ndef search():\n    return '<p>Results for {}</p>'.format(request.args['q'])\n",
+        "from flask import request\nfrom markupsafe import escape\ndef search():\n    return '<p>Results for {}</p>'.format(escape(request.args['q']))\n",
+    ),
+    (
+        "CWE-079",
+        "from flask import request, make_response\ndef greet():\n    name = request.args.get('name', '')\n    return make_response(f'<h1>Hello {name}</h1>')\n",
+        "from flask import request, make_response, escape\ndef greet():\n    name = escape(request.args.get('name', ''))\n    return make_response(f'<h1>Hello {name}</h1>')\n",
+    ),
+    (
+        "CWE-079",
+        "from flask import request\ndef page():\n    user_id = request.args['id']\n    return 'Your id: <b>%s</b>' % user_id\n",
+        "from flask import request\nfrom markupsafe import escape\ndef page():\n    user_id = escape(request.args['id'])\n    return 'Your id: <b>%s</b>' % user_id\n",
+    ),
+    (
         "CWE-611",
         "from lxml import etree\ndef parse(data):\n    parser = etree.XMLParser()\n    return etree.fromstring(data, parser)\n",
         "from lxml import etree\ndef parse(data):\n    parser = etree.XMLParser(resolve_entities=False)\n    return etree.fromstring(data, parser)\n",
