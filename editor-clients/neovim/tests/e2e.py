@@ -8,6 +8,7 @@ HEXACODER_E2E_FILE set. Prints "e2e ok" and exits 0 on success.
 """
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,9 @@ def run(nvim):
     )
     nvim.command(f"edit {os.environ['HEXACODER_E2E_FILE']}")
     lua = lambda code: nvim.exec_lua(code)  # noqa: E731
-    wait("the bridge to attach", lambda: lua("return vim.tbl_count(vim.lsp.buf_get_clients(0)) > 0"))
+    wait("the bridge to attach", lambda: lua(
+        "local c = vim.lsp.get_clients and vim.lsp.get_clients({bufnr = 0}) or vim.lsp.buf_get_clients(0); "
+        "return vim.tbl_count(c) > 0"))
     # 1-2: on the empty third line, type `x = ` as a user would.
     nvim.api.win_set_cursor(0, (3, 0))
     nvim.input("ix = ")
@@ -88,9 +91,10 @@ def run(nvim):
     nvim.input("<Esc>")
     nvim.command("checkhealth hexacoder")
     report = "\n".join(nvim.current.buffer[:])
-    if "OK: bridge: " not in report or "bridge status: ready" not in report:
+    # Neovim 0.7 writes "OK: bridge: ...", 0.10 and later "OK bridge: ...".
+    if not re.search(r"OK:? bridge: ", report) or "bridge status: ready" not in report:
         sys.exit(f"FAILED: checkhealth says\n{report}")
-    print("e2e ok:", text.splitlines())
+    print("e2e ok:", nvim.exec_lua("local v = vim.version(); return v.major .. '.' .. v.minor .. '.' .. v.patch"), text.splitlines())
 
 
 if __name__ == "__main__":
