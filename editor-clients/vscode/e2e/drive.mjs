@@ -5,12 +5,12 @@
 // that the bridge adds through workspace/applyEdit.
 //
 // Run by lsp/tests/integration/vscode.rs with CODE_SERVER, CHROMIUM, HEXACODER_VSIX,
-// HEXACODER_LSP_BIN, HEXACODER_URL and HEXACODER_E2E_DIR (a folder holding app.py) set.
+// HEXACODER_LSP_BIN, HEXACODER_URL, HEXACODER_E2E_DIR (a folder holding app.py) and
+// HEXACODER_E2E_PORT (a free loopback port for code-server) set.
 // Prints "e2e ok" and exits 0 on success.
 
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 
 import { chromium } from 'playwright-core';
@@ -37,17 +37,6 @@ const extensions = path.join(home, 'extensions');
 const LOOPBACK_GALLERY = JSON.stringify({
   serviceUrl: 'http://127.0.0.1:9/gallery', itemUrl: 'http://127.0.0.1:9/item', resourceUrlTemplate: 'http://127.0.0.1:9/resource',
 });
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitFor(what, condition, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs;
@@ -235,7 +224,7 @@ function extensionLogs() {
 async function main() {
   installExtension();
   writeSettings();
-  const port = await freePort();
+  const port = Number(env('HEXACODER_E2E_PORT'));
   let server;
   let browser;
   // code-server runs in its own process group, so that it and its extension host (and the

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Server, lsp_binary};
+use crate::harness::{Server, free_port, lsp_binary};
 
 /// The three parts the test needs, or `None` (a skip) outside the full suite.
 fn vscode_parts() -> Option<[PathBuf; 3]> {
@@ -60,6 +60,7 @@ fn vscode_shows_ghost_text_and_accepting_adds_the_import() {
         .env("HEXACODER_LSP_BIN", lsp_binary())
         .env("HEXACODER_URL", &server.base)
         .env("HEXACODER_E2E_DIR", &workspace)
+        .env("HEXACODER_E2E_PORT", free_port().to_string())
         .output()
         .expect("run the VS Code driver (node)");
     let stdout = String::from_utf8_lossy(&output.stdout);
