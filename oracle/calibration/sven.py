@@ -4,13 +4,16 @@ oracle/data/cwe-map.toml) and the share of fixed functions left clean of it, plu
 all analyzers.
 
 Usage: python sven.py HEXACODER_TRAIN SVEN_DATA_DIR [--analyzers embedded,semgrep,...]
-       [scan options passed through, e.g. --semgrep-rules DIR --program semgrep=PATH]
+       [--misses CWE-078] [scan options passed through, e.g. --semgrep-rules DIR]
+(--misses also lists that CWE's pairs whose vulnerable side no analyzer flagged, with the
+fix's diff, which is how the misses in CALIBRATION.md were read.)
 (SVEN_DATA_DIR is ../shared/bench/sven/data_train_val; train and val are pooled.)
 Prints Markdown tables.
 """
 
 import argparse
 import collections
+import difflib
 import json
 import pathlib
 import subprocess
@@ -25,6 +28,7 @@ def main():
     parser.add_argument("binary")
     parser.add_argument("data")
     parser.add_argument("--analyzers", default="embedded")
+    parser.add_argument("--misses", metavar="CWE", help="list this CWE's unflagged vulnerable functions")
     args, passthrough = parser.parse_known_args()
     analyzers = args.analyzers.split(",")
     families = tomllib.loads(CWE_MAP.read_text()).get("families", {})
@@ -33,12 +37,14 @@ def main():
         return found == target or found in families.get(target, [])
 
     pairs = collections.defaultdict(list)
+    names = collections.defaultdict(list)
     for path in sorted(pathlib.Path(args.data).glob("*/cwe-*.jsonl")):
         cwe = "CWE-" + path.stem.split("-")[1]
         for line in path.read_text().splitlines():
             row = json.loads(line)
             ext = row["file_name"].rsplit(".", 1)[-1].lower()
             pairs[cwe].append((ext, row["func_src_before"], row["func_src_after"]))
+            names[cwe].append(f'{row["file_name"]} {row["func_name"]}')
     # (side, relative path) -> {analyzer: set of CWEs}; and what each analyzer skipped.
     found = collections.defaultdict(lambda: collections.defaultdict(set))
     skipped = collections.defaultdict(set)
@@ -104,6 +110,18 @@ def main():
     n = next(iter(totals.values()))[0]
     print(f"| all | {n} | " + " | ".join(
         f"{100 * t[1] / t[0]:.0f}% ({100 * t[2] / t[0]:.0f}%)" for t in totals.values()) + " |")
+    if args.misses:
+        cwe = args.misses
+        print(f"\n{cwe}: vulnerable functions no analyzer flagged, with the fix's changed lines:")
+        for i, (ext, before, after) in enumerate(pairs.get(cwe, [])):
+            f = f"{cwe}/{i}.{ext}"
+            if any(counts_for(c, cwe) for a in analyzers for c in found[("vulnerable", f)][a]):
+                continue
+            changed = [line for line in difflib.unified_diff(
+                before.splitlines(), after.splitlines(), lineterm="", n=0)
+                if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+            print(f"\n== {i}: {names[cwe][i]}")
+            print("\n".join(line[:120] for line in changed[:8]))
 
 
 if __name__ == "__main__":
