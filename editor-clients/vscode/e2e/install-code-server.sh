@@ -11,9 +11,11 @@ mkdir -p "${1:?usage: install-code-server.sh DIR}"
 dir="$(cd "$1" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
 stamp="$dir/.installed"
+# The pins and this script's own steps: a change to either reinstalls.
+wanted="$(cat "$here/code-server/package-lock.json" "$0" | sha256sum)"
 launcher="$dir/node_modules/code-server/out/node/entry.js"
 
-if [ -f "$stamp" ] && cmp -s "$stamp" "$here/code-server/package-lock.json"; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
     echo "$dir/node_modules/.bin/code-server"
     exit 0
 fi
@@ -47,5 +49,5 @@ export npm_config_yes=true
     ln -sfn "$rg" "$vscode/node_modules/@vscode/ripgrep/bin/rg"
 } >&2
 test -f "$launcher"
-cp "$here/code-server/package-lock.json" "$stamp"
+echo "$wanted" > "$stamp"
 echo "$dir/node_modules/.bin/code-server"
