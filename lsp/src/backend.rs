@@ -114,6 +114,7 @@ struct State {
 }
 
 /// The LSP backend.
+#[derive(Clone)]
 pub struct Backend {
     client: Client,
     state: Arc<State>,
@@ -193,6 +194,45 @@ impl Backend {
             .unwrap_or_else(|e| e.into_inner()) = settings;
         *lock(&self.state.default_model) = None;
         lock(&self.state.cache).clear();
+        // The server may be another one now; the next probe or request tells.
+        *lock(&self.state.health) = Health::Unknown;
+    }
+
+    /// Asks the server for its models in the background, so that the status bar says "ready"
+    /// or "disconnected" when the editor starts or the settings change, not at the first
+    /// completion, and a configured model the server does not serve is named at once.
+    fn probe_server(&self) {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let settings = backend.settings();
+            let models = backend.state.server.models(&settings).await;
+            if backend.settings() != settings {
+                // Superseded by a settings change, which probes again.
+                return;
+            }
+            match models {
+                Ok(models) => {
+                    match &settings.model {
+                        Some(model) if !models.contains(model) => {
+                            let message = format!(
+                                "HexaCoder: the server at {} does not serve the model {model:?}; it serves {}",
+                                settings.base_url(),
+                                models.join(", ")
+                            );
+                            tracing::warn!(%message, "unknown model");
+                            backend
+                                .client
+                                .show_message(MessageType::Warning, message)
+                                .await;
+                        }
+                        Some(_) => {}
+                        None => *lock(&backend.state.default_model) = models.into_iter().next(),
+                    }
+                    backend.server_is(Health::Up, None).await;
+                }
+                Err(error) => backend.report(&error).await,
+            }
+        });
     }
 
     /// Snapshots what a request needs, synchronously, so that it sees every change the client
@@ -682,6 +722,7 @@ impl LanguageServer for Backend {
 
     async fn initialized(&self, _: InitializedParams) {
         self.send_status("starting", None).await;
+        self.probe_server();
     }
 
     async fn shutdown(&self) -> RpcResult<()> {
@@ -803,6 +844,7 @@ impl LanguageServer for Backend {
             Ok(settings) => {
                 self.set_settings(settings);
                 self.send_status("configured", None).await;
+                self.probe_server();
             }
             Err(error) => {
                 self.client

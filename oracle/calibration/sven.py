@@ -6,7 +6,8 @@ all analyzers.
 Usage: python sven.py HEXACODER_TRAIN SVEN_DATA_DIR [--analyzers embedded,semgrep,...]
        [--misses CWE-078] [scan options passed through, e.g. --semgrep-rules DIR]
 (--misses also lists that CWE's pairs whose vulnerable side no analyzer flagged, with the
-fix's diff, which is how the misses in CALIBRATION.md were read.)
+fix's diff, which is how the misses in CALIBRATION.md were read; --flagged-fixes CWE lists
+the fixed functions still flagged with that CWE, with each finding's rule and line.)
 (SVEN_DATA_DIR is ../shared/bench/sven/data_train_val; train and val are pooled.)
 Prints Markdown tables.
 """
@@ -29,6 +30,8 @@ def main():
     parser.add_argument("data")
     parser.add_argument("--analyzers", default="embedded")
     parser.add_argument("--misses", metavar="CWE", help="list this CWE's unflagged vulnerable functions")
+    parser.add_argument("--flagged-fixes", metavar="CWE",
+                        help="list this CWE's fixed functions still flagged with it, with the findings")
     args, passthrough = parser.parse_known_args()
     analyzers = args.analyzers.split(",")
     families = tomllib.loads(CWE_MAP.read_text()).get("families", {})
@@ -47,6 +50,7 @@ def main():
             names[cwe].append(f'{row["file_name"]} {row["func_name"]}')
     # (side, relative path) -> {analyzer: set of CWEs}; and what each analyzer skipped.
     found = collections.defaultdict(lambda: collections.defaultdict(set))
+    details = collections.defaultdict(list)
     skipped = collections.defaultdict(set)
     status = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,6 +71,7 @@ def main():
             for finding in outcome["findings"]:
                 path = str(pathlib.Path(finding["path"]).relative_to(root / side))
                 found[(side, path)][finding["analyzer"]].add(finding["cwe"])
+                details[(side, path)].append(finding)
             for run in outcome["analyzers"]:
                 status[run["analyzer"]] = run["status"]["state"]
                 for s in run["skipped"]:
@@ -110,6 +115,21 @@ def main():
     n = next(iter(totals.values()))[0]
     print(f"| all | {n} | " + " | ".join(
         f"{100 * t[1] / t[0]:.0f}% ({100 * t[2] / t[0]:.0f}%)" for t in totals.values()) + " |")
+    if args.flagged_fixes:
+        cwe = args.flagged_fixes
+        print(f"\n{cwe}: fixed functions still flagged with it, with the findings:")
+        for i, (ext, before, after) in enumerate(pairs.get(cwe, [])):
+            f = f"{cwe}/{i}.{ext}"
+            hits = [d for d in details[("fixed", f)]
+                    if d["analyzer"] in analyzers and counts_for(d["cwe"], cwe)]
+            if not hits:
+                continue
+            print(f"\n== {i}: {names[cwe][i]}")
+            lines = after.splitlines()
+            for d in hits:
+                line = d["span"]["start_line"]
+                text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+                print(f'{d["analyzer"]} {d["rule_id"]} line {line}: {text[:110]}')
     if args.misses:
         cwe = args.misses
         print(f"\n{cwe}: vulnerable functions no analyzer flagged, with the fix's changed lines:")

@@ -27,6 +27,16 @@ const PYTHON: &[(&str, &str, &str)] = &[
     ),
     (
         "CWE-078",
+        "from subprocess import Popen, PIPE\ndef run(command):\n    return Popen(command, shell=True, stdout=PIPE)\n",
+        "import shlex\nfrom subprocess import Popen, PIPE\ndef run(command):\n    return Popen(shlex.split(command), stdout=PIPE)\n",
+    ),
+    (
+        "CWE-078",
+        "import subprocess\ndef disk(path):\n    return subprocess.getoutput(path)\n",
+        "import subprocess\ndef disk(path):\n    return subprocess.run(['du', '-s', path], capture_output=True).stdout\n",
+    ),
+    (
+        "CWE-078",
         "def resize(self, name, size):\n    ssh_cmd = 'svctask expandvdisksize -size %d %s' % (size, name)\n    out, err = self._run_ssh(ssh_cmd)\n",
         "def resize(self, name, size):\n    ssh_cmd = ['svctask', 'expandvdisksize', '-size', str(size), name]\n    out, err = self._run_ssh(ssh_cmd)\n",
     ),
@@ -148,6 +158,31 @@ const PYTHON: &[(&str, &str, &str)] = &[
 ];
 
 const C: &[(&str, &str, &str)] = &[
+    (
+        "CWE-476",
+        "int *table(size_t colors) {\n  int *map;\n  map=(int *) AcquireQuantumMemory(colors, sizeof(*map));\n  map[0]=1;\n  return map;\n}\n",
+        "int *table(size_t colors) {\n  int *map;\n  map=(int *) AcquireQuantumMemory(colors, sizeof(*map));\n  if (map == (int *) NULL)\n    ThrowReaderException(ResourceLimitError, \"MemoryAllocationFailed\");\n  map[0]=1;\n  return map;\n}\n",
+    ),
+    (
+        "CWE-476",
+        "#include <stdlib.h>\nint *copy(const int *old, size_t n) {\n    int *out = calloc(n, sizeof *out);\n    out[0] = old[0];\n    return out;\n}\n",
+        "#include <stdlib.h>\nint *copy(const int *old, size_t n) {\n    int *out = calloc(n, sizeof *out);\n    CHECK_ERR_RETURN(!out, NULL);\n    out[0] = old[0];\n    return out;\n}\n",
+    ),
+    (
+        "CWE-476",
+        "struct dev { int id; };\nint probe(void) {\n    struct dev *d = kzalloc(sizeof(*d), GFP_KERNEL);\n    d->id = 1;\n    return 0;\n}\n",
+        "struct dev { int id; };\nint probe(void) {\n    struct dev *d = kzalloc(sizeof(*d), GFP_KERNEL);\n    if (!d)\n        return -ENOMEM;\n    d->id = 1;\n    return 0;\n}\n",
+    ),
+    (
+        "CWE-476",
+        "#include <stdio.h>\nvoid head(const char *name, char *line) {\n    FILE *f;\n    f = fopen(name, \"r\");\n    fgets(line, 80, f);\n    fclose(f);\n}\n",
+        "#include <stdio.h>\nvoid head(const char *name, char *line) {\n    FILE *f;\n    f = fopen(name, \"r\");\n    if (f == NULL)\n        return;\n    fgets(line, 80, f);\n    fclose(f);\n}\n",
+    ),
+    (
+        "CWE-476",
+        "#include <stdlib.h>\nint *zero(void) {\n    int *p = malloc(sizeof *p);\n    *p = 0;\n    return p;\n}\n",
+        "#include <stdlib.h>\nint *zero(void) {\n    int *p = calloc(1, sizeof *p);\n    return p;\n}\n",
+    ),
     (
         "CWE-787",
         "#include <stdio.h>\nint main(void) {\n    char buf[100];\n    gets(buf);\n    return 0;\n}\n",

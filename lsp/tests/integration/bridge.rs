@@ -263,18 +263,22 @@ fn configuration_changes_take_effect_and_bad_values_are_reported() {
     let server = Server::start(0, &["--two-step", "off"]);
     let mut lsp = Lsp::spawn(lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 8})));
+    // The bridge probes the server at start, so the status bar is right before any completion.
+    lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
     lsp.open(URI, "python", "x = ");
     let long = lsp.complete_inline(URI, 0, 4).expect("inline");
     assert_eq!(
         first_inline_item(&long)["insertText"],
         json!(scripted_text("Ġ", 8))
     );
-    // Pushed settings.
+    // Pushed settings; the bridge probes the (possibly new) server again.
+    lsp.seen.clear();
     lsp.notify(
         "workspace/didChangeConfiguration",
         json!({"settings": {"hexacoder": options(&server, json!({"twoStep": false, "maxTokens": 3}))}}),
     );
     lsp.wait_for("hexacoder/status", |p| p["state"] == "configured");
+    lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
     lsp.seen.clear();
     let short = lsp.complete_inline(URI, 0, 4).expect("inline");
     // `gc\n`, whose trailing line break is trimmed.
@@ -326,6 +330,8 @@ fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
         json!({"serverUrl": format!("http://127.0.0.1:{port}"), "debounceMs": 0,
         "model": "scripted", "twoStep": false, "maxTokens": 4}),
     );
+    // The probe at start finds the server down before anyone types.
+    lsp.wait_for("hexacoder/status", |p| p["state"] == "disconnected");
     lsp.open(URI, "python", "x = ");
     let started = Instant::now();
     for _ in 0..3 {
@@ -347,6 +353,25 @@ fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
     assert_eq!(first_inline_item(&result)["insertText"], json!("gc\ni"));
     lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
     drop(server);
+    lsp.shutdown();
+}
+
+#[test]
+fn a_model_the_server_does_not_serve_is_named_at_start() {
+    let server = Server::start(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(lsp_binary());
+    lsp.initialize(options(
+        &server,
+        json!({"twoStep": false, "model": "no-such-model"}),
+    ));
+    let shown = lsp.wait_for("window/showMessage", |p| {
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"no-such-model\"") && m.contains("scripted"))
+    });
+    assert_eq!(shown["params"]["type"], json!(2), "a warning");
+    // The server itself is up.
+    lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
     lsp.shutdown();
 }
 

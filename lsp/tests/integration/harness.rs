@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use hexacoder_testkit::{Arch, Tiny};
 use serde_json::Value;
@@ -179,4 +179,17 @@ pub fn apply_edits(text: &str, edits: &[Value]) -> String {
 /// This crate's `hexacoder-lsp` binary.
 pub fn lsp_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hexacoder-lsp"))
+}
+
+/// Checks that an editor's end-to-end driver exited 0 and printed `e2e ok`; otherwise fails
+/// with everything it printed. Returns its stdout.
+pub fn assert_driver_ok(editor: &str, output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("e2e ok"),
+        "{editor} end-to-end test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout.into_owned()
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Server, lsp_binary};
+use crate::harness::{Server, assert_driver_ok, lsp_binary};
 
 /// The Neovims to test on, each with its `--version` line.
 fn neovims() -> Vec<(PathBuf, String)> {
@@ -71,14 +71,7 @@ fn neovim_shows_ghost_text_and_accepting_adds_the_import() {
             .env("HOME", dir.path())
             .output()
             .expect("run the Neovim driver");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.contains("e2e ok"),
-            "Neovim end-to-end test failed on {version} ({}; {})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            nvim.display(),
-            output.status
-        );
+        let stdout = assert_driver_ok(&format!("Neovim {version} ({})", nvim.display()), &output);
         eprintln!("{version}: {stdout}");
     }
 }

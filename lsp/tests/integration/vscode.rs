@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Server, free_port, lsp_binary};
+use crate::harness::{Server, assert_driver_ok, free_port, lsp_binary};
 
 /// The three parts the test needs, or `None` (a skip) outside the full suite.
 fn vscode_parts() -> Option<[PathBuf; 3]> {
@@ -63,13 +63,7 @@ fn vscode_shows_ghost_text_and_accepting_adds_the_import() {
         .env("HEXACODER_E2E_PORT", free_port().to_string())
         .output()
         .expect("run the VS Code driver (node)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("e2e ok"),
-        "VS Code end-to-end test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+    let stdout = assert_driver_ok("VS Code", &output);
     eprintln!("{stdout}");
     // The extension's telemetry reached the server: shown (VS Code asks again after an
     // accept, so at least once) and accepted once in each mode, attributed to the model.
