@@ -30,6 +30,9 @@ const CACHE_ENTRIES: usize = 64;
 const ISSUED_ENTRIES: usize = 256;
 /// Keystroke gaps longer than this are pauses, not typing speed.
 const TYPING_GAP_LIMIT: Duration = Duration::from_millis(1000);
+/// The pause before the first probe of a server that went down; it doubles up to the next.
+const RECOVERY_FIRST_PAUSE: Duration = Duration::from_secs(1);
+const RECOVERY_LONGEST_PAUSE: Duration = Duration::from_secs(30);
 
 /// `hexacoder/status`: the bridge's state, for a status bar.
 pub enum StatusNotification {}
@@ -204,33 +207,65 @@ impl Backend {
     fn probe_server(&self) {
         let backend = self.clone();
         tokio::spawn(async move {
-            let settings = backend.settings();
-            let models = backend.state.server.models(&settings).await;
-            if backend.settings() != settings {
-                // Superseded by a settings change, which probes again.
-                return;
+            if let Err(error) = backend.probe().await {
+                backend.report(&error).await;
             }
-            match models {
-                Ok(models) => {
-                    match &settings.model {
-                        Some(model) if !models.contains(model) => {
-                            let message = format!(
-                                "HexaCoder: the server at {} does not serve the model {model:?}; it serves {}",
-                                settings.base_url(),
-                                models.join(", ")
-                            );
-                            tracing::warn!(%message, "unknown model");
-                            backend
-                                .client
-                                .show_message(MessageType::Warning, message)
-                                .await;
-                        }
-                        Some(_) => {}
-                        None => *lock(&backend.state.default_model) = models.into_iter().next(),
-                    }
-                    backend.server_is(Health::Up, None).await;
+        });
+    }
+
+    /// One probe: on an answer, notes the server as up, remembers its first model when the
+    /// settings name none, and warns when the configured model is not among its models.
+    async fn probe(&self) -> Result<(), ClientError> {
+        let settings = self.settings();
+        let models = self.state.server.models(&settings).await;
+        if self.settings() != settings {
+            // Superseded by a settings change, which probes again.
+            return Ok(());
+        }
+        let models = models?;
+        match &settings.model {
+            Some(model) if !models.contains(model) => {
+                let message = format!(
+                    "HexaCoder: the server at {} does not serve the model {model:?}; it serves {}",
+                    settings.base_url(),
+                    models.join(", ")
+                );
+                tracing::warn!(%message, "unknown model");
+                self.client
+                    .show_message(MessageType::Warning, message)
+                    .await;
+            }
+            Some(_) => {}
+            None => *lock(&self.state.default_model) = models.into_iter().next(),
+        }
+        self.server_is(Health::Up, None).await;
+        Ok(())
+    }
+
+    /// While the server is down, probes it with growing pauses, so that the status bar turns
+    /// ready when it comes back even if nobody types. Stops once the health has moved on (a
+    /// probe or a completion got an answer, or the settings changed, which probes anew).
+    fn watch_for_recovery(&self) {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut pause = RECOVERY_FIRST_PAUSE;
+            loop {
+                tokio::time::sleep(pause).await;
+                if *lock(&backend.state.health) != Health::Down {
+                    return;
                 }
-                Err(error) => backend.report(&error).await,
+                match backend.probe().await {
+                    Ok(()) => return,
+                    Err(error) if error.is_outage() => {
+                        pause = (pause * 2).min(RECOVERY_LONGEST_PAUSE);
+                    }
+                    // Reachable, but refusing (a bad key, say): up, and the refusal reported.
+                    Err(error) => {
+                        backend.server_is(Health::Up, None).await;
+                        backend.report(&error).await;
+                        return;
+                    }
+                }
             }
         });
     }
@@ -449,6 +484,7 @@ impl Backend {
                     )
                     .await;
                 self.send_status("disconnected", Some(reason)).await;
+                self.watch_for_recovery();
             }
             Health::Up => {
                 if previous == Health::Down {

@@ -112,9 +112,10 @@ async function editorLines(page) {
 }
 
 /**
- * Waits for the ghost text. Keys typed while the language client is still starting ask no
- * provider, and VS Code asks again only on the next edit; so, as a user would, retype the
- * last space if nothing shows (at most twice). Every edit goes through the automatic trigger.
+ * Waits for the ghost text. Keys typed before VS Code has registered the language client's
+ * provider ask nobody, and VS Code asks again only on the next edit; so, as a user would,
+ * retype the last space if nothing shows (at most twice). Every edit goes through the
+ * automatic trigger.
  */
 async function waitForGhost(page, inline) {
   for (let attempt = 0; ; attempt += 1) {
@@ -152,7 +153,11 @@ async function run(page, port, server) {
   await page.keyboard.press('Enter');
   const editor = page.locator('.editor-instance .monaco-editor').first();
   await editor.waitFor();
-  await page.locator('.statusbar-item', { hasText: 'HexaCoder' }).first().waitFor({ timeout: 60_000 });
+  // The bridge asks the server for its models as it starts, so the status bar says ready
+  // (the shield of secure mode) before anything is typed.
+  const startItem = page.locator('.statusbar-item', { hasText: 'HexaCoder' }).first();
+  await startItem.waitFor({ timeout: 60_000 });
+  await waitFor('the ready status before typing', async () => (await startItem.locator('.codicon-shield').count()) === 1);
   // 1-2: on the empty third line, type `x = `.
   await page.keyboard.press('Control+End');
   await page.keyboard.type('x = ', { delay: 20 });

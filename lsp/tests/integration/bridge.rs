@@ -347,11 +347,18 @@ fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
     let errors = lsp.count("window/logMessage", |p| p["type"] == json!(1));
     let shown = lsp.count("window/showMessage", |_| true);
     assert_eq!((errors, shown), (1, 1), "{:?}", lsp.seen);
-    // The server comes up on that port: completions resume, and the user is told once.
+    // The server comes up on that port: the bridge's probes notice without anyone typing,
+    // the user is told once, and completions resume.
     let server = Server::start(port, &["--two-step", "off"]);
+    lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
+    let back = lsp.count("window/logMessage", |p| {
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reachable again"))
+    });
+    assert_eq!(back, 1, "{:?}", lsp.seen);
     let result = lsp.complete_inline(URI, 0, 4).expect("inline");
     assert_eq!(first_inline_item(&result)["insertText"], json!("gc\ni"));
-    lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
     drop(server);
     lsp.shutdown();
 }
