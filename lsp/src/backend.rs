@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,8 @@ struct State {
     cache: Mutex<lru::LruCache<u64, Suggestion>>,
     issued: Mutex<lru::LruCache<String, Issued>>,
     health: Mutex<Health>,
+    /// Counts the server's outages, so that one recovery task runs per outage.
+    outages: AtomicU64,
     /// The server's first model, when the settings name none.
     default_model: Mutex<Option<String>>,
     /// The oracle's findings on accepted suggestions, per document.
@@ -166,6 +169,7 @@ impl Backend {
                 cache: Mutex::new(lru::LruCache::new(cache)),
                 issued: Mutex::new(lru::LruCache::new(issued)),
                 health: Mutex::new(Health::Unknown),
+                outages: AtomicU64::new(0),
                 default_model: Mutex::new(None),
                 flagged: Mutex::new(HashMap::new()),
             }),
@@ -244,14 +248,18 @@ impl Backend {
 
     /// While the server is down, probes it with growing pauses, so that the status bar turns
     /// ready when it comes back even if nobody types. Stops once the health has moved on (a
-    /// probe or a completion got an answer, or the settings changed, which probes anew).
+    /// probe or a completion got an answer, or the settings changed, which probes anew) or a
+    /// later outage has its own task.
     fn watch_for_recovery(&self) {
         let backend = self.clone();
+        let outage = self.state.outages.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
             let mut pause = RECOVERY_FIRST_PAUSE;
             loop {
                 tokio::time::sleep(pause).await;
-                if *lock(&backend.state.health) != Health::Down {
+                if *lock(&backend.state.health) != Health::Down
+                    || backend.state.outages.load(Ordering::Relaxed) != outage
+                {
                     return;
                 }
                 match backend.probe().await {
