@@ -353,6 +353,13 @@ impl<'a> Batch<'a> {
                 .ok_or_else(|| Error::InvalidRequest("no logits for a non-empty batch".into()))?
                 .to_vec2::<f32>()?
         };
+        // A NaN would sample token 0 with a null log-probability and look like output; a
+        // broken kernel or checkpoint must fail the requests instead.
+        if logits.iter().flatten().any(|x| x.is_nan()) {
+            return Err(Error::Internal(
+                "the model produced NaN logits (a numerical fault in the forward pass)".into(),
+            ));
+        }
 
         for (slot, row) in slots.iter().zip(logits) {
             match *slot {

@@ -63,6 +63,30 @@ pub struct TransformerConfig {
 }
 
 impl TransformerConfig {
+    /// For projection outputs stored in another row order than HF checkpoints (q and k of GGUF
+    /// LLaMA checkpoints, which llama.cpp's converter permutes for interleaved RoPE): for each
+    /// of this model's output rows, the HF row it holds. `None` when the orders agree.
+    ///
+    /// PEFT adapters are written in HF order; `B`'s rows must follow this map to act on such a
+    /// model, and the trainer maps them back when it exports.
+    pub fn hf_rows(&self, proj: crate::nn::Proj) -> Option<Vec<u32>> {
+        use crate::nn::Proj;
+        let heads = match (self.rope_style, proj) {
+            (RopeStyle::Interleaved, Proj::Q) => self.num_attention_heads,
+            (RopeStyle::Interleaved, Proj::K) => self.num_key_value_heads,
+            _ => return None,
+        };
+        let d = self.head_dim;
+        Some(
+            (0..heads * d)
+                .map(|row| {
+                    let (head, r) = (row / d, row % d);
+                    (head * d + (r % 2) * (d / 2) + r / 2) as u32
+                })
+                .collect(),
+        )
+    }
+
     /// Checks the relations between sizes that the model code relies on.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let positive = [

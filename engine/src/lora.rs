@@ -46,17 +46,25 @@ pub fn merge_into(model: &mut Model, adapter: &Adapter, kernel: crate::nn::Q8Ker
                 key.path()
             ))
         })?;
+        let b = in_model_rows(model, proj, &module.b.to_dtype(DType::F32)?)?;
+        let delta = (b.matmul(&module.a.to_dtype(DType::F32)?)? * module.scale)?;
         let linear = model.projection_mut(key.layer, proj).ok_or_else(|| {
             Error::InvalidRequest(format!("the model has no module `{}`", key.path()))
         })?;
-        let delta = (module
-            .b
-            .to_dtype(DType::F32)?
-            .matmul(&module.a.to_dtype(DType::F32)?)?
-            * module.scale)?;
         *linear = linear.with_weight_delta(&delta, kernel)?;
     }
     Ok(())
+}
+
+/// `B` (`[out, r]`, HF row order, as PEFT writes it) in the model's own row order.
+fn in_model_rows(model: &Model, proj: Proj, b: &Tensor) -> Result<Tensor> {
+    match model.config().hf_rows(proj) {
+        Some(rows) => {
+            let rows = Tensor::new(rows.as_slice(), b.device())?;
+            Ok(b.index_select(&rows, 0)?)
+        }
+        None => Ok(b.clone()),
+    }
 }
 
 /// Never reused, so prefix-cache entries of one adapter version can never serve another.
@@ -147,7 +155,8 @@ impl LoadedAdapter {
                 ))
             })?;
             let a = module.a.to_device(device)?.to_dtype(DType::F32)?;
-            let b = (module.b.to_device(device)?.to_dtype(DType::F32)? * module.scale)?;
+            let b = in_model_rows(model, proj, &module.b.to_dtype(DType::F32)?)?;
+            let b = (b.to_device(device)? * module.scale)?;
             let rank = a.dims()[0];
             let host = if device.is_cpu() {
                 Some((

@@ -47,14 +47,18 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
             _ => bail!("--fim {tokens:?} is not `auto`, `off` or `PREFIX,SUFFIX,MIDDLE`"),
         },
     };
+    let device = load::parse_device(&args.device)?;
     Ok(LoadOptions {
-        device: load::parse_device(&args.device)?,
-        max_context: args.max_context,
-        requantize: if args.keep_legacy_quants {
+        // On a GPU, dense f32 weights (see `Requantize::Dequantize`).
+        requantize: if device.is_cuda() {
+            Requantize::Dequantize
+        } else if args.keep_legacy_quants {
             Requantize::Keep
         } else {
             Requantize::LegacyToQ8_0
         },
+        device,
+        max_context: args.max_context,
         fim,
         prefix_cache_bytes: args.prefix_cache_bytes,
         q8_kernel: if args.candle_q8_kernel {

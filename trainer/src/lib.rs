@@ -1,4 +1,6 @@
-//! `hexacoder-train`, HexaCoder's companion tool. Today: `scan`, the security oracle over
-//! files. The synthesis pipeline, masked-loss LoRA training and evaluation will live here.
+//! `hexacoder-train`, HexaCoder's companion tool: `scan` (the security oracle over files) and
+//! `train` (masked-loss LoRA fine-tuning). Synthesis and evaluation will join them.
 
+pub mod model_source;
 pub mod scan;
+pub mod train;

@@ -190,7 +190,7 @@ impl GgufFile {
                 .tensor(&mut reader, name, device)
                 .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
             let convert = match requantize {
-                Requantize::Keep => false,
+                Requantize::Keep | Requantize::Dequantize => false,
                 Requantize::LegacyToQ8_0 => is_slow_legacy(tensor.dtype()),
                 Requantize::AllToQ8_0 => {
                     tensor.rank() == 2 && is_quantized_not_q8_0(tensor.dtype())
@@ -205,6 +205,7 @@ impl GgufFile {
         }
         Ok(GgufWeights {
             path: self.path.clone(),
+            dequantize: requantize == Requantize::Dequantize,
             q8_kernel,
             tensors: RefCell::new(tensors),
             device: device.clone(),
@@ -224,6 +225,10 @@ pub enum Requantize {
     /// Convert every quantized matrix (k-quants too) to Q8_0, so that all projections use
     /// HexaCoder's AVX2 Q8_0 kernel. Costs memory bandwidth in decoding, saves prefill time.
     AllToQ8_0,
+    /// Dequantize every matrix to dense f32 at load: the GPU default. A GPU has the memory
+    /// and the bandwidth, cuBLAS multiplies the exact weights (parity with f32 references),
+    /// and candle 0.11's quantized CUDA kernels gave NaN logits for 9 to 16 rows on an H200.
+    Dequantize,
 }
 
 fn is_quantized_not_q8_0(dtype: GgmlDType) -> bool {
@@ -289,6 +294,8 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
 /// kernel re-lays out is freed right away instead of living twice until loading ends.
 pub struct GgufWeights {
     path: PathBuf,
+    /// Hand out dense f32 projections and embeddings ([`Requantize::Dequantize`]).
+    dequantize: bool,
     q8_kernel: Q8Kernel,
     tensors: RefCell<HashMap<String, Arc<QTensor>>>,
     device: Device,
@@ -341,12 +348,18 @@ impl WeightSource for GgufWeights {
         } else {
             None
         };
+        if self.dequantize {
+            return Linear::dense(weight.dequantize(&self.device)?.to_dtype(DType::F32)?, bias);
+        }
         Linear::quantized(weight, bias, self.q8_kernel)
     }
 
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
         let table = self.get(name, &[vocab, hidden])?;
         Ok(match table.dtype() {
+            _ if self.dequantize => {
+                Embedding::Dense(table.dequantize(&self.device)?.to_dtype(DType::F32)?)
+            }
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 Embedding::Dense(table.dequantize(&self.device)?.to_dtype(DType::F32)?)
             }

@@ -133,6 +133,28 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
+/// A model's weights as dense f32 tensors ([`Model::dense_weights`]).
+pub struct DenseWeights {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Tensor,
+    /// Per decoder layer.
+    pub layers: Vec<DenseLayer>,
+    /// The final norm's scale.
+    pub norm: Tensor,
+    /// `[vocab, hidden]`; the embedding's tensor when tied.
+    pub lm_head: Tensor,
+}
+
+/// One decoder layer's weights as dense f32.
+pub struct DenseLayer {
+    /// Scale of the norm before attention.
+    pub input_layernorm: Tensor,
+    /// Scale of the norm before the MLP.
+    pub post_attention_layernorm: Tensor,
+    /// Weight `[out, in]` and bias of each projection, in [`Proj::ALL`] order.
+    pub projections: Vec<(Tensor, Option<Tensor>)>,
+}
+
 /// A LLaMA-family causal language model.
 pub struct Model {
     config: TransformerConfig,
@@ -268,6 +290,42 @@ impl Model {
             c.head_dim,
             &self.device,
         )
+    }
+
+    /// Every weight as dense f32 (quantized ones dequantized): the frozen base of training.
+    /// A tied output head shares the embedding's tensor.
+    pub fn dense_weights(&self) -> Result<DenseWeights> {
+        let embed_tokens = self.embed_tokens.dequantized()?;
+        let lm_head = if self.config.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            self.lm_head.dequantized_weight()?
+        };
+        let layers = (0..self.layers.len())
+            .map(|layer_idx| {
+                let layer = &self.layers[layer_idx];
+                let projections = Proj::ALL
+                    .iter()
+                    .map(|&proj| {
+                        let linear = self
+                            .projection(layer_idx, proj)
+                            .ok_or_else(|| crate::Error::InvalidRequest("no projection".into()))?;
+                        Ok((linear.dequantized_weight()?, linear.bias().cloned()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(DenseLayer {
+                    input_layernorm: layer.input_layernorm.weight().clone(),
+                    post_attention_layernorm: layer.post_attention_layernorm.weight().clone(),
+                    projections,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DenseWeights {
+            embed_tokens,
+            layers,
+            norm: self.norm.weight().clone(),
+            lm_head,
+        })
     }
 
     /// The projection `proj` of layer `layer_idx` (for adapters that need shapes or merging).

@@ -134,6 +134,11 @@ impl Linear {
         })
     }
 
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// Output width.
     pub fn out_features(&self) -> usize {
         self.out_features
@@ -227,6 +232,16 @@ impl RmsNorm {
         }
     }
 
+    /// The `[hidden]` scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Epsilon.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     /// Normalizes over the last dimension.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(xs, &self.weight, self.eps)?)
@@ -249,6 +264,14 @@ impl Embedding {
         Ok(match self {
             Embedding::Dense(table) => table.index_select(&ids, 0)?.to_dtype(DType::F32)?,
             Embedding::Quantized(table) => table.embedding(&ids)?,
+        })
+    }
+
+    /// The whole table as f32 `[vocab, hidden]`.
+    pub fn dequantized(&self) -> Result<Tensor> {
+        Ok(match self {
+            Embedding::Dense(table) => table.to_dtype(DType::F32)?,
+            Embedding::Quantized(table) => table.dequantize(&table.device())?,
         })
     }
 

@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, IndexOp, Tensor};
+use hexacoder_engine::LoadedAdapter;
 use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::gguf::gguf_name;
 use hexacoder_engine::load::{self, Requantize};
+use hexacoder_engine::nn::Q8Kernel;
 use hexacoder_testkit::Arch;
 
 use crate::support::{self, Tiny, max_abs_diff};
@@ -186,6 +188,61 @@ fn f32_gguf_matches_safetensors_exactly() {
         let path = dir.path().join("tiny.gguf");
         write_gguf(tiny, &tiny.weights(3), &[GgmlDType::F32], &path);
         let engine = load::load(&ModelFiles::Gguf(path), &support::options()).expect("load gguf");
+        let diff = max_abs_diff(&all_logits(&engine), &all_logits(&reference));
+        assert!(diff < 1e-4, "{arch:?}: max diff {diff}");
+    }
+}
+
+/// PEFT adapters are in HF row order, and a GGUF LLaMA stores q and k rows permuted: the
+/// engine must reorder `B`, so one adapter acts the same on both files (side branch and merged).
+#[test]
+fn an_adapter_acts_the_same_on_a_gguf_llama_as_on_its_safetensors() {
+    let tiny = Tiny::quantizable(Arch::Llama);
+    let (dir, reference) = support::tiny_engine(tiny, 3, &support::options());
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(tiny, &tiny.weights(3), &[GgmlDType::F32], &path);
+    let mut engine = load::load(&ModelFiles::Gguf(path), &support::options()).expect("load gguf");
+    let adapter = crate::lora::adapter_for(&tiny, 7, false);
+    let logits = |engine: &hexacoder_engine::Engine| {
+        let loaded = LoadedAdapter::new("a", 1, &adapter, engine.model()).expect("prepare");
+        engine
+            .model()
+            .forward_all(PROMPT, Some(&loaded))
+            .expect("forward")
+    };
+    let (want, got) = (logits(&reference), logits(&engine));
+    let base_gap = max_abs_diff(&want, &all_logits(&reference));
+    assert!(base_gap > 1e-2, "the adapter must matter");
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < 1e-4, "side branch: max diff {diff}");
+    // Merging re-quantizes the GGUF's projections to Q8_0, so only closeness is asked.
+    engine
+        .merge_adapter(&adapter, Q8Kernel::Fastest)
+        .expect("merge");
+    let merged_gap = max_abs_diff(&all_logits(&engine), &want);
+    assert!(
+        merged_gap < base_gap / 10.0,
+        "merged: {merged_gap} from the side branch's logits, base {base_gap}"
+    );
+}
+
+/// `Requantize::Dequantize` (the GPU default) multiplies the stored weights exactly: only
+/// float rounding separates it from the f32 checkpoint of the same values.
+#[test]
+fn dequantized_gguf_matches_the_f32_checkpoint_of_its_values() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let tiny = Tiny::quantizable(arch);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tiny.gguf");
+        let stored = write_gguf(tiny, &tiny.weights(3), TYPES, &path);
+        let hf_dir = tiny.write_hf_dir_with(&dir.path().join("hf"), &stored);
+        let reference =
+            load::load(&ModelFiles::HfDir(hf_dir), &support::options()).expect("reference");
+        let options = hexacoder_engine::load::LoadOptions {
+            requantize: Requantize::Dequantize,
+            ..support::options()
+        };
+        let engine = load::load(&ModelFiles::Gguf(path), &options).expect("load gguf");
         let diff = max_abs_diff(&all_logits(&engine), &all_logits(&reference));
         assert!(diff < 1e-4, "{arch:?}: max diff {diff}");
     }

@@ -28,7 +28,7 @@ fn random(rng: &mut StdRng, shape: (usize, usize), scale: f32) -> Tensor {
 }
 
 /// An r=4 adapter on all seven projections of every layer; `zero_b` makes it a no-op.
-fn adapter_for(tiny: &Tiny, seed: u64, zero_b: bool) -> Adapter {
+pub(crate) fn adapter_for(tiny: &Tiny, seed: u64, zero_b: bool) -> Adapter {
     let mut rng = StdRng::seed_from_u64(seed);
     let (h, i, hd) = (tiny.hidden, tiny.intermediate, tiny.head_dim());
     let mut modules = BTreeMap::new();

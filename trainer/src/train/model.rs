@@ -1,0 +1,631 @@
+//! The training forward pass: the engine's decoder on dense, frozen f32 weights, with LoRA
+//! branches as candle `Var`s, built only from ops whose backward candle implements.
+//!
+//! Why not the serving forward pass: candle's fused `rms_norm`, `rope` and `softmax_last_dim`
+//! have no backward and cut the gradient silently, the KV cache writes in place, and a plain
+//! matmul's backward also computes the gradient of the frozen weight (a third more work and a
+//! second copy of the weights). Here norms, RoPE and softmax are composed of primitive ops,
+//! and every frozen projection is a [`FrozenLinear`] whose backward returns only the input's
+//! gradient. The parity test holds this forward pass to the serving one's logits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::backprop::GradStore;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Storage, Tensor, Var};
+use hexacoder_adapters::{Adapter, LoraConfig, LoraModule, ModuleKey, TargetModules};
+use hexacoder_engine::config::{RopeStyle, TransformerConfig};
+use hexacoder_engine::models::llama::Model;
+use hexacoder_engine::nn::Proj;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{Error, Result};
+
+/// `y = x·Wᵀ` for a frozen `W` (`[out, in]`): the backward pass gives `x` its gradient and
+/// computes nothing for `W`.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl FrozenMatmul {
+    fn run(&self, x: Storage, layout: &Layout) -> candle_core::Result<(Storage, Shape)> {
+        if !layout.is_contiguous() {
+            candle_core::bail!("frozen matmul wants a contiguous input");
+        }
+        let len = layout.shape().elem_count();
+        let x = Tensor::from_storage(x, (layout.start_offset() + len,), BackpropOp::none(), false)
+            .narrow(0, layout.start_offset(), len)?
+            .reshape(layout.shape())?;
+        let y = x.matmul(&self.weight.t()?)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (storage, y_layout) = y.storage_and_layout();
+        Ok((storage.try_clone(y_layout)?, shape))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match self.run(Storage::Cpu(x.clone()), layout)? {
+            (Storage::Cpu(y), shape) => Ok((y, shape)),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        match self.run(Storage::Cuda(x.try_clone(layout)?), layout)? {
+            (Storage::Cuda(y), shape) => Ok((y, shape)),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_y.matmul(&self.weight)?))
+    }
+}
+
+/// A frozen projection.
+struct FrozenLinear {
+    op: Arc<Box<dyn CustomOp1 + Send + Sync>>,
+    bias: Option<Tensor>,
+}
+
+impl FrozenLinear {
+    fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        FrozenLinear {
+            op: Arc::new(Box::new(FrozenMatmul { weight })),
+            bias,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = xs.contiguous()?.apply_op1_arc(self.op.clone())?;
+        Ok(match &self.bias {
+            Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        })
+    }
+}
+
+struct Layer {
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    /// In [`Proj::ALL`] order.
+    projections: Vec<FrozenLinear>,
+}
+
+/// The frozen base, ready for training forward passes.
+pub struct TrainModel {
+    config: TransformerConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: FrozenLinear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// One LoRA pair being trained.
+pub struct LoraPair {
+    /// `[r, in]`.
+    pub a: Var,
+    /// `[out, r]`, in the model's row order.
+    pub b: Var,
+    /// `alpha / r` or `alpha / sqrt(r)`.
+    pub scale: f64,
+}
+
+/// LoRA hyper-parameters.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LoraSettings {
+    /// Rank.
+    pub rank: usize,
+    /// Alpha.
+    pub alpha: f64,
+    /// Dropout on the branch's input during training.
+    pub dropout: f64,
+    /// Scale by `alpha / sqrt(r)`.
+    pub rslora: bool,
+    /// PEFT module names, e.g. `q_proj`.
+    pub target_modules: Vec<String>,
+}
+
+impl LoraSettings {
+    /// The projections targeted.
+    ///
+    /// # Errors
+    /// A name that is not one of the seven projections, or a rank of 0.
+    pub fn projections(&self) -> Result<Vec<Proj>> {
+        if self.rank == 0 {
+            return Err(Error::Settings("--rank must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Settings(format!(
+                "--dropout {} is not in [0, 1)",
+                self.dropout
+            )));
+        }
+        self.target_modules
+            .iter()
+            .map(|name| parse_module(name))
+            .collect()
+    }
+
+    fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+}
+
+/// `q`, `q_proj`, `gate`, … to a projection.
+///
+/// # Errors
+/// Anything else, naming the valid modules.
+pub fn parse_module(name: &str) -> Result<Proj> {
+    let name = name.trim();
+    Proj::ALL
+        .into_iter()
+        .find(|p| p.module_name() == name || p.module_name().strip_suffix("_proj") == Some(name))
+        .ok_or_else(|| {
+            Error::Settings(format!(
+                "unknown target module {name:?}; expected some of q, k, v, o, gate, up, down (or q_proj, …)"
+            ))
+        })
+}
+
+/// The trainable adapter: a LoRA pair per targeted projection of every layer.
+pub struct Lora {
+    /// By layer and projection.
+    pub pairs: BTreeMap<(usize, usize), LoraPair>,
+    /// The settings it was made with.
+    pub settings: LoraSettings,
+}
+
+fn proj_index(proj: Proj) -> usize {
+    Proj::ALL.iter().position(|&p| p == proj).unwrap_or(0)
+}
+
+impl Lora {
+    /// PEFT's initialization: `A` uniform in ±1/√in (Kaiming with a = √5), `B` zero, so
+    /// training starts from the base model exactly.
+    ///
+    /// # Errors
+    /// Bad settings.
+    pub fn new(model: &TrainModel, settings: &LoraSettings, seed: u64) -> Result<Self> {
+        let projections = settings.projections()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut pairs = BTreeMap::new();
+        for layer in 0..model.config.num_hidden_layers {
+            for &proj in &projections {
+                let (n_in, n_out) = model.projection_shape(proj);
+                let bound = 1.0 / (n_in as f32).sqrt();
+                let a: Vec<f32> = (0..settings.rank * n_in)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                let a =
+                    Var::from_tensor(&Tensor::from_vec(a, (settings.rank, n_in), &model.device)?)?;
+                let b = Var::zeros((n_out, settings.rank), DType::F32, &model.device)?;
+                pairs.insert(
+                    (layer, proj_index(proj)),
+                    LoraPair {
+                        a,
+                        b,
+                        scale: settings.scale(),
+                    },
+                );
+            }
+        }
+        Ok(Lora {
+            pairs,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Every trainable tensor with a stable name (`layers.3.q_proj.lora_A`).
+    pub fn named_vars(&self) -> Vec<(String, &Var)> {
+        self.pairs
+            .iter()
+            .flat_map(|(&(layer, p), pair)| {
+                let module = Proj::ALL[p].module_name();
+                [
+                    (format!("layers.{layer}.{module}.lora_A"), &pair.a),
+                    (format!("layers.{layer}.{module}.lora_B"), &pair.b),
+                ]
+            })
+            .collect()
+    }
+
+    /// Trainable parameters.
+    pub fn parameters(&self) -> usize {
+        self.named_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count())
+            .sum()
+    }
+
+    /// The adapter in PEFT's terms (`B` back in HF row order), for [`Adapter::save`].
+    ///
+    /// # Errors
+    /// Tensor failures.
+    pub fn to_adapter(&self, model: &TrainModel, base_name: &str) -> Result<Adapter> {
+        let mut modules = BTreeMap::new();
+        for (&(layer, p), pair) in &self.pairs {
+            let proj = Proj::ALL[p];
+            let mut b = pair.b.as_tensor().to_device(&Device::Cpu)?;
+            if let Some(rows) = model.config.hf_rows(proj) {
+                let mut inverse = vec![0u32; rows.len()];
+                for (model_row, &hf_row) in rows.iter().enumerate() {
+                    inverse[hf_row as usize] = model_row as u32;
+                }
+                b = b.index_select(&Tensor::new(inverse.as_slice(), &Device::Cpu)?, 0)?;
+            }
+            modules.insert(
+                ModuleKey {
+                    layer,
+                    parent: proj.parent().into(),
+                    module: proj.module_name().into(),
+                },
+                LoraModule {
+                    a: pair.a.as_tensor().to_device(&Device::Cpu)?,
+                    b,
+                    scale: pair.scale,
+                },
+            );
+        }
+        let mut names: Vec<String> = self
+            .settings
+            .projections()?
+            .iter()
+            .map(|p| p.module_name().to_string())
+            .collect();
+        names.dedup();
+        let config = LoraConfig {
+            r: self.settings.rank,
+            lora_alpha: self.settings.alpha,
+            use_rslora: self.settings.rslora,
+            target_modules: TargetModules::Names(names),
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            base_model_name_or_path: Some(base_name.to_string()),
+        };
+        Ok(Adapter::new(config, modules))
+    }
+}
+
+/// Dropout for one forward pass: which rows of which branch input are kept is a function of
+/// the seed alone, so a resumed run draws exactly what the uninterrupted one drew.
+pub struct Dropout {
+    /// Probability of zeroing an element.
+    pub p: f64,
+    /// Seeds this pass's masks.
+    pub seed: u64,
+}
+
+impl TrainModel {
+    /// Dense f32 copies of `model`'s weights on `device`.
+    ///
+    /// # Errors
+    /// Tensor failures.
+    pub fn new(model: &Model, device: &Device) -> Result<Self> {
+        let config = model.config().clone();
+        let dense = model.dense_weights()?;
+        let on = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(device)?) };
+        let layers = dense
+            .layers
+            .iter()
+            .map(|layer| {
+                Ok(Layer {
+                    input_layernorm: on(&layer.input_layernorm)?,
+                    post_attention_layernorm: on(&layer.post_attention_layernorm)?,
+                    projections: layer
+                        .projections
+                        .iter()
+                        .map(|(w, b)| {
+                            Ok(FrozenLinear::new(on(w)?, b.as_ref().map(on).transpose()?))
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = on(&dense.embed_tokens)?;
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            on(&dense.lm_head)?
+        };
+        let (cos, sin) = rope_tables(&config, model.max_positions(), device)?;
+        Ok(TrainModel {
+            embed_tokens,
+            layers,
+            norm: on(&dense.norm)?,
+            lm_head: FrozenLinear::new(lm_head, None),
+            cos,
+            sin,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Positions a sequence may hold.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// `(in, out)` of a projection.
+    pub fn projection_shape(&self, proj: Proj) -> (usize, usize) {
+        let c = &self.config;
+        let (q, kv) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        match proj {
+            Proj::Q => (c.hidden_size, q),
+            Proj::K | Proj::V => (c.hidden_size, kv),
+            Proj::O => (q, c.hidden_size),
+            Proj::Gate | Proj::Up => (c.hidden_size, c.intermediate_size),
+            Proj::Down => (c.intermediate_size, c.hidden_size),
+        }
+    }
+
+    /// Final hidden states (before the last norm) of one sequence: `[len, hidden]`.
+    ///
+    /// # Errors
+    /// A sequence longer than the model's context; tensor failures.
+    pub fn hidden(
+        &self,
+        ids: &[u32],
+        lora: Option<&Lora>,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        let n = ids.len();
+        if n == 0 || n > self.max_positions() {
+            return Err(Error::Settings(format!(
+                "a sequence of {n} tokens does not fit the model's {} positions",
+                self.max_positions()
+            )));
+        }
+        let c = &self.config;
+        let mut rng = dropout.map(|d| StdRng::seed_from_u64(d.seed));
+        let mask = causal_mask(n, &self.device)?;
+        let (cos, sin) = (self.cos.narrow(0, 0, n)?, self.sin.narrow(0, 0, n)?);
+        let mut xs = self
+            .embed_tokens
+            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
+            let mut project = |proj: Proj, xs: &Tensor| -> Result<Tensor> {
+                let p = proj_index(proj);
+                let ys = layer.projections[p].forward(xs)?;
+                let Some(pair) = lora.and_then(|l| l.pairs.get(&(layer_idx, p))) else {
+                    return Ok(ys);
+                };
+                let input = match (dropout, rng.as_mut()) {
+                    (Some(d), Some(rng)) if d.p > 0.0 => dropout_mask(xs, d.p, rng)?,
+                    _ => xs.clone(),
+                };
+                let delta = input
+                    .matmul(&pair.a.as_tensor().t()?)?
+                    .matmul(&pair.b.as_tensor().t()?)?;
+                Ok((ys + (delta * pair.scale)?)?)
+            };
+            let hs = rms_norm(&xs, &layer.input_layernorm, c.rms_norm_eps)?;
+            let q = project(Proj::Q, &hs)?;
+            let k = project(Proj::K, &hs)?;
+            let v = project(Proj::V, &hs)?;
+            let heads = |t: Tensor, h: usize| -> Result<Tensor> {
+                Ok(t.reshape((n, h, c.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?)
+            };
+            let q = rope(&heads(q, c.num_attention_heads)?, &cos, &sin, c.rope_style)?;
+            let k = rope(&heads(k, c.num_key_value_heads)?, &cos, &sin, c.rope_style)?;
+            let v = heads(v, c.num_key_value_heads)?;
+            let attn = attend(&q, &k, &v, &mask)?;
+            let attn = project(Proj::O, &attn)?;
+            xs = (xs + attn)?;
+            let hs = rms_norm(&xs, &layer.post_attention_layernorm, c.rms_norm_eps)?;
+            let gate = project(Proj::Gate, &hs)?.silu()?;
+            let up = project(Proj::Up, &hs)?;
+            let down = project(Proj::Down, &(gate * up)?)?;
+            xs = (xs + down)?;
+        }
+        Ok(xs)
+    }
+
+    /// Logits at `positions` of `hidden` (`[positions.len(), vocab]`).
+    ///
+    /// # Errors
+    /// Tensor failures.
+    pub fn logits_at(&self, hidden: &Tensor, positions: &[u32]) -> Result<Tensor> {
+        let hs = hidden.index_select(&Tensor::new(positions, &self.device)?, 0)?;
+        let hs = rms_norm(&hs, &self.norm, self.config.rms_norm_eps)?;
+        self.lm_head.forward(&hs)
+    }
+
+    /// The summed negative log-likelihood of the masked tokens of `ids` (a scalar tensor),
+    /// and how many there are. Only masked positions get logits.
+    ///
+    /// # Errors
+    /// Mismatched lengths; tensor failures.
+    pub fn masked_nll(
+        &self,
+        ids: &[u32],
+        mask: &[bool],
+        lora: Option<&Lora>,
+        dropout: Option<&Dropout>,
+    ) -> Result<(Tensor, usize)> {
+        if ids.len() != mask.len() {
+            return Err(Error::Settings(format!(
+                "{} tokens but {} mask entries",
+                ids.len(),
+                mask.len()
+            )));
+        }
+        let (positions, targets): (Vec<u32>, Vec<u32>) = (1..ids.len())
+            .filter(|&i| mask[i])
+            .map(|i| (i as u32 - 1, ids[i]))
+            .unzip();
+        if positions.is_empty() {
+            return Ok((Tensor::zeros((), DType::F32, &self.device)?, 0));
+        }
+        let hidden = self.hidden(ids, lora, dropout)?;
+        let logits = self.logits_at(&hidden, &positions)?;
+        let log_probs = log_softmax(&logits)?;
+        let targets = Tensor::new(targets.as_slice(), &self.device)?.unsqueeze(1)?;
+        let picked = log_probs.gather(&targets, 1)?;
+        Ok((picked.sum_all()?.neg()?, positions.len()))
+    }
+}
+
+/// Gradients of every var of `lora`, in `named_vars` order.
+///
+/// # Errors
+/// A var without a gradient: candle returns none, silently, when the graph was cut.
+pub fn gradients(lora: &Lora, grads: &GradStore) -> Result<Vec<Tensor>> {
+    lora.named_vars()
+        .into_iter()
+        .map(|(name, var)| {
+            grads.get(var.as_tensor()).cloned().ok_or_else(|| {
+                Error::Settings(format!("{name} received no gradient: the graph is cut"))
+            })
+        })
+        .collect()
+}
+
+fn rope_tables(
+    config: &TransformerConfig,
+    max_positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    // The same computation as the engine's `Rope::new`, so positions rotate identically.
+    let d = config.head_dim;
+    let inv_freq: Vec<f32> = (0..d)
+        .step_by(2)
+        .map(|i| 1f32 / config.rope_theta.powf(i as f32 / d as f32))
+        .collect();
+    let n_freq = inv_freq.len();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, n_freq), device)?;
+    let positions = Tensor::arange(0u32, max_positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((max_positions, 1))?;
+    let freqs = positions.matmul(&inv_freq)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (mean_square + eps)?.sqrt()?.recip()?;
+    Ok(xs.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+}
+
+/// `xs` is `[heads, n, d]`; `cos`/`sin` are `[n, d/2]`.
+fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    let (heads, n, d) = xs.dims3()?;
+    let half = d / 2;
+    let rotate = |x1: &Tensor, x2: &Tensor| -> Result<(Tensor, Tensor)> {
+        let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let b = (x1.broadcast_mul(sin)? + x2.broadcast_mul(cos)?)?;
+        Ok((a, b))
+    };
+    Ok(match style {
+        RopeStyle::Half => {
+            let (a, b) = rotate(&xs.narrow(2, 0, half)?, &xs.narrow(2, half, half)?)?;
+            Tensor::cat(&[a, b], 2)?
+        }
+        RopeStyle::Interleaved => {
+            let pairs = xs.reshape((heads, n, half, 2))?;
+            let x1 = pairs.narrow(3, 0, 1)?.squeeze(3)?;
+            let x2 = pairs.narrow(3, 1, 1)?.squeeze(3)?;
+            let (a, b) = rotate(&x1, &x2)?;
+            Tensor::stack(&[a, b], 3)?.reshape((heads, n, d))?
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn rope_for_tests(
+    xs: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    style: RopeStyle,
+) -> Result<Tensor> {
+    rope(xs, cos, sin, style)
+}
+
+fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|row| (0..n).map(move |col| if col <= row { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (n, n), device)?)
+}
+
+/// Softmax from primitives: candle's fused one has no backward.
+fn softmax(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
+}
+
+fn log_softmax(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let shifted = xs.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&log_sum)?)
+}
+
+/// Grouped-query causal attention of one whole sequence: `q` `[heads, n, d]`, `k`/`v`
+/// `[kv_heads, n, d]`; returns `[n, heads·d]`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (heads, n, d) = q.dims3()?;
+    let kv_heads = k.dim(0)?;
+    let group = heads / kv_heads;
+    let q = q.reshape((kv_heads, group * n, d))?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = scores
+        .reshape((kv_heads, group, n, n))?
+        .broadcast_add(mask)?
+        .reshape((kv_heads, group * n, n))?;
+    let out = softmax(&scores)?.matmul(v)?;
+    Ok(out
+        .reshape((heads, n, d))?
+        .transpose(0, 1)?
+        .reshape((n, heads * d))?)
+}
+
+fn dropout_mask(xs: &Tensor, p: f64, rng: &mut StdRng) -> Result<Tensor> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let values: Vec<f32> = (0..xs.elem_count())
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect();
+    let mask = Tensor::from_vec(values, xs.shape(), xs.device())?;
+    Ok((xs * mask)?)
+}
