@@ -393,6 +393,7 @@ impl Trainer {
             }
             None => {
                 checkpoint::start_run(run_dir, &settings)?;
+                write_examples(run_dir, &dataset)?;
                 RunState::default()
             }
         };
@@ -649,6 +650,24 @@ impl Trainer {
         adapter.save(dir)?;
         Ok(())
     }
+}
+
+/// `examples.jsonl`: the rows exactly as trained (ids, loss mask, split), so that another
+/// trainer (PyTorch + PEFT in the GPU comparison) can train on the same tokens.
+fn write_examples(run_dir: &Path, dataset: &Dataset) -> Result<()> {
+    let mut out = String::new();
+    for (split, examples) in [("train", &dataset.train), ("validation", &dataset.validation)] {
+        for e in examples {
+            let mask: Vec<u8> = e.mask.iter().map(|&m| u8::from(m)).collect();
+            let line = serde_json::json!({
+                "split": split, "origin": e.origin, "language": e.language,
+                "ids": e.ids, "mask": mask,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+    }
+    checkpoint::write_atomic(&run_dir.join("examples.jsonl"), out.as_bytes())
 }
 
 /// Copies an adapter directory's two files into `to`, atomically (staged, then renamed).
