@@ -262,3 +262,5 @@ fn scan_with_every_installed_analyzer_attributes_each_finding() {
         "{verdicts:?}"
     );
 }
+
+mod train;

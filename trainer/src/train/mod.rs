@@ -656,7 +656,10 @@ impl Trainer {
 /// trainer (PyTorch + PEFT in the GPU comparison) can train on the same tokens.
 fn write_examples(run_dir: &Path, dataset: &Dataset) -> Result<()> {
     let mut out = String::new();
-    for (split, examples) in [("train", &dataset.train), ("validation", &dataset.validation)] {
+    for (split, examples) in [
+        ("train", &dataset.train),
+        ("validation", &dataset.validation),
+    ] {
         for e in examples {
             let mask: Vec<u8> = e.mask.iter().map(|&m| u8::from(m)).collect();
             let line = serde_json::json!({

@@ -411,3 +411,54 @@ fn adamw_moves_a_var_downhill() {
     let v = var.as_tensor().to_vec1::<f32>().expect("vec");
     assert!(v.iter().all(|x| x.abs() < 0.2), "{v:?}");
 }
+
+/// On real rows of the shared set, with the default model's tokenizer: a token is masked
+/// exactly when its bytes overlap a changed span, and the masked tokens cover every span.
+#[test]
+fn masks_on_the_shared_set_cover_exactly_the_changed_spans() {
+    let shared = hexacoder_testkit::shared_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        shared.join("reference/tokenizers/qwen2.5-coder.tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("reference tokenizer (../shared)");
+    let tokenizer =
+        hexacoder_engine::tokenizer::Tokenizer::from_hf_dir(dir.path()).expect("tokenizer");
+    let (rows, stats) =
+        data::read_rows(&[shared.join("bench/hexacoder/dataset/hexacoder_train.jsonl")])
+            .expect("read the shared set");
+    assert_eq!(
+        (stats.lines, stats.no_changes, rows.len()),
+        (1686, 11, 1675)
+    );
+    for (row, origin) in rows.iter().step_by(7) {
+        let Row::Spans { text, changes } = row else {
+            panic!("{origin}: not format A");
+        };
+        let example = data::tokenize(&tokenizer, row, origin, 1 << 20)
+            .expect("tokenize")
+            .expect("trainable");
+        let offset = usize::from(tokenizer.bos_to_add().is_some());
+        let mut at = 0;
+        let mut covered = vec![false; text.len()];
+        for (i, &id) in example.ids.iter().enumerate().skip(offset) {
+            let len = tokenizer.token_bytes(id).len();
+            let (s, e) = (at, at + len);
+            let overlaps = changes.iter().any(|c| c.start < e && s < c.end);
+            assert_eq!(example.mask[i], overlaps && i > 0, "{origin}: token {i}");
+            if example.mask[i] {
+                covered[s..e].fill(true);
+            }
+            at = e;
+        }
+        for change in changes {
+            let first_token_change = change.start == 0 && offset == 0;
+            assert!(
+                first_token_change || covered[change.clone()].iter().all(|&c| c),
+                "{origin}: {:?} not covered by masked tokens",
+                &text[change.clone()]
+            );
+        }
+    }
+}
