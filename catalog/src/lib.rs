@@ -428,3 +428,7 @@ fn write_stamp(model: &CatalogModel, target: &Path) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests;
+
+mod trained;
+
+pub use trained::{SECURE_ADAPTER_NAME, TRAINED_ADAPTERS, TrainedAdapter, trained_adapter_for};

@@ -74,3 +74,29 @@ fn catalogue_is_consistent() {
     assert_eq!(find("smollm2-135m").map(|m| m.bytes), Some(98_362_432));
     assert_eq!(default_model().id, "qwen2.5-coder-0.5b");
 }
+
+#[test]
+fn shipped_adapters_match_their_pins_and_bases() {
+    for adapter in TRAINED_ADAPTERS {
+        assert!(
+            find(adapter.base).is_some(),
+            "{}: unknown base",
+            adapter.dir_name
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = adapter.materialize(dir.path()).expect("materialize");
+        assert_eq!(
+            fs::read(path.join("adapter_model.safetensors")).expect("weights"),
+            adapter.weights
+        );
+        // A damaged copy is replaced; an intact one is left alone.
+        fs::write(path.join("adapter_model.safetensors"), b"damaged").expect("damage");
+        let again = adapter.materialize(dir.path()).expect("repair");
+        assert_eq!(
+            fs::read(again.join("adapter_model.safetensors")).expect("weights"),
+            adapter.weights
+        );
+        assert!(trained_adapter_for(adapter.base).is_some());
+    }
+    assert!(trained_adapter_for("no-such-model").is_none());
+}

@@ -173,6 +173,10 @@ pub struct ServeArgs {
     /// select it with `"model": "NAME"`.
     #[arg(long = "adapter", value_name = "NAME=PATH")]
     pub adapters: Vec<String>,
+    /// Do not load the security adapter HexaCoder ships for the model (served as the model
+    /// `hexacoder-secure` when the base is a catalogue model that has one).
+    #[arg(long, env = "HEXACODER_NO_DEFAULT_ADAPTER")]
+    pub no_default_adapter: bool,
     /// Load every subdirectory of this directory as an adapter named after it.
     #[arg(long, env = "HEXACODER_ADAPTER_DIR")]
     pub adapter_dir: Option<PathBuf>,

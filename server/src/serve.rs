@@ -88,11 +88,27 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             max_bytes: args.max_adapter_bytes,
         },
     );
-    for (name, path) in startup_adapters(args)? {
+    let startup = startup_adapters(args)?;
+    for (name, path) in &startup {
         let info = adapters
-            .load(&name, &path)
+            .load(name, path)
             .with_context(|| format!("loading adapter {name} from {}", path.display()))?;
         tracing::info!(adapter = %info.name, bytes = info.bytes, "adapter loaded");
+    }
+    // The security adapter HexaCoder ships for this base, unless turned off, already merged,
+    // or replaced by one of the user's under the same name.
+    if !args.no_default_adapter
+        && args.merge_adapter.is_none()
+        && let Some(shipped) = hexacoder_catalog::trained_adapter_for(&args.model.model)
+        && !startup.iter().any(|(name, _)| name == shipped.name)
+    {
+        let dir = shipped
+            .materialize(&hexacoder_catalog::cache_dir())
+            .with_context(|| format!("writing the shipped adapter {}", shipped.dir_name))?;
+        let info = adapters
+            .load(shipped.name, &dir)
+            .with_context(|| format!("loading the shipped adapter from {}", dir.display()))?;
+        tracing::info!(adapter = %info.name, bytes = info.bytes, "shipped security adapter loaded (--no-default-adapter turns it off)");
     }
     let scheduler = Scheduler::start(
         engine,

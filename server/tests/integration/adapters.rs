@@ -513,3 +513,66 @@ async fn the_byte_cap_is_a_clear_409() {
         .expect("json");
     assert_eq!(listed["data"].as_array().expect("data").len(), 0);
 }
+
+/// Real-model tier: on a catalogue model with a shipped security adapter, `serve` offers it as
+/// `hexacoder-secure` beside the base, it changes what the model writes, its requests default
+/// to two-step generation, and `--no-default-adapter` turns it off.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_security_adapter_is_served_by_default() {
+    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
+        eprintln!("skipping: set HEXACODER_TEST_MODELS=1 to run real-model tests");
+        return;
+    }
+    let client = client();
+    let ids = |models: &Value| -> Vec<String> {
+        models["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let server = Server::start(Path::new("smollm2-135m"), &[], &[]);
+    let models: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ids(&models), ["smollm2-135m", "hexacoder-secure"]);
+    let prompt = "import os\n\ndef read_user_file(name):\n";
+    let body = |model: &str, two_step: Option<bool>| {
+        let mut body = json!({"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0, "logprobs": 1});
+        if let Some(on) = two_step {
+            body["hexacoder"] = json!({"two_step": on});
+        }
+        body
+    };
+    let url = server.url("/v1/completions");
+    let (status, secure) = post(&client, &url, &body("hexacoder-secure", None)).await;
+    assert_eq!(status, 200, "{secure}");
+    assert_eq!(
+        secure["choices"][0]["hexacoder"]["two_step"], true,
+        "the adapter's metadata turns two-step on: {secure}"
+    );
+    let (status, base) = post(&client, &url, &body("smollm2-135m", Some(true))).await;
+    assert_eq!(status, 200, "{base}");
+    assert_ne!(
+        base["choices"][0]["logprobs"], secure["choices"][0]["logprobs"],
+        "the adapter changes nothing"
+    );
+    drop(server);
+
+    let server = Server::start(Path::new("smollm2-135m"), &["--no-default-adapter"], &[]);
+    let models: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ids(&models), ["smollm2-135m"]);
+}
