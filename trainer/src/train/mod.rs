@@ -543,11 +543,11 @@ impl Trainer {
             self.state.last_train_loss = Some(loss);
             let elapsed = started.elapsed().as_secs_f64();
             let rate = tokens_here as f64 / elapsed.max(1e-9);
-            let epoch_end = self.state.step % per_epoch == 0;
+            let epoch_end = self.state.step.is_multiple_of(per_epoch);
             let last = self.state.step == total;
             let mut val = None;
             if !self.dataset.validation.is_empty()
-                && (self.state.step % self.settings.eval_every == 0 || epoch_end || last)
+                && (self.state.step.is_multiple_of(self.settings.eval_every) || epoch_end || last)
             {
                 val = self.loss_on(&self.dataset.validation)?;
                 if let Some(v) = val
@@ -591,7 +591,13 @@ impl Trainer {
                 }
                 _ => {}
             }
-            if self.state.step % self.settings.checkpoint_every == 0 || epoch_end || last {
+            if self
+                .state
+                .step
+                .is_multiple_of(self.settings.checkpoint_every)
+                || epoch_end
+                || last
+            {
                 Checkpoint::save(&self.run_dir, &self.lora, &self.optimizer, &self.state)?;
                 report::plot_losses(&self.run_dir)?;
             }

@@ -276,7 +276,7 @@ fn spans_map_to_the_tokens_they_touch() {
     let start = text.find("x + 1").expect("span");
     let row = Row::Spans {
         text: text.into(),
-        changes: vec![start..start + 5],
+        changes: std::iter::once(start..start + 5).collect(),
     };
     let example = data::tokenize(tokenizer, &row, "t:1", 512)
         .expect("tokenize")
