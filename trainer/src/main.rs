@@ -238,6 +238,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Some(gib) => Some((gib * (1u64 << 30) as f64) as u64),
         None => None,
     };
+    train::keep_freed_memory();
     let mut trainer = Trainer::prepare(settings, &run_dir, resume, memory_limit, &mut log)?;
     eprintln!(
         "run directory {}; {} steps of {} rows",

@@ -499,10 +499,8 @@ impl TrainModel {
         }
         let hidden = self.hidden(ids, lora, dropout)?;
         let logits = self.logits_at(&hidden, &positions)?;
-        let log_probs = log_softmax(&logits)?;
-        let targets = Tensor::new(targets.as_slice(), &self.device)?.unsqueeze(1)?;
-        let picked = log_probs.gather(&targets, 1)?;
-        Ok((picked.sum_all()?.neg()?, positions.len()))
+        let nll = logits.contiguous()?.apply_op1(CrossEntropy { targets })?;
+        Ok((nll.sum_all()?, positions.len()))
     }
 }
 
@@ -595,11 +593,132 @@ fn softmax(xs: &Tensor) -> Result<Tensor> {
     Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
 }
 
-fn log_softmax(xs: &Tensor) -> Result<Tensor> {
-    let max = xs.max_keepdim(D::Minus1)?.detach();
-    let shifted = xs.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&log_sum)?)
+/// Per-row negative log-likelihood of `targets` under `[rows, vocab]` logits, as one node:
+/// the composed log-softmax, gather and their backward made about ten vocabulary-wide
+/// tensors per row set (151,936 wide for Qwen), this makes one, in the backward pass.
+struct CrossEntropy {
+    targets: Vec<u32>,
+}
+
+impl CrossEntropy {
+    fn check(&self, rows: usize, vocab: usize) -> candle_core::Result<()> {
+        if rows != self.targets.len() || self.targets.iter().any(|&t| t as usize >= vocab) {
+            candle_core::bail!(
+                "cross-entropy: {} targets for {rows} rows of {vocab} logits",
+                self.targets.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, vocab) = layout.shape().dims2()?;
+        self.check(rows, vocab)?;
+        let (CpuStorage::F32(all), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("cross-entropy wants contiguous f32 logits");
+        };
+        let logits = &all[start..end];
+        let nll = logits
+            .chunks_exact(vocab)
+            .zip(&self.targets)
+            .map(|(row, &t)| log_sum_exp(row) - row[t as usize])
+            .collect();
+        Ok((CpuStorage::F32(nll), Shape::from(rows)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (rows, vocab) = layout.shape().dims2()?;
+        self.check(rows, vocab)?;
+        let len = layout.shape().elem_count();
+        let logits = Tensor::from_storage(
+            Storage::Cuda(storage.try_clone(layout)?),
+            (layout.start_offset() + len,),
+            BackpropOp::none(),
+            false,
+        )
+        .narrow(0, layout.start_offset(), len)?
+        .reshape((rows, vocab))?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let lse = (logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            + max)?;
+        let targets = Tensor::new(self.targets.as_slice(), logits.device())?.unsqueeze(1)?;
+        let nll = (lse - logits.gather(&targets, 1)?)?
+            .squeeze(1)?
+            .contiguous()?;
+        let (storage, nll_layout) = nll.storage_and_layout();
+        match storage.try_clone(nll_layout)? {
+            Storage::Cuda(s) => Ok((s, Shape::from(rows))),
+            _ => candle_core::bail!("cross-entropy: result left the GPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        _nll: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (rows, vocab) = logits.dims2()?;
+        let grad = grad.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if logits.device().is_cpu() {
+            // softmax(row)·g − g at the target, in one buffer.
+            let mut values = logits.flatten_all()?.to_vec1::<f32>()?;
+            for ((row, &t), g) in values.chunks_exact_mut(vocab).zip(&self.targets).zip(&grad) {
+                let lse = log_sum_exp(row);
+                for x in row.iter_mut() {
+                    *x = (*x - lse).exp() * g;
+                }
+                row[t as usize] -= g;
+            }
+            return Ok(Some(Tensor::from_vec(
+                values,
+                (rows, vocab),
+                logits.device(),
+            )?));
+        }
+        let device = logits.device();
+        let g = Tensor::from_vec(grad.clone(), (rows, 1), device)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let exp = logits.broadcast_sub(&max)?.exp()?;
+        let softmax = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+        let targets = Tensor::new(self.targets.as_slice(), device)?.unsqueeze(1)?;
+        let minus_g = Tensor::from_vec(
+            grad.iter().map(|g| -g).collect::<Vec<_>>(),
+            (rows, 1),
+            device,
+        )?;
+        Ok(Some(
+            softmax
+                .broadcast_mul(&g)?
+                .scatter_add(&targets, &minus_g, 1)?,
+        ))
+    }
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
 }
 
 /// Grouped-query causal attention of one whole sequence: `q` `[heads, n, d]`, `k`/`v`

@@ -1,0 +1,153 @@
+//! Run with: `cargo run --release -p hexacoder-benches --bin train-bench -- MODEL [SEQ] [ROWS]`
+//!
+//! Training throughput of `hexacoder-train`'s forward and backward pass on real rows of the
+//! shared HexaCoder set (cut to SEQ tokens, default 256; ROWS rows, default 8), against this
+//! CPU's f32 matrix-multiply peak measured with the same GEMM in the same run. Prints one
+//! JSON document: tokens/s, achieved GFLOP/s (FLOPs counted from the shapes), the share of
+//! the peak, the forward/backward split and peak RSS. `TRAIN_BENCH_DEFAULT_MALLOC=1` measures
+//! with glibc's default allocator settings instead of the trainer's.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use hexacoder_trainer::train::data::{self, Example};
+use hexacoder_trainer::train::model::{self, Lora, LoraSettings, TrainModel};
+use serde_json::json;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// GFLOP/s of `[m, k] × [n, k]ᵀ` in f32, median of 7 after a warm-up.
+fn matmul_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+    a.matmul(&b.t()?)?;
+    let times = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            a.matmul(&b.t()?)?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(2.0 * (m * k * n) as f64 / median(times) / 1e9)
+}
+
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let avx512 = info.contains(" avx512f");
+    format!("{name} ({})", if avx512 { "AVX-512" } else { "AVX2" })
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// FLOPs of one row's forward and backward pass: every frozen projection twice forward-sized
+/// (its output, then its input's gradient), attention's four products forward and about
+/// twice that backward, and the output head at the masked positions, forward and backward.
+fn row_flops(model: &TrainModel, example: &Example) -> f64 {
+    let c = model.config();
+    let t = example.ids.len() as f64;
+    let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let (q, kv) = (
+        (c.num_attention_heads * c.head_dim) as f64,
+        (c.num_key_value_heads * c.head_dim) as f64,
+    );
+    let per_layer_params = h * (q + 2.0 * kv) + q * h + 3.0 * h * i;
+    let projections = 4.0 * t * per_layer_params;
+    let attention = 3.0 * 2.0 * 2.0 * t * t * q;
+    let head = 4.0 * example.masked() as f64 * c.vocab_size as f64 * h;
+    c.num_hidden_layers as f64 * (projections + attention) + head
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let model_path = args
+        .next()
+        .context("usage: train-bench MODEL [SEQ] [ROWS]")?;
+    let seq: usize = args.next().map_or(Ok(256), |s| s.parse())?;
+    let rows: usize = args.next().map_or(Ok(8), |s| s.parse())?;
+    if std::env::var_os("TRAIN_BENCH_DEFAULT_MALLOC").is_none() {
+        hexacoder_trainer::train::keep_freed_memory();
+    }
+    let engine = hexacoder_trainer::train::load_base(std::path::Path::new(&model_path))?;
+    let c = engine.model().config().clone();
+    let shared =
+        hexacoder_testkit::shared_dir().join("bench/hexacoder/dataset/hexacoder_train.jsonl");
+    let dataset = data::prepare(&[shared], engine.tokenizer(), seq, None, 0.0, 0)?;
+    // The longest rows, so that sequences are near SEQ tokens as the benchmark says.
+    let mut examples = dataset.train;
+    examples.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
+    examples.truncate(rows);
+    let model = TrainModel::new(engine.model(), &Device::Cpu)?;
+    drop(engine);
+    let settings = LoraSettings {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.05,
+        rslora: false,
+        target_modules: ["q", "k", "v", "o"].map(String::from).to_vec(),
+    };
+    let lora = Lora::new(&model, &settings, 0)?;
+    let peak = [
+        matmul_gflops(seq, c.hidden_size, c.intermediate_size)?,
+        matmul_gflops(seq, c.intermediate_size, c.hidden_size)?,
+        matmul_gflops(1024, 1024, 1024)?,
+    ];
+    let peak_gflops = peak.iter().copied().fold(0.0, f64::max);
+    let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
+    let flops: f64 = examples.iter().map(|e| row_flops(&model, e)).sum();
+    // Warm-up on the first row, then forward only, then forward and backward.
+    let (nll, _) = model.masked_nll(&examples[0].ids, &examples[0].mask, Some(&lora), None)?;
+    nll.backward()?;
+    let started = Instant::now();
+    for e in &examples {
+        let (nll, _) = model.masked_nll(&e.ids, &e.mask, Some(&lora), None)?;
+        nll.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    }
+    let forward_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for (j, e) in examples.iter().enumerate() {
+        let dropout = model::Dropout {
+            p: 0.05,
+            seed: j as u64,
+        };
+        let (nll, _) = model.masked_nll(&e.ids, &e.mask, Some(&lora), Some(&dropout))?;
+        model::gradients(&lora, &nll.backward()?)?;
+    }
+    let step_s = started.elapsed().as_secs_f64();
+    let achieved = flops / step_s / 1e9;
+    let report = json!({
+        "model": model_path,
+        "cpu": cpu_name(),
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "seq": seq,
+        "rows": examples.len(),
+        "tokens": tokens,
+        "tokens_per_second": tokens as f64 / step_s,
+        "forward_share": forward_s / step_s,
+        "gflops_counted": flops / 1e9,
+        "achieved_gflops_per_s": achieved,
+        "matmul_peak_gflops_per_s": peak_gflops,
+        "matmul_gflops_by_shape": peak,
+        "share_of_peak": achieved / peak_gflops,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
