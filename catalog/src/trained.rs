@@ -37,7 +37,7 @@ pub const TRAINED_ADAPTERS: &[TrainedAdapter] = &[TrainedAdapter {
     dir_name: "smollm2-135m-secure",
     config: include_bytes!("../../adapters/trained/smollm2-135m-secure/adapter_config.json"),
     weights: include_bytes!("../../adapters/trained/smollm2-135m-secure/adapter_model.safetensors"),
-    weights_sha256: "eefc53804c65a7365500bc777081925f68a3f06d6b6b4d1010eb5f197096e0b4",
+    weights_sha256: "6f739284f70e00cdb76623646529a7053bbb6a4a05c1029224e87a359576547a",
 }];
 
 /// The shipped adapter for the catalogue model `base`, if there is one.
