@@ -28,6 +28,48 @@ pub const TWO_STEP_METADATA: &str = "hexacoder.two_step";
 /// Larger weight files are refused before they are read.
 pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
 
+/// Fills a sibling temporary directory with `fill`, then swaps it in as `dir`: readers see
+/// the old directory or the new one, never a half-written one, and a failure leaves `dir`
+/// as it was. (Adapters are written this way, and the trainer copies its best one so.)
+///
+/// # Errors
+/// `fill`'s error, or I/O failures.
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".adapter-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    fill(staging.path())?;
+    // Swap the finished directory into place; the old one survives until the new one is in.
+    let staged = staging.keep();
+    let old = parent.join(format!(
+        ".{}.old",
+        dir.file_name()
+            .map_or("adapter".into(), |n| n.to_string_lossy())
+    ));
+    let had_old = dir.exists();
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(&staged, dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(Error::io(dir, e));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
 /// What an adapter is checked against: the base model's projections.
 pub trait BaseModel {
     /// Decoder layers.
@@ -229,77 +271,46 @@ impl Adapter {
     /// # Errors
     /// I/O failures; `dir` is then unchanged.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        let staging = tempfile::Builder::new()
-            .prefix(".adapter-")
-            .tempdir_in(parent)
-            .map_err(|e| Error::io(parent, e))?;
-        let config = serde_json::to_string_pretty(&self.config.to_json())
-            .map_err(|e| Error::io(dir, std::io::Error::other(e)))?;
-        std::fs::write(staging.path().join(CONFIG_FILE), config)
-            .map_err(|e| Error::io(staging.path().join(CONFIG_FILE), e))?;
-        let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
-        for (key, module) in &self.modules {
-            for (half, tensor) in [("lora_A", &module.a), ("lora_B", &module.b)] {
-                let values = tensor
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                data.push((
-                    format!("base_model.model.{}.{half}.weight", key.path()),
-                    bytes,
-                    tensor.dims().to_vec(),
-                ));
+        write_dir_atomically(dir, |staging| {
+            let config = serde_json::to_string_pretty(&self.config.to_json())
+                .map_err(|e| Error::io(dir, std::io::Error::other(e)))?;
+            std::fs::write(staging.join(CONFIG_FILE), config)
+                .map_err(|e| Error::io(staging.join(CONFIG_FILE), e))?;
+            let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+            for (key, module) in &self.modules {
+                for (half, tensor) in [("lora_A", &module.a), ("lora_B", &module.b)] {
+                    let values = tensor
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    data.push((
+                        format!("base_model.model.{}.{half}.weight", key.path()),
+                        bytes,
+                        tensor.dims().to_vec(),
+                    ));
+                }
             }
-        }
-        let views = data
-            .iter()
-            .map(|(name, bytes, shape)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .map(|view| (name.clone(), view))
-                    .map_err(|e| Error::tensor(name, e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
-        metadata.insert("format".to_string(), "pt".to_string());
-        let metadata = Some(metadata);
-        let weights = staging.path().join(WEIGHTS_FILE);
-        safetensors::serialize_to_file(views, metadata, &weights)
-            .map_err(|e| Error::io(&weights, std::io::Error::other(e.to_string())))?;
-        // safetensors writes through a private (0600) temp file; give the weights the mode
-        // the umask gave the config, so a server running as another user can read them.
-        let config_mode = std::fs::metadata(staging.path().join(CONFIG_FILE))
-            .map_err(|e| Error::io(staging.path().join(CONFIG_FILE), e))?
-            .permissions();
-        std::fs::set_permissions(&weights, config_mode).map_err(|e| Error::io(&weights, e))?;
-        // Swap the finished directory into place; the old one survives until the new one is in.
-        let staged = staging.keep();
-        let old = parent.join(format!(
-            ".{}.old",
-            dir.file_name()
-                .map_or("adapter".into(), |n| n.to_string_lossy())
-        ));
-        let had_old = dir.exists();
-        if had_old {
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-        }
-        if let Err(e) = std::fs::rename(&staged, dir) {
-            if had_old {
-                let _ = std::fs::rename(&old, dir);
-            }
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(Error::io(dir, e));
-        }
-        if had_old {
-            let _ = std::fs::remove_dir_all(&old);
-        }
-        Ok(())
+            let views = data
+                .iter()
+                .map(|(name, bytes, shape)| {
+                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                        .map(|view| (name.clone(), view))
+                        .map_err(|e| Error::tensor(name, e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+            metadata.insert("format".to_string(), "pt".to_string());
+            let weights = staging.join(WEIGHTS_FILE);
+            safetensors::serialize_to_file(views, Some(metadata), &weights)
+                .map_err(|e| Error::io(&weights, std::io::Error::other(e.to_string())))?;
+            // safetensors writes through a private (0600) temp file; give the weights the mode
+            // the umask gave the config, so a server running as another user can read them.
+            let config_mode = std::fs::metadata(staging.join(CONFIG_FILE))
+                .map_err(|e| Error::io(staging.join(CONFIG_FILE), e))?
+                .permissions();
+            std::fs::set_permissions(&weights, config_mode).map_err(|e| Error::io(&weights, e))
+        })
     }
 
     /// The config.

@@ -281,6 +281,11 @@ impl Model {
         self.rope.max_positions()
     }
 
+    /// The rotary-embedding tables (`[max_positions, head_dim / 2]` cosines and sines).
+    pub fn rope_tables(&self) -> (&Tensor, &Tensor) {
+        self.rope.tables()
+    }
+
     /// An empty KV cache shaped for this model.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;

@@ -37,6 +37,11 @@ impl Rope {
         })
     }
 
+    /// The `[max_positions, head_dim / 2]` cosine and sine tables.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Positions the tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.dim(0).unwrap_or(0)

@@ -698,25 +698,19 @@ fn write_examples(run_dir: &Path, dataset: &Dataset) -> Result<()> {
 
 /// Copies an adapter directory's two files into `to`, atomically (staged, then renamed).
 fn copy_adapter(from: &Path, to: &Path) -> Result<()> {
-    let parent = to
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".adapter-")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
-    for name in [
-        hexacoder_adapters::CONFIG_FILE,
-        hexacoder_adapters::WEIGHTS_FILE,
-    ] {
-        std::fs::copy(from.join(name), staging.path().join(name))
-            .map_err(|e| Error::io(from.join(name), e))?;
-    }
-    let staged = staging.keep();
-    if to.exists() {
-        std::fs::remove_dir_all(to).map_err(|e| Error::io(to, e))?;
-    }
-    std::fs::rename(&staged, to).map_err(|e| Error::io(to, e))
+    hexacoder_adapters::write_dir_atomically(to, |staging| {
+        for name in [
+            hexacoder_adapters::CONFIG_FILE,
+            hexacoder_adapters::WEIGHTS_FILE,
+        ] {
+            std::fs::copy(from.join(name), staging.join(name)).map_err(|e| {
+                hexacoder_adapters::Error::Io {
+                    path: from.join(name),
+                    source: e,
+                }
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(())
 }

@@ -353,7 +353,8 @@ impl TrainModel {
         } else {
             on(&dense.lm_head)?
         };
-        let (cos, sin) = rope_tables(&config, model.max_positions(), device)?;
+        let (cos, sin) = model.rope_tables();
+        let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
         Ok(TrainModel {
             embed_tokens,
             layers,
@@ -517,26 +518,6 @@ pub fn gradients(lora: &Lora, grads: &GradStore) -> Result<Vec<Tensor>> {
             })
         })
         .collect()
-}
-
-fn rope_tables(
-    config: &TransformerConfig,
-    max_positions: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    // The same computation as the engine's `Rope::new`, so positions rotate identically.
-    let d = config.head_dim;
-    let inv_freq: Vec<f32> = (0..d)
-        .step_by(2)
-        .map(|i| 1f32 / config.rope_theta.powf(i as f32 / d as f32))
-        .collect();
-    let n_freq = inv_freq.len();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, n_freq), device)?;
-    let positions = Tensor::arange(0u32, max_positions as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((max_positions, 1))?;
-    let freqs = positions.matmul(&inv_freq)?;
-    Ok((freqs.cos()?, freqs.sin()?))
 }
 
 fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
