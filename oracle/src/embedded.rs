@@ -60,6 +60,17 @@ impl Language {
     }
 }
 
+/// As its name: `python`, `c`, `cpp`.
+impl serde::Serialize for Language {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self {
+            Language::Python => "python",
+            Language::C => "c",
+            Language::Cpp => "cpp",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Language {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;

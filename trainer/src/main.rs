@@ -67,7 +67,22 @@ enum Command {
     /// Train a LoRA adapter with HexaCoder's masked loss (only the tokens a fix changed carry
     /// loss) and write it as a PEFT directory the server serves.
     Train(TrainArgs),
+    /// Count vulnerable completions (CodeLMSec, Pearce, your prompts) and correct ones
+    /// (HumanEval) of any OpenAI-compatible endpoint, per configuration; resumable.
+    Eval(Box<eval_cli::EvalArgs>),
+    /// Compare two evaluation runs (directories with results.json) side by side.
+    Report {
+        /// The first run (the reference).
+        a: PathBuf,
+        /// The second run.
+        b: PathBuf,
+        /// Write the comparison here instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
+
+mod eval_cli;
 
 #[derive(Args)]
 struct TrainArgs {
@@ -274,6 +289,15 @@ fn dirs_cache() -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> ExitCode {
+    // The sandbox's confined side runs before anything else (it must stay single-threaded).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == hexacoder_trainer::eval::sandbox::EXEC_SUBCOMMAND)
+    {
+        let code = hexacoder_trainer::eval::sandbox::exec_confined(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -287,6 +311,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Train(args) => train_command(args),
+        Command::Eval(args) => eval_cli::run(*args),
+        Command::Report { a, b, out } => eval_cli::compare(&a, &b, out.as_deref()),
         Command::Scan {
             paths,
             analyzers,

@@ -42,6 +42,8 @@ pub fn plot_losses(run_dir: &Path) -> Result<()> {
         .map(|p| p.1)
         .filter(|l| l.is_finite())
         .fold(0.1, f64::max);
+    crate::eval::report::register_font()
+        .map_err(|e| Error::Data(format!("drawing the loss plot: {e}")))?;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();

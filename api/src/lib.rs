@@ -1,0 +1,18 @@
+//! HexaCoder's wire format: the JSON that crosses between the server and its clients (the
+//! evaluation harness today; the bridge, the benches and the tests next), as serde types.
+//!
+//! Requests are written by clients and must be exactly what the server reads, so they skip
+//! absent fields. Responses are read from any OpenAI-compatible server (ours, llama.cpp's,
+//! vLLM), so unknown fields are tolerated and most fields are optional.
+
+pub mod completions;
+pub mod error;
+pub mod models;
+
+pub use completions::{
+    Choice, CompletionRequest, CompletionResponse, HexacoderChoice, HexacoderRequest,
+    HexacoderResponse, Logprobs, Position, Prompt, Range, TextEdit, Usage, Verification,
+    VerificationOutcome,
+};
+pub use error::{ErrorBody, ErrorResponse};
+pub use models::{Model, ModelList};
