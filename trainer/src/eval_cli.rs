@@ -57,10 +57,14 @@ pub struct EvalArgs {
     /// The shared benchmark directory.
     #[arg(long, default_value = "../shared/bench")]
     bench_dir: PathBuf,
-    /// Samples per prompt [default: the paper's: 5 CodeLMSec, 15 Pearce, 20 HumanEval (of
-    /// the T=0.8 pass; 1 runs only the greedy pass@1)].
+    /// Samples per prompt of the security benchmarks [default: the paper's: 5 CodeLMSec and
+    /// custom prompts, 15 Pearce].
     #[arg(long)]
     samples: Option<usize>,
+    /// HumanEval: samples per problem of the T=0.8 pass for pass@10 (1: only the greedy pass
+    /// for pass@1).
+    #[arg(long, default_value_t = 20)]
+    humaneval_samples: usize,
     /// New tokens per sample [default: 200; HumanEval 384].
     #[arg(long)]
     max_tokens: Option<u32>,
@@ -251,7 +255,11 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
             prompts: path.clone(),
             subset: args.subset,
             subset_seed: args.subset_seed,
-            samples: args.samples.unwrap_or_else(|| benchmark.default_samples()),
+            samples: if humaneval {
+                args.humaneval_samples
+            } else {
+                args.samples.unwrap_or_else(|| benchmark.default_samples())
+            },
             max_tokens: args.max_tokens.unwrap_or(if humaneval { 384 } else { 200 }),
             first_step_tokens: args.first_step_tokens,
             temperature: args

@@ -341,7 +341,7 @@ fn humaneval_samples_run_in_the_sandbox_through_a_whole_evaluation() {
             "base",
             "--subset",
             "4",
-            "--samples",
+            "--humaneval-samples",
             "1",
             "--max-tokens",
             "96",
