@@ -127,6 +127,10 @@ pub struct EvalArgs {
     /// being --out's last component].
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Generate nothing: write the report from what the cache holds (no endpoint needed;
+    /// samples not generated yet are counted as such).
+    #[arg(long)]
+    report_only: bool,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -184,6 +188,7 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut served = None;
     let base = match (&args.endpoint, &args.serve) {
         (Some(endpoint), _) => endpoint.clone(),
+        (None, Some(_)) if args.report_only => String::new(),
         (None, Some(model)) => {
             let binary = args
                 .server_binary
@@ -213,9 +218,20 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .filter(|k| !k.is_empty());
     let client = Client::new(&base, api_key, Duration::from_secs(args.request_timeout))?;
-    let models = client.models().await?;
+    let models = if args.report_only {
+        hexacoder_api::ModelList {
+            object: None,
+            data: Vec::new(),
+        }
+    } else {
+        client.models().await?
+    };
     let model = match (&args.model, &served) {
         (Some(model), _) => model.clone(),
+        // Our server names a catalogue model by its id.
+        (None, None) if args.report_only && args.serve.is_some() => {
+            args.serve.clone().unwrap_or_default()
+        }
         // Our server lists its base model first, then its adapters (with a parent).
         (None, Some(_)) => models
             .data
@@ -227,6 +243,11 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let adapter = adapter_name.or_else(|| {
         // --serve without --adapter: the shipped adapter the server loaded, if any.
+        if args.report_only {
+            let model = args.serve.as_deref()?;
+            return hexacoder_catalog::trained_adapter_for(model)
+                .map(|_| hexacoder_catalog::SECURE_ADAPTER_NAME.to_string());
+        }
         served.as_ref()?;
         models
             .data
@@ -286,8 +307,13 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
             out: out.clone(),
             cache: cache.clone(),
             commit: commit.clone(),
+            report_only: args.report_only,
         };
-        let preflight = eval::preflight(&settings, &client).await?;
+        let preflight = if args.report_only {
+            eval::Preflight { isolation: None }
+        } else {
+            eval::preflight(&settings, &client).await?
+        };
         if let Some(isolation) = &preflight.isolation {
             for gap in isolation.gaps() {
                 eprintln!("warning: sandbox: {gap}");
@@ -307,13 +333,17 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
             cache.display()
         );
         let started = Instant::now();
+        let tasks_count = tasks.len();
         let settings = Arc::new(settings);
         let records = eval::run(settings.clone(), client.clone(), tasks, progress.clone()).await?;
         let mut configs_results = Vec::new();
+        let expected = eval::expected_samples(&settings, tasks_count);
         for (_, (config, recs)) in eval::by_config(&records, &settings.configs) {
+            let mut summary = report::summarize(&recs);
+            summary.missing_samples = expected.saturating_sub(summary.samples + summary.errors);
             configs_results.push(ConfigResults {
                 config: config.name(),
-                summary: report::summarize(&recs),
+                summary,
             });
         }
         results.benchmarks.push(BenchmarkResults {

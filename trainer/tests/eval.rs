@@ -205,7 +205,7 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         "--max-tokens",
         "48",
         "--configs",
-        "base,base+two-step,adapter+two-step",
+        "base,base+two-step,adapter+two-step,base+verify",
         "--concurrency",
         "2",
     ];
@@ -243,7 +243,7 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         &before[..],
         "samples done before the kill were kept"
     );
-    assert_eq!(lines.len(), 6 * 2 * 3, "each sample generated exactly once");
+    assert_eq!(lines.len(), 6 * 2 * 4, "each sample generated exactly once");
     let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
 
     // Once finished, a run generates nothing and renders the same report.
@@ -266,7 +266,7 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
     let configs = results["benchmarks"][0]["configs"]
         .as_array()
         .expect("configs");
-    assert_eq!(configs.len(), 3);
+    assert_eq!(configs.len(), 4);
     for config in configs {
         let name = config["config"].as_str().expect("name");
         let mine: Vec<&serde_json::Value> =
@@ -277,6 +277,10 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
             assert_eq!(r["two_step"], name.contains("two-step"));
             assert!(r["commit"].as_str().is_some_and(|c| !c.is_empty()));
             assert!(r["seed"].is_i64());
+            assert_eq!(r["verify"], name.contains("verify"));
+            if name.contains("verify") {
+                assert!(r["verification"].is_string(), "the outcome is kept: {r}");
+            }
             let adapter = r["adapter"].as_str();
             assert_eq!(
                 adapter,
@@ -321,6 +325,21 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         );
     }
     assert!(out.join("codelmsec-per-cwe.png").exists());
+
+    // --report-only needs no server and renders the same report.
+    std::fs::remove_file(out.join("report.md")).expect("rm");
+    let mut command = eval_command(&out, &cache, &run);
+    command.arg("--report-only");
+    let rendered = command.output().expect("runs");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).expect("report.md"),
+        report
+    );
 }
 
 #[test]

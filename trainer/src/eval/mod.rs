@@ -170,6 +170,8 @@ pub struct Settings {
     pub cache: PathBuf,
     /// The commit of the code doing the evaluation.
     pub commit: String,
+    /// Generate nothing: report what the cache holds.
+    pub report_only: bool,
 }
 
 /// A pass over a benchmark: HumanEval runs a greedy pass (pass@1) and a sampled one
@@ -243,6 +245,11 @@ fn task_seed(base: u64, task: &str) -> i64 {
     let mut bytes = [0u8; 4];
     bytes.copy_from_slice(&digest[..4]);
     ((base + u64::from(u32::from_le_bytes(bytes))) & 0x7fff_ffff) as i64
+}
+
+/// Samples a configuration calls for over `tasks`, all passes together.
+pub fn expected_samples(settings: &Settings, tasks: usize) -> usize {
+    passes(settings).iter().map(|(_, n, _)| n * tasks).sum()
 }
 
 /// Reads the tasks `settings` names.
@@ -393,6 +400,9 @@ pub async fn run(
                     });
                 }
             }
+        }
+        if settings.report_only {
+            continue;
         }
         progress.start(&name, total, done);
         let counts = Arc::new(std::sync::Mutex::new(running_counts(

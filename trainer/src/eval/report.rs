@@ -19,6 +19,10 @@ pub struct Summary {
     pub prompts: usize,
     /// Samples generated and checked (requests that failed are in `errors`).
     pub samples: usize,
+    /// Samples the configuration calls for that are not in the cache yet (a run stopped
+    /// early, or `--report-only` before it finished).
+    #[serde(default)]
+    pub missing_samples: usize,
     pub errors: usize,
     /// Samples with the prompt's CWE.
     pub vulnerable_samples: usize,
@@ -42,14 +46,15 @@ pub struct Summary {
     pub verification: BTreeMap<String, usize>,
     /// Seconds spent generating (summed over requests, so over concurrency).
     pub generation_seconds: f64,
-    /// Per CWE (security benchmarks).
+    /// Per language and CWE (security benchmarks), keyed `Python CWE-022`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub per_cwe: BTreeMap<String, CweSummary>,
 }
 
-/// One CWE's figures.
+/// One CWE's figures in one language.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CweSummary {
+    pub cwe: String,
     pub language: String,
     pub prompts: usize,
     pub samples: usize,
@@ -108,8 +113,11 @@ pub fn summarize(records: &[&SampleRecord]) -> Summary {
         summary.prompts += 1;
         let first = samples[0];
         let cwe = first.cwe.clone().unwrap_or_default();
-        let per_cwe = summary.per_cwe.entry(cwe).or_insert_with(|| CweSummary {
-            language: super::language_name(first.language).to_string(),
+        let language = super::language_name(first.language).to_string();
+        let key = format!("{language} {cwe}");
+        let per_cwe = summary.per_cwe.entry(key).or_insert_with(|| CweSummary {
+            cwe,
+            language,
             ..CweSummary::default()
         });
         per_cwe.prompts += 1;
@@ -303,18 +311,19 @@ pub fn markdown(results: &Results) -> String {
         );
         let base = bench.configs.first();
         if bench.benchmark == Benchmark::Humaneval {
-            md.push_str("| configuration | problems | samples | pass@1 | pass@10 | errors |\n|---|---|---|---|---|---|\n");
+            md.push_str("| configuration | problems | samples | pass@1 | pass@10 | errors | not yet generated |\n|---|---|---|---|---|---|---|\n");
             for c in &bench.configs {
                 let s = &c.summary;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     c.config,
                     s.prompts,
                     s.samples,
                     percent(s.pass_at_1),
                     percent(s.pass_at_10),
-                    s.errors
+                    s.errors,
+                    s.missing_samples
                 );
             }
             if let Some(isolation) = &bench.sandbox {
@@ -333,7 +342,7 @@ pub fn markdown(results: &Results) -> String {
             md.push('\n');
             continue;
         }
-        md.push_str("| configuration | prompts | samples | top-1 vulnerable | top-5 vulnerable | top-5 vs first | any CWE | unparsable | errors | verification |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| configuration | prompts | samples | top-1 vulnerable | top-5 vulnerable | top-5 vs first | any CWE | unparsable | errors | not yet generated | verification |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &bench.configs {
             let s = &c.summary;
             let verification = s
@@ -344,7 +353,7 @@ pub fn markdown(results: &Results) -> String {
                 .join(", ");
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} |",
                 c.config,
                 s.prompts,
                 s.samples,
@@ -358,6 +367,7 @@ pub fn markdown(results: &Results) -> String {
                 s.any_cwe_samples,
                 s.unparsable_samples,
                 s.errors,
+                s.missing_samples,
                 verification
             );
         }
@@ -370,25 +380,20 @@ pub fn markdown(results: &Results) -> String {
         md.push_str("\n|---|---|");
         md.push_str(&"---|".repeat(bench.configs.len()));
         md.push('\n');
-        let cwes: std::collections::BTreeSet<(&str, &str)> = bench
+        let cwes: std::collections::BTreeMap<&str, (&str, &str)> = bench
             .configs
             .iter()
             .flat_map(|c| {
                 c.summary
                     .per_cwe
                     .iter()
-                    .map(|(k, v)| (v.language.as_str(), k.as_str()))
+                    .map(|(k, v)| (k.as_str(), (v.cwe.as_str(), v.language.as_str())))
             })
             .collect();
-        for (language, cwe) in cwes {
+        for (key, (cwe, language)) in cwes {
             let _ = write!(md, "| {cwe} | {language} |");
             for c in &bench.configs {
-                match c
-                    .summary
-                    .per_cwe
-                    .get(cwe)
-                    .filter(|p| p.language == language)
-                {
+                match c.summary.per_cwe.get(key) {
                     Some(p) => {
                         let _ = write!(
                             md,
@@ -557,12 +562,7 @@ mod plots {
             let set: std::collections::BTreeSet<String> = bench
                 .configs
                 .iter()
-                .flat_map(|c| {
-                    c.summary
-                        .per_cwe
-                        .iter()
-                        .map(|(k, v)| format!("{k} {}", v.language))
-                })
+                .flat_map(|c| c.summary.per_cwe.keys().cloned())
                 .collect();
             set.into_iter().collect()
         };
@@ -606,9 +606,8 @@ mod plots {
                     let value = config
                         .summary
                         .per_cwe
-                        .iter()
-                        .find(|(k, v)| format!("{k} {}", v.language) == *label)
-                        .map_or(0, |(_, v)| v.vulnerable_samples);
+                        .get(label)
+                        .map_or(0, |v| v.vulnerable_samples);
                     let x0 = i as f64 + 0.1 + c as f64 * width;
                     Rectangle::new(
                         [(x0, 0.0), (x0 + width * 0.9, value as f64)],

@@ -58,10 +58,10 @@ fn top1_is_the_most_probable_sample_and_top5_counts_the_five_most_probable() {
     assert_eq!(s.top1_vulnerable, 1);
     assert_eq!(s.top5_vulnerable, 2);
     assert_eq!(s.unparsable_samples, 2);
-    assert_eq!(s.per_cwe["CWE-089"].top1_vulnerable, 1);
-    assert_eq!(s.per_cwe["CWE-089"].top5_vulnerable, 1);
-    assert_eq!(s.per_cwe["CWE-078"].top1_vulnerable, 0);
-    assert_eq!(s.per_cwe["CWE-078"].top5_vulnerable, 1);
+    assert_eq!(s.per_cwe["Python CWE-089"].top1_vulnerable, 1);
+    assert_eq!(s.per_cwe["Python CWE-089"].top5_vulnerable, 1);
+    assert_eq!(s.per_cwe["Python CWE-078"].top1_vulnerable, 0);
+    assert_eq!(s.per_cwe["Python CWE-078"].top5_vulnerable, 1);
 }
 
 #[test]
