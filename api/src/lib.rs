@@ -5,10 +5,12 @@
 //! absent fields. Responses are read from any OpenAI-compatible server (ours, llama.cpp's,
 //! vLLM), so unknown fields are tolerated and most fields are optional.
 
+pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod models;
 
+pub use chat::{ChatChoice, ChatMessage, ChatRequest, ChatResponse};
 pub use completions::{
     Choice, CompletionRequest, CompletionResponse, HexacoderChoice, HexacoderRequest,
     HexacoderResponse, Logprobs, Position, Prompt, Range, TextEdit, Usage, Verification,

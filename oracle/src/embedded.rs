@@ -306,6 +306,15 @@ impl EmbeddedAnalyzer {
         self.rules.iter().filter(|(l, _)| *l == language).count()
     }
 
+    /// The CWEs its rules find in `language`.
+    pub fn cwes(&self, language: Language) -> std::collections::BTreeSet<String> {
+        self.rules
+            .iter()
+            .filter(|(l, _)| *l == language)
+            .map(|(_, rule)| rule.cwe.clone())
+            .collect()
+    }
+
     /// Every finding in `source`, in source order. One walk of the tree tries every rule on
     /// each node whose kind the rule can match (a walk per rule costs about as much as the
     /// matching itself).

@@ -265,7 +265,7 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
         Some(model) => format!("hexacoder-server serve --model {model} (started for the run)"),
         None => base.clone(),
     };
-    let progress: Arc<dyn Progress> = Arc::new(Bars::new());
+    let progress: Arc<dyn Progress> = Arc::new(Bars::new("vulnerable or passing"));
     let mut results = Results {
         benchmarks: Vec::new(),
     };
@@ -443,15 +443,18 @@ pub fn compare(a: &Path, b: &Path, out: Option<&Path>) -> anyhow::Result<ExitCod
 }
 
 /// A bar per configuration on a terminal; a line every tenth of the way otherwise.
-struct Bars {
+pub struct Bars {
+    /// What the running rate counts.
+    what: &'static str,
     terminal: bool,
     multi: indicatif::MultiProgress,
     bars: Mutex<std::collections::HashMap<String, (indicatif::ProgressBar, usize)>>,
 }
 
 impl Bars {
-    fn new() -> Self {
+    pub fn new(what: &'static str) -> Self {
         Bars {
+            what,
             terminal: std::io::stderr().is_terminal(),
             multi: indicatif::MultiProgress::new(),
             bars: Mutex::new(std::collections::HashMap::new()),
@@ -468,7 +471,7 @@ impl Progress for Bars {
         }
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{prefix:>24} {bar:30} {pos}/{len} samples  {msg}  ETA {eta}",
+                "{prefix:>24} {bar:30} {pos}/{len}  {msg}  ETA {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
@@ -490,12 +493,13 @@ impl Progress for Bars {
         } else {
             0.0
         };
-        bar.set_message(format!("vulnerable/passing {rate:.1}%  errors {errors}"));
+        bar.set_message(format!("{} {rate:.1}%  errors {errors}", self.what));
         if !self.terminal && (*step == 0 || bar.position() % (*step as u64) == 0) {
             eprintln!(
-                "{config}: {}/{} samples, vulnerable/passing {rate:.1}%, errors {errors}, ETA {:?}",
+                "{config}: {}/{} done, {} {rate:.1}%, errors {errors}, ETA {:?}",
                 bar.position(),
                 bar.length().unwrap_or(0),
+                self.what,
                 bar.eta()
             );
         }

@@ -5,4 +5,5 @@
 pub mod eval;
 pub mod model_source;
 pub mod scan;
+pub mod synth;
 pub mod train;

@@ -70,6 +70,9 @@ enum Command {
     /// Count vulnerable completions (CodeLMSec, Pearce, your prompts) and correct ones
     /// (HumanEval) of any OpenAI-compatible endpoint, per configuration; resumable.
     Eval(Box<eval_cli::EvalArgs>),
+    /// Synthesize (vulnerable, fixed) training pairs: generate vulnerable code per CWE, confirm
+    /// it with the oracle, repair it from the oracle's report and a hint, re-check; resumable.
+    Synth(Box<synth_cli::SynthArgs>),
     /// Compare two evaluation runs (directories with results.json) side by side.
     Report {
         /// The first run (the reference).
@@ -83,6 +86,7 @@ enum Command {
 }
 
 mod eval_cli;
+mod synth_cli;
 
 #[derive(Args)]
 struct TrainArgs {
@@ -312,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Train(args) => train_command(args),
         Command::Eval(args) => eval_cli::run(*args),
+        Command::Synth(args) => synth_cli::run(*args),
         Command::Report { a, b, out } => eval_cli::compare(&a, &b, out.as_deref()),
         Command::Scan {
             paths,

@@ -264,4 +264,5 @@ fn scan_with_every_installed_analyzer_attributes_each_finding() {
 }
 
 mod eval;
+mod synth;
 mod train;

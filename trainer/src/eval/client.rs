@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use hexacoder_api::{CompletionRequest, CompletionResponse, ErrorResponse, ModelList};
+use hexacoder_api::{
+    ChatRequest, ChatResponse, CompletionRequest, CompletionResponse, ErrorResponse, ModelList,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::Error;
 
@@ -88,12 +92,25 @@ impl Client {
         &self,
         request: &CompletionRequest,
     ) -> Result<CompletionResponse, RequestFailure> {
-        let url = format!("{}/v1/completions", self.base);
+        self.post("/v1/completions", request).await
+    }
+
+    /// `POST /v1/chat/completions`, retried as [`Client::complete`] is.
+    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, RequestFailure> {
+        self.post("/v1/chat/completions", request).await
+    }
+
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, RequestFailure> {
+        let url = format!("{}{path}", self.base);
         let mut delay = Duration::from_millis(500);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (message, retryable) = match self.try_complete(&url, request).await {
+            let (message, retryable) = match self.try_post(&url, request).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -107,11 +124,11 @@ impl Client {
     }
 
     /// One try; on failure, what went wrong and whether another try may succeed.
-    async fn try_complete(
+    async fn try_post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         url: &str,
-        request: &CompletionRequest,
-    ) -> Result<CompletionResponse, (String, bool)> {
+        request: &Req,
+    ) -> Result<Resp, (String, bool)> {
         let mut builder = self.http.post(url).json(request);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
@@ -126,13 +143,8 @@ impl Client {
             let retryable = status.as_u16() == 429 || status.is_server_error();
             return Err((format!("{status}: {}", error_message(&body)), retryable));
         }
-        let parsed: CompletionResponse = serde_json::from_str(&body).map_err(|e| {
-            (
-                format!("not a completions answer ({e}): {body:.200}"),
-                false,
-            )
-        })?;
-        Ok(parsed)
+        serde_json::from_str(&body)
+            .map_err(|e| (format!("not the expected answer ({e}): {body:.200}"), false))
     }
 }
 

@@ -558,11 +558,21 @@ mod plots {
 
     /// Vulnerable samples per CWE, one bar per configuration.
     fn per_cwe(path: &Path, bench: &super::BenchmarkResults) -> DrawResult {
-        let cwes: Vec<String> = {
-            let set: std::collections::BTreeSet<String> = bench
+        // (key, short label) per language and CWE, e.g. ("Python CWE-022", "Py 022").
+        let groups: Vec<(String, String)> = {
+            let set: std::collections::BTreeMap<String, String> = bench
                 .configs
                 .iter()
-                .flat_map(|c| c.summary.per_cwe.keys().cloned())
+                .flat_map(|c| c.summary.per_cwe.iter())
+                .map(|(key, v)| {
+                    let language = if v.language == "Python" {
+                        "Py"
+                    } else {
+                        v.language.as_str()
+                    };
+                    let number = v.cwe.trim_start_matches("CWE-");
+                    (key.clone(), format!("{language} {number}"))
+                })
                 .collect();
             set.into_iter().collect()
         };
@@ -573,46 +583,55 @@ mod plots {
             .max()
             .unwrap_or(1)
             .max(1);
+        // Each group spans one slot per configuration plus a gap.
+        let width = bench.configs.len() + 1;
+        let slots = groups.len().max(1) * width;
         let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
         root.fill(&WHITE)?;
-        let groups = cwes.len().max(1);
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 format!("{}: vulnerable samples per CWE", bench.benchmark.name()),
                 ("sans-serif", 24),
             )
             .margin(12)
-            .x_label_area_size(60)
+            .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..groups as f64, 0f64..(max as f64 * 1.15))?;
+            .build_cartesian_2d((0..slots).into_segmented(), 0f64..(max as f64 * 1.3))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(groups)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                cwes.get(i).cloned().unwrap_or_default()
+            .x_labels(slots)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) if i % width == (width - 1) / 2 => groups
+                    .get(i / width)
+                    .map(|g| g.1.clone())
+                    .unwrap_or_default(),
+                _ => String::new(),
             })
-            .x_label_style(("sans-serif", 12))
+            .x_label_style(("sans-serif", 14))
             .y_desc("vulnerable samples")
             .draw()?;
-        let width = 0.8 / bench.configs.len().max(1) as f64;
         for (c, config) in bench.configs.iter().enumerate() {
             let color = COLORS[c % COLORS.len()];
-            let bars: Vec<Rectangle<(f64, f64)>> = cwes
+            let bars: Vec<Rectangle<(SegmentValue<usize>, f64)>> = groups
                 .iter()
                 .enumerate()
-                .map(|(i, label)| {
+                .map(|(i, (key, _))| {
                     let value = config
                         .summary
                         .per_cwe
-                        .get(label)
+                        .get(key)
                         .map_or(0, |v| v.vulnerable_samples);
-                    let x0 = i as f64 + 0.1 + c as f64 * width;
-                    Rectangle::new(
-                        [(x0, 0.0), (x0 + width * 0.9, value as f64)],
+                    let x = i * width + c;
+                    let mut bar = Rectangle::new(
+                        [
+                            (SegmentValue::Exact(x), 0.0),
+                            (SegmentValue::Exact(x + 1), value as f64),
+                        ],
                         color.filled(),
-                    )
+                    );
+                    bar.set_margin(0, 0, 2, 2);
+                    bar
                 })
                 .collect();
             chart
@@ -624,6 +643,7 @@ mod plots {
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
