@@ -28,17 +28,17 @@ fn synth(out: &Path, cache: &Path) -> Command {
         .arg(shared)
         .args([
             "--cwes",
-            "python/CWE-078,python/CWE-089",
+            "python/CWE-078,python/CWE-094,python/CWE-502",
             "--per-cwe",
-            "3",
+            "4",
             "--attempts",
             "2",
             "--feedback",
             "raw,explained",
             "--generation-max-tokens",
-            "96",
+            "160",
             "--repair-max-tokens",
-            "96",
+            "128",
             "--concurrency",
             "2",
         ])
@@ -54,6 +54,7 @@ fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
+        .filter(|l| !l.trim().is_empty())
         .map(String::from)
         .collect()
 }
@@ -120,7 +121,7 @@ fn synthesis_runs_every_stage_accounts_for_every_sample_and_resumes_after_kill_9
         .iter()
         .map(|l| serde_json::from_str(l).expect("a sample"))
         .collect();
-    assert_eq!(samples.len(), 6);
+    assert_eq!(samples.len(), 12);
     let flagged: Vec<&serde_json::Value> = samples
         .iter()
         .filter(|s| {

@@ -609,6 +609,9 @@ async fn generate_one(
     match context.generate(request).await {
         Err(error) => sample.dropped = Some(format!("request failed: {error}")),
         Ok(text) => {
+            // The model may start the next example's separator before the stop catches it.
+            let marker = format!("\n{}", prompts::stop(language).trim_end_matches(" example"));
+            let text = text.find(&marker).map_or(text.as_str(), |i| &text[..i]);
             sample.code = format!("{}\n", text.trim_end());
             let (findings, report) = context.check(language, cwe, &sample.code)?;
             sample.findings = findings;
@@ -958,7 +961,7 @@ fn write_outputs(
         path: out.to_path_buf(),
         source,
     })?;
-    let jsonl = |rows: Vec<String>| rows.join("\n") + "\n";
+    let jsonl = |rows: Vec<String>| rows.into_iter().map(|row| row + "\n").collect::<String>();
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
         crate::train::checkpoint::write_atomic(&path, bytes).map_err(|e| Error::Io {

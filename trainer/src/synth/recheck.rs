@@ -21,6 +21,8 @@ pub enum Rejection {
     NewCwe { cwes: Vec<String> },
     /// A function of the vulnerable code is gone or has other parameters.
     SignatureChanged { missing: Vec<String> },
+    /// Most of the code is gone: deleting the vulnerable lines is not a repair.
+    Gutted { kept_percent: usize },
     /// The request failed for good.
     RequestFailed { error: String },
 }
@@ -34,6 +36,9 @@ impl std::fmt::Display for Rejection {
             Rejection::NewCwe { cwes } => write!(f, "brings new weaknesses: {}", cwes.join(", ")),
             Rejection::SignatureChanged { missing } => {
                 write!(f, "changed or dropped: {}", missing.join("; "))
+            }
+            Rejection::Gutted { kept_percent } => {
+                write!(f, "keeps only {kept_percent}% of the code")
             }
             Rejection::RequestFailed { error } => write!(f, "request failed: {error}"),
         }
@@ -65,6 +70,16 @@ pub fn signatures(language: Language, code: &str) -> BTreeSet<String> {
             format!("{}({})", &c[1], params.join(", "))
         })
         .collect()
+}
+
+/// A repair must keep at least this share of the vulnerable code's tokens.
+pub const MIN_KEPT: f64 = 0.6;
+
+fn token_count(code: &str) -> usize {
+    super::dedup::normalize(code)
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|t| !t.is_empty())
+        .count()
 }
 
 /// What the checks found on one version of the code.
@@ -108,6 +123,13 @@ pub fn judge(
         .collect();
     if !missing.is_empty() {
         return Err(Rejection::SignatureChanged { missing });
+    }
+    let before = token_count(vulnerable).max(1);
+    let kept = token_count(fixed) as f64 / before as f64;
+    if kept < MIN_KEPT {
+        return Err(Rejection::Gutted {
+            kept_percent: (kept * 100.0).round() as usize,
+        });
     }
     Ok(())
 }
@@ -164,6 +186,13 @@ mod tests {
             judge_fixed("def run(cmd:\n", findings(false, false, &[])),
             Err(Rejection::Unparsable { .. })
         ));
+        assert_eq!(
+            judge_fixed(
+                "def run(cmd, user):\n    pass\n",
+                findings(true, false, &[])
+            ),
+            Err(Rejection::Gutted { kept_percent: 56 })
+        );
         assert_eq!(
             judge_fixed("def run(command):\n    pass\n", findings(true, false, &[])),
             Err(Rejection::SignatureChanged {
