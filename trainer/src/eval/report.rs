@@ -693,12 +693,16 @@ mod plots {
             .draw()?;
         for (i, (name, x, y)) in points.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            chart.draw_series(std::iter::once(Circle::new((*x, *y), 6, color.filled())))?;
-            chart.draw_series(std::iter::once(Text::new(
-                name.clone(),
-                (*x, *y),
-                ("sans-serif", 14).into_font().color(&BLACK),
-            )))?;
+            // Labels stacked by index, so that close points keep readable names.
+            let offset = (8, -14 - 16 * (i as i32 % 4));
+            let point = EmptyElement::at((*x, *y))
+                + Circle::new((0, 0), 6, color.filled())
+                + Text::new(
+                    name.clone(),
+                    offset,
+                    ("sans-serif", 14).into_font().color(&color),
+                );
+            chart.draw_series(std::iter::once(point))?;
         }
         root.present()?;
         Ok(())
