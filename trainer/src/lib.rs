@@ -3,6 +3,7 @@
 //! any OpenAI-compatible endpoint). Synthesis will join them.
 
 pub mod eval;
+pub mod jsonl;
 pub mod model_source;
 pub mod scan;
 pub mod synth;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use hexacoder_trainer::eval::sandbox::{self, Limits, Outcome};
 
+use super::support::{bench_dir, kill_when_logged, lines, server_binary};
+
 fn helper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hexacoder-train"))
 }
@@ -143,27 +145,8 @@ fn a_socket_connect_does_not_reach_the_host() {
     );
 }
 
-/// `hexacoder-server`, built beside this test (`cargo test --workspace` builds it).
-fn server_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("HEXACODER_SERVER_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory")
-        .join("hexacoder-server");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first",
-        path.display()
-    );
-    path
-}
-
 fn eval_command(out: &Path, cache: &Path, extra: &[&str]) -> std::process::Command {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench");
+    let shared = bench_dir();
     let mut command = std::process::Command::new(helper());
     command
         .arg("eval")
@@ -179,14 +162,6 @@ fn eval_command(out: &Path, cache: &Path, extra: &[&str]) -> std::process::Comma
         .args(extra)
         .stdin(std::process::Stdio::null());
     command
-}
-
-fn cache_lines(cache: &Path) -> Vec<String> {
-    std::fs::read_to_string(cache)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 #[test]
@@ -210,26 +185,7 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         "2",
     ];
     // Killed with SIGKILL once some samples are in the cache.
-    let mut first = eval_command(&out, &cache, &run)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while cache_lines(&cache).len() < 5 {
-        assert!(Instant::now() < deadline, "no samples within 300 s");
-        assert!(
-            first.try_wait().expect("wait").is_none(),
-            "the run ended early"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    first.kill().expect("kill -9");
-    first.wait().expect("reaped");
-    let before: Vec<String> = cache_lines(&cache)
-        .into_iter()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
-        .collect();
+    let before = kill_when_logged(eval_command(&out, &cache, &run), &cache, 5);
 
     let resumed = eval_command(&out, &cache, &run).output().expect("runs");
     assert!(
@@ -237,26 +193,30 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let lines = cache_lines(&cache);
+    let cached = lines(&cache);
     assert_eq!(
-        &lines[..before.len()],
+        &cached[..before.len()],
         &before[..],
         "samples done before the kill were kept"
     );
-    assert_eq!(lines.len(), 6 * 2 * 4, "each sample generated exactly once");
+    assert_eq!(
+        cached.len(),
+        6 * 2 * 4,
+        "each sample generated exactly once"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
 
     // Once finished, a run generates nothing and renders the same report.
     let again = eval_command(&out, &cache, &run).output().expect("runs");
     assert!(again.status.success());
-    assert_eq!(cache_lines(&cache).len(), lines.len());
+    assert_eq!(lines(&cache).len(), cached.len());
     assert_eq!(
         std::fs::read_to_string(out.join("report.md")).expect("report.md"),
         report
     );
 
     // The summary is what the samples show, recounted here from the JSONL.
-    let records: Vec<serde_json::Value> = lines
+    let records: Vec<serde_json::Value> = cached
         .iter()
         .map(|l| serde_json::from_str(l).expect("a record"))
         .collect();
@@ -373,9 +333,9 @@ fn humaneval_samples_run_in_the_sandbox_through_a_whole_evaluation() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let lines = cache_lines(&cache);
-    assert_eq!(lines.len(), 4);
-    for line in &lines {
+    let recorded = lines(&cache);
+    assert_eq!(recorded.len(), 4);
+    for line in &recorded {
         let r: serde_json::Value = serde_json::from_str(line).expect("record");
         assert_eq!(r["pass"], "greedy");
         assert!(r["test_passed"].is_boolean(), "{r}");
@@ -387,7 +347,7 @@ fn humaneval_samples_run_in_the_sandbox_through_a_whole_evaluation() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
             .expect("results.json");
     let summary = &results["benchmarks"][0]["configs"][0]["summary"];
-    let passed = lines
+    let passed = recorded
         .iter()
         .filter(|l| l.contains("\"test_passed\":true"))
         .count();

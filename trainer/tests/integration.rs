@@ -264,5 +264,6 @@ fn scan_with_every_installed_analyzer_attributes_each_finding() {
 }
 
 mod eval;
+mod support;
 mod synth;
 mod train;

@@ -3,21 +3,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-fn server_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("HEXACODER_SERVER_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target profile directory")
-        .join("hexacoder-server")
-}
+use super::support::{bench_dir, kill_when_logged, lines, server_binary};
 
 fn synth(out: &Path, cache: &Path) -> Command {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench");
+    let shared = bench_dir();
     let mut command = Command::new(env!("CARGO_BIN_EXE_hexacoder-train"));
     command
         .arg("synth")
@@ -50,15 +40,6 @@ fn synth(out: &Path, cache: &Path) -> Command {
     command
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn synthesis_runs_every_stage_accounts_for_every_sample_and_resumes_after_kill_9() {
     if hexacoder_testkit::real_model("smollm2-135m").is_none() {
@@ -67,26 +48,7 @@ fn synthesis_runs_every_stage_accounts_for_every_sample_and_resumes_after_kill_9
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     let cache = dir.path().join("cache/answers.jsonl");
-    let mut first = synth(&out, &cache)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while lines(&cache).len() < 3 {
-        assert!(Instant::now() < deadline, "no answers within 300 s");
-        assert!(
-            first.try_wait().expect("wait").is_none(),
-            "the run ended early"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    first.kill().expect("kill -9");
-    first.wait().expect("reaped");
-    let before: Vec<String> = lines(&cache)
-        .into_iter()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
-        .collect();
+    let before = kill_when_logged(synth(&out, &cache), &cache, 3);
 
     let resumed = synth(&out, &cache).output().expect("runs");
     assert!(

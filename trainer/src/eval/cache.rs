@@ -2,9 +2,7 @@
 //! known. A run killed mid-line leaves a torn last line, which the next open drops.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use hexacoder_api::VerificationOutcome;
@@ -14,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::bench::Benchmark;
 use super::check::Checked;
 use super::{Error, Pass};
+use crate::jsonl::{AppendLog, LogError};
 
 /// One sample: what generated it, what came back, and what the checks found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,15 +108,22 @@ pub struct SampleKey {
 
 /// The cache file, read at open and appended to.
 pub struct Cache {
-    path: PathBuf,
+    log: AppendLog,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
-    file: File,
     /// Later lines replace earlier ones (a retried error replaced by a success).
     records: HashMap<SampleKey, SampleRecord>,
     order: Vec<SampleKey>,
+}
+
+fn key_of(record: &SampleRecord) -> SampleKey {
+    SampleKey {
+        key: record.key.clone(),
+        task: record.task.clone(),
+        sample: record.sample,
+    }
 }
 
 impl Cache {
@@ -127,65 +133,24 @@ impl Cache {
     /// # Errors
     /// It cannot be read or written, or a line other than the last is not a record.
     pub fn open(path: &Path) -> Result<Cache, Error> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
+        let (log, lines) = AppendLog::open::<SampleRecord>(path).map_err(|e| match e {
+            LogError::Io { path, source } => Error::Io { path, source },
+            LogError::Corrupt { path, line, why } => Error::Cache {
+                path,
+                why: format!("line {line}: {why}"),
+            },
+        })?;
         let mut records = HashMap::new();
         let mut order = Vec::new();
-        let mut valid_bytes = 0u64;
-        if path.exists() {
-            let reader = BufReader::new(File::open(path).map_err(io)?);
-            let lines: Vec<String> = reader.lines().collect::<Result<_, _>>().map_err(io)?;
-            let count = lines.len();
-            for (i, line) in lines.into_iter().enumerate() {
-                match serde_json::from_str::<SampleRecord>(&line) {
-                    Ok(record) => {
-                        valid_bytes += line.len() as u64 + 1;
-                        if record.error.is_some() {
-                            continue;
-                        }
-                        let key = SampleKey {
-                            key: record.key.clone(),
-                            task: record.task.clone(),
-                            sample: record.sample,
-                        };
-                        if records.insert(key.clone(), record).is_none() {
-                            order.push(key);
-                        }
-                    }
-                    // A torn last line: the run was killed while writing it.
-                    Err(_) if i + 1 == count => {
-                        tracing::warn!(path = %path.display(), "dropping a torn last line");
-                    }
-                    Err(e) => {
-                        return Err(Error::Cache {
-                            path: path.to_path_buf(),
-                            why: format!("line {}: {e}", i + 1),
-                        });
-                    }
-                }
+        for record in lines.into_iter().filter(|r| r.error.is_none()) {
+            let key = key_of(&record);
+            if records.insert(key.clone(), record).is_none() {
+                order.push(key);
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        // Cut a torn tail off, so that the next line starts clean.
-        if file.metadata().map_err(io)?.len() > valid_bytes {
-            file.set_len(valid_bytes).map_err(io)?;
-        }
         Ok(Cache {
-            path: path.to_path_buf(),
-            inner: Mutex::new(Inner {
-                file,
-                records,
-                order,
-            }),
+            log,
+            inner: Mutex::new(Inner { records, order }),
         })
     }
 
@@ -199,25 +164,12 @@ impl Cache {
     /// # Errors
     /// The write fails.
     pub fn append(&self, record: &SampleRecord) -> Result<(), Error> {
-        let mut line = serde_json::to_string(record).map_err(|e| Error::Cache {
-            path: self.path.clone(),
-            why: e.to_string(),
+        self.log.append(record).map_err(|e| match e {
+            LogError::Io { path, source } => Error::Io { path, source },
+            LogError::Corrupt { path, why, .. } => Error::Cache { path, why },
         })?;
-        line.push('\n');
+        let key = key_of(record);
         let mut inner = self.lock();
-        inner
-            .file
-            .write_all(line.as_bytes())
-            .and_then(|()| inner.file.flush())
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        let key = SampleKey {
-            key: record.key.clone(),
-            task: record.task.clone(),
-            sample: record.sample,
-        };
         if (record.error.is_none() || !inner.records.contains_key(&key))
             && inner.records.insert(key.clone(), record.clone()).is_none()
         {

@@ -13,8 +13,6 @@ pub mod recheck;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +24,7 @@ use sha2::Digest;
 use crate::eval::Progress;
 use crate::eval::check::Compilers;
 use crate::eval::client::Client;
+use crate::jsonl::{AppendLog, LogError};
 use prompts::{Feedback, Hints, ReportLine, Shot};
 use recheck::{Findings, Rejection};
 
@@ -145,8 +144,7 @@ pub struct Pair {
 
 /// Model answers keyed by the hash of their request.
 struct Answers {
-    path: PathBuf,
-    file: Mutex<File>,
+    log: AppendLog,
     known: Mutex<HashMap<String, String>>,
 }
 
@@ -158,48 +156,10 @@ struct AnswerLine {
 
 impl Answers {
     fn open(path: &Path) -> Result<Answers, Error> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let mut known = HashMap::new();
-        let mut valid = 0u64;
-        if path.exists() {
-            let lines: Vec<String> = BufReader::new(File::open(path).map_err(io)?)
-                .lines()
-                .collect::<Result<_, _>>()
-                .map_err(io)?;
-            let count = lines.len();
-            for (i, line) in lines.into_iter().enumerate() {
-                match serde_json::from_str::<AnswerLine>(&line) {
-                    Ok(answer) => {
-                        valid += line.len() as u64 + 1;
-                        known.insert(answer.key, answer.text);
-                    }
-                    Err(_) if i + 1 == count => {}
-                    Err(e) => {
-                        return Err(Error::Input {
-                            path: path.to_path_buf(),
-                            why: format!("line {}: {e}", i + 1),
-                        });
-                    }
-                }
-            }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        if file.metadata().map_err(io)?.len() > valid {
-            file.set_len(valid).map_err(io)?;
-        }
+        let (log, lines) = AppendLog::open::<AnswerLine>(path).map_err(log_error)?;
+        let known = lines.into_iter().map(|a| (a.key, a.text)).collect();
         Ok(Answers {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
+            log,
             known: Mutex::new(known),
         })
     }
@@ -213,26 +173,31 @@ impl Answers {
     }
 
     fn put(&self, key: &str, text: &str) -> Result<(), Error> {
-        let mut line = serde_json::to_string(&AnswerLine {
-            key: key.to_string(),
-            text: text.to_string(),
-        })
-        .map_err(|e| Error::Settings(e.to_string()))?;
-        line.push('\n');
-        {
-            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            file.write_all(line.as_bytes())
-                .and_then(|()| file.flush())
-                .map_err(|source| Error::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-        }
+        self.log
+            .append(&AnswerLine {
+                key: key.to_string(),
+                text: text.to_string(),
+            })
+            .map_err(log_error)?;
         self.known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_string(), text.to_string());
         Ok(())
+    }
+}
+
+fn failure(f: crate::eval::client::RequestFailure) -> String {
+    format!("{} (after {} tries)", f.message, f.attempts)
+}
+
+fn log_error(e: LogError) -> Error {
+    match e {
+        LogError::Io { path, source } => Error::Io { path, source },
+        LogError::Corrupt { path, line, why } => Error::Input {
+            path,
+            why: format!("line {line}: {why}"),
+        },
     }
 }
 
@@ -253,27 +218,33 @@ struct Context {
 }
 
 impl Context {
-    /// A completion from the generator, cached.
-    async fn generate(&self, request: CompletionRequest) -> Result<String, String> {
-        let key = request_key(&self.settings.generator.model, &request);
+    /// The answer cached under `key`, or `ask`'s (then cached).
+    async fn cached<Ask>(&self, key: String, ask: Ask) -> Result<String, String>
+    where
+        Ask: std::future::Future<Output = Result<String, String>>,
+    {
         if let Some(text) = self.answers.get(&key) {
             return Ok(text);
         }
-        let response = self
-            .settings
-            .generator
-            .client
-            .complete(&request)
-            .await
-            .map_err(|f| format!("{} (after {} tries)", f.message, f.attempts))?;
-        let text = response
-            .choices
-            .into_iter()
-            .next()
-            .map(|c| c.text)
-            .ok_or("the answer has no choice")?;
+        let text = ask.await?;
         self.answers.put(&key, &text).map_err(|e| e.to_string())?;
         Ok(text)
+    }
+
+    /// A completion from the generator, cached.
+    async fn generate(&self, request: CompletionRequest) -> Result<String, String> {
+        let generator = &self.settings.generator;
+        let key = request_key(&generator.model, &request);
+        self.cached(key, async {
+            let response = generator.client.complete(&request).await.map_err(failure)?;
+            response
+                .choices
+                .into_iter()
+                .next()
+                .map(|c| c.text)
+                .ok_or_else(|| "the answer has no choice".to_string())
+        })
+        .await
     }
 
     /// A chat answer from the repairer, cached.
@@ -283,33 +254,26 @@ impl Context {
         seed: i64,
         max_tokens: u32,
     ) -> Result<String, String> {
+        let repairer = &self.settings.repairer;
         let request = ChatRequest {
-            model: Some(self.settings.repairer.model.clone()),
+            model: Some(repairer.model.clone()),
             messages,
             max_tokens: Some(max_tokens),
             temperature: Some(self.settings.repair_temperature),
             seed: Some(seed),
             ..ChatRequest::default()
         };
-        let key = request_key(&self.settings.repairer.model, &request);
-        if let Some(text) = self.answers.get(&key) {
-            return Ok(text);
-        }
-        let response = self
-            .settings
-            .repairer
-            .client
-            .chat(&request)
-            .await
-            .map_err(|f| format!("{} (after {} tries)", f.message, f.attempts))?;
-        let text = response
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .ok_or("the answer has no message")?;
-        self.answers.put(&key, &text).map_err(|e| e.to_string())?;
-        Ok(text)
+        let key = request_key(&repairer.model, &request);
+        self.cached(key, async {
+            let response = repairer.client.chat(&request).await.map_err(failure)?;
+            response
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content)
+                .ok_or_else(|| "the answer has no message".to_string())
+        })
+        .await
     }
 
     /// The oracle's and the compiler's word on `code`, against `cwe`.
