@@ -31,14 +31,30 @@ pub struct TrainedAdapter {
 pub const SECURE_ADAPTER_NAME: &str = "hexacoder-secure";
 
 /// Every shipped adapter.
-pub const TRAINED_ADAPTERS: &[TrainedAdapter] = &[TrainedAdapter {
-    name: SECURE_ADAPTER_NAME,
-    base: "smollm2-135m",
-    dir_name: "smollm2-135m-secure",
-    config: include_bytes!("../../adapters/trained/smollm2-135m-secure/adapter_config.json"),
-    weights: include_bytes!("../../adapters/trained/smollm2-135m-secure/adapter_model.safetensors"),
-    weights_sha256: "6f739284f70e00cdb76623646529a7053bbb6a4a05c1029224e87a359576547a",
-}];
+pub const TRAINED_ADAPTERS: &[TrainedAdapter] = &[
+    TrainedAdapter {
+        name: SECURE_ADAPTER_NAME,
+        base: "qwen2.5-coder-0.5b",
+        dir_name: "qwen2.5-coder-0.5b-secure",
+        config: include_bytes!(
+            "../../adapters/trained/qwen2.5-coder-0.5b-secure/adapter_config.json"
+        ),
+        weights: include_bytes!(
+            "../../adapters/trained/qwen2.5-coder-0.5b-secure/adapter_model.safetensors"
+        ),
+        weights_sha256: "b9882b5e47c414fae749131cf019d2e6e519d59f1a024439f00743fb8ed1f9ad",
+    },
+    TrainedAdapter {
+        name: SECURE_ADAPTER_NAME,
+        base: "smollm2-135m",
+        dir_name: "smollm2-135m-secure",
+        config: include_bytes!("../../adapters/trained/smollm2-135m-secure/adapter_config.json"),
+        weights: include_bytes!(
+            "../../adapters/trained/smollm2-135m-secure/adapter_model.safetensors"
+        ),
+        weights_sha256: "6f739284f70e00cdb76623646529a7053bbb6a4a05c1029224e87a359576547a",
+    },
+];
 
 /// The shipped adapter for the catalogue model `base`, if there is one.
 pub fn trained_adapter_for(base: &str) -> Option<&'static TrainedAdapter> {
