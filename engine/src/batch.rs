@@ -83,6 +83,7 @@ struct Running {
     text: TextAssembler,
     tokens: Vec<GeneratedToken>,
     finish_reason: Option<FinishReason>,
+    stop_string: Option<String>,
 }
 
 enum Phase {
@@ -102,6 +103,8 @@ struct Active<'a> {
     cached: usize,
     started: Instant,
     time_to_first_token: Option<Duration>,
+    /// When the prompt was in and the first tokens were chosen.
+    decoding_since: Option<Instant>,
     phase: Phase,
 }
 
@@ -166,6 +169,7 @@ impl<'a> Batch<'a> {
                 cached,
                 started,
                 time_to_first_token: None,
+                decoding_since: None,
                 phase: Phase::Prefill { cache },
             }),
             Err(err) => {
@@ -245,14 +249,6 @@ impl<'a> Batch<'a> {
         for active in &mut self.active {
             if active.sink.is_closed() {
                 active.cancel();
-            }
-            if let Phase::Prefill { .. } = active.phase
-                && active.request.max_tokens == 0
-            {
-                active.phase = Phase::Decode {
-                    samples: finished_samples(&active.request, FinishReason::Length),
-                };
-                active.time_to_first_token = Some(active.started.elapsed());
             }
         }
         let mut report = self.retire(engine);
@@ -376,6 +372,7 @@ impl<'a> Batch<'a> {
                     };
                     if done {
                         active.start_decoding()?;
+                        active.decoding_since = Some(Instant::now());
                         let n = active.request.n;
                         for sample in 0..n {
                             report.generated_tokens += active.sample_next(engine, sample, &row);
@@ -436,6 +433,7 @@ fn finished_samples(request: &GenerateRequest, reason: FinishReason) -> Vec<Runn
             text: TextAssembler::new(&[]),
             tokens: Vec::new(),
             finish_reason: Some(reason),
+            stop_string: None,
         })
         .collect()
 }
@@ -463,13 +461,23 @@ impl<'a> Active<'a> {
         }
     }
 
-    /// Forks the prefilled cache into one per sample.
+    /// Forks the prefilled cache into one per sample. With `max_tokens: 0` every sample ends
+    /// at once, and the prompt's KV state (kept by the first) goes to the prefix cache: a
+    /// request that only warms the cache (llama.vim's `n_predict: 0`).
     fn start_decoding(&mut self) -> Result<()> {
         let Phase::Prefill { cache } = &mut self.phase else {
             return Ok(());
         };
         let n = self.request.n;
         let max_tokens = self.request.max_tokens;
+        if max_tokens == 0 {
+            let mut samples = finished_samples(&self.request, FinishReason::Length);
+            if let Some(first) = samples.first_mut() {
+                first.cache = std::mem::replace(cache, KvCache::empty());
+            }
+            self.phase = Phase::Decode { samples };
+            return Ok(());
+        }
         let base_seed = self.request.sampling.seed.unwrap_or_else(rand::random);
         let mut samples = Vec::with_capacity(n);
         for index in 0..n {
@@ -481,9 +489,11 @@ impl<'a> Active<'a> {
             samples.push(Running {
                 cache,
                 sampler: Sampler::new(&self.request.sampling, base_seed, index),
-                text: TextAssembler::new(&self.request.stop),
+                text: TextAssembler::new(&self.request.stop)
+                    .with_indent_floor(self.request.indent_floor),
                 tokens: Vec::new(),
                 finish_reason: None,
+                stop_string: None,
             });
         }
         self.phase = Phase::Decode { samples };
@@ -543,9 +553,21 @@ impl<'a> Active<'a> {
             seq.finish_reason = Some(FinishReason::EndOfGeneration);
             seq.text.finish()
         } else {
-            match seq.text.push(tokenizer.token_bytes(id)) {
-                Pushed::Stopped(delta) => {
+            let bytes = tokenizer.token_bytes(id);
+            let past_deadline = request.newline_deadline.is_some_and(|limit| {
+                bytes.contains(&b'\n')
+                    && self
+                        .decoding_since
+                        .is_some_and(|since| since.elapsed() > limit)
+            });
+            match seq.text.push(bytes) {
+                Pushed::Stopped { delta, stop } => {
                     seq.finish_reason = Some(FinishReason::Stop);
+                    seq.stop_string = Some(stop);
+                    delta
+                }
+                Pushed::Dedented(delta) => {
+                    seq.finish_reason = Some(FinishReason::BlockEnd);
                     delta
                 }
                 Pushed::Delta(delta)
@@ -555,6 +577,10 @@ impl<'a> Active<'a> {
                         .is_some_and(|c| c.is_met(seq.text.text())) =>
                 {
                     seq.finish_reason = Some(FinishReason::Stop);
+                    delta + &seq.text.finish()
+                }
+                Pushed::Delta(delta) if past_deadline => {
+                    seq.finish_reason = Some(FinishReason::TimeLimit);
                     delta + &seq.text.finish()
                 }
                 Pushed::Delta(delta) if seq.tokens.len() >= request.max_tokens => {
@@ -605,6 +631,7 @@ impl<'a> Active<'a> {
                 cumulative_logprob: seq.tokens.iter().map(|t| t.logprob as f64).sum(),
                 tokens: seq.tokens,
                 finish_reason: seq.finish_reason.unwrap_or(FinishReason::Length),
+                stop_string: seq.stop_string,
             })
             .collect();
         let generation = Generation {

@@ -49,6 +49,15 @@ pub struct GenerateRequest {
     pub stop_condition: Option<StopCondition>,
     /// Adjusts each sample's logits before every choice, after `logit_bias`.
     pub logits_processor: Option<Arc<dyn LogitsProcessor>>,
+    /// Ends a sample (finish reason `BlockEnd`) at the first line after its first that is
+    /// indented by fewer than this many spaces or tabs, a blank line included; the text keeps
+    /// that line's newline and indentation. 0 is off. llama.cpp's `n_indent`: an inline
+    /// suggestion ends with the block it started in.
+    pub indent_floor: usize,
+    /// Once this long has passed since a sample's first token, the sample ends (finish
+    /// reason `TimeLimit`) at its next token that contains a newline, so a slow model still
+    /// answers on time with whole lines. llama.cpp's `t_max_predict_ms`.
+    pub newline_deadline: Option<Duration>,
 }
 
 impl Default for GenerateRequest {
@@ -69,6 +78,8 @@ impl Default for GenerateRequest {
             fim_prefix_only: false,
             stop_condition: None,
             logits_processor: None,
+            indent_floor: 0,
+            newline_deadline: None,
         }
     }
 }
@@ -128,6 +139,10 @@ pub enum FinishReason {
     Length,
     /// The caller asked to stop (a client went away).
     Cancelled,
+    /// A line began below [`GenerateRequest::indent_floor`].
+    BlockEnd,
+    /// A newline came after [`GenerateRequest::newline_deadline`].
+    TimeLimit,
 }
 
 /// One generated token.
@@ -151,6 +166,8 @@ pub struct Sample {
     pub tokens: Vec<GeneratedToken>,
     /// Why it ended.
     pub finish_reason: FinishReason,
+    /// The stop string that ended it, when one did.
+    pub stop_string: Option<String>,
     /// Sum of the tokens' log-probabilities, to rank samples.
     pub cumulative_logprob: f64,
 }

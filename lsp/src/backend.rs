@@ -152,6 +152,8 @@ struct Request {
     after_cursor: String,
     /// A snapshot for mapping the imports edit.
     doc: Document,
+    /// The cursor line's indentation; 0 when the line is blank.
+    indent: usize,
 }
 
 impl Backend {
@@ -298,6 +300,15 @@ impl Backend {
             .sum::<usize>();
         let word_start = cursor - word_len;
         let after_cursor: String = text[cursor..].chars().take(2000).collect();
+        let line_end = text[cursor..].find('\n').map_or(text.len(), |i| cursor + i);
+        let line = &text[line_start..line_end];
+        let indent = if line.trim().is_empty() {
+            0
+        } else {
+            line.bytes()
+                .take_while(|&b| b == b' ' || b == b'\t')
+                .count()
+        };
         let generation = *open.generation.borrow() + 1;
         open.generation.send_replace(generation);
         let debounce = match open.typing_gap {
@@ -318,6 +329,7 @@ impl Backend {
             superseded: open.generation.subscribe(),
             after_cursor,
             doc: open.doc.clone(),
+            indent,
         };
         Some((request, debounce))
     }
@@ -341,7 +353,7 @@ impl Backend {
         let key = hash_of(&[
             &model,
             &format!(
-                "{}|{}|{}|{}|{}|{}|{}|{:?}",
+                "{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}",
                 settings.two_step,
                 settings.max_tokens,
                 settings.temperature,
@@ -349,7 +361,10 @@ impl Backend {
                 settings.verify,
                 settings.candidates,
                 settings.verify_temperature,
-                settings.seed
+                settings.seed,
+                settings.stop_at_block_end,
+                settings.max_predict_ms,
+                request.indent,
             ),
             &request.prompt.prefix,
             &request.prompt.suffix,
@@ -374,6 +389,7 @@ impl Backend {
             prefix: request.prompt.prefix.clone(),
             suffix: request.prompt.suffix.clone(),
             language: Some(request.language_id.clone()),
+            indent: request.indent,
         };
         let generation = request.generation;
         let mut superseded = request.superseded.clone();

@@ -51,6 +51,9 @@ pub struct CompletionQuery {
     pub suffix: String,
     /// `languageId`, which helps the server find the import block.
     pub language: Option<String>,
+    /// The cursor line's indentation, 0 on a blank line (as llama.vim measures it): with
+    /// `stopAtBlockEnd`, the suggestion ends at the first line indented less.
+    pub indent: usize,
 }
 
 /// The server's imports edit: replace `range` of the prompt (lines and UTF-16 columns) with
@@ -178,6 +181,12 @@ impl ServerClient {
         let mut extension = json!({"two_step": settings.two_step});
         if let Some(language) = &query.language {
             extension["language"] = json!(language);
+        }
+        if settings.stop_at_block_end && query.indent > 0 {
+            extension["n_indent"] = json!(query.indent);
+        }
+        if settings.max_predict_ms > 0 {
+            extension["t_max_predict_ms"] = json!(settings.max_predict_ms);
         }
         let verify = settings.verify && query.language.as_deref().is_some_and(verifiable);
         if verify {

@@ -43,6 +43,12 @@ pub struct Settings {
     pub context_tokens: usize,
     /// Give up on a server call after this long.
     pub request_timeout_ms: u64,
+    /// End a suggestion with the block the cursor is in: at the first line indented less
+    /// than the cursor's line (llama.cpp's `n_indent`, which llama.vim sends too).
+    pub stop_at_block_end: bool,
+    /// Once the server has spent this long generating, it ends the suggestion at the next
+    /// line end (llama.cpp's `t_max_predict_ms`); 0 is no limit.
+    pub max_predict_ms: u64,
 }
 
 impl Default for Settings {
@@ -62,6 +68,8 @@ impl Default for Settings {
             debounce_ms: 75,
             context_tokens: 2048,
             request_timeout_ms: 10_000,
+            stop_at_block_end: true,
+            max_predict_ms: 1000,
         }
     }
 }
@@ -186,6 +194,8 @@ impl std::fmt::Debug for Settings {
             .field("debounce_ms", &self.debounce_ms)
             .field("context_tokens", &self.context_tokens)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("stop_at_block_end", &self.stop_at_block_end)
+            .field("max_predict_ms", &self.max_predict_ms)
             .finish()
     }
 }

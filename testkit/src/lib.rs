@@ -416,6 +416,7 @@ pub fn write_bigram_hf_dir(tiny: &Tiny, dir: &Path, edges: &[(&str, &str, f32)])
     tiny.write_hf_dir_with(dir, &weights)
 }
 
+pub mod editors;
 pub mod lsp;
 pub mod server;
 

@@ -166,8 +166,9 @@ impl TwoStepPlan {
 
     /// Step 1: the file up to the end of its import block, framed like step 2's prompt (the
     /// same context files; a FIM prefix when step 2 fills in the middle) so that step 2
-    /// reuses its KV state. It has the request's sampling and adapter, no stop strings, and
-    /// ends at the first line that cannot be an import. `None` when skipped.
+    /// reuses its KV state. It has the request's sampling and adapter, no stop strings, no
+    /// indentation floor or time budget, and ends at the first line that cannot be an
+    /// import. `None` when skipped.
     pub fn first_step(&self) -> Option<GenerateRequest> {
         if self.skipped.is_some() {
             return None;
@@ -186,6 +187,9 @@ impl TwoStepPlan {
             stop: Vec::new(),
             top_logprobs: 0,
             stop_condition: Some(StopCondition::new(move |text| block.step1_done(text))),
+            // The block and the time budget are the code's, step 2's.
+            indent_floor: 0,
+            newline_deadline: None,
             ..self.request.clone()
         })
     }

@@ -19,11 +19,14 @@ export interface BridgeSettings {
   debounceMs?: number;
   contextTokens?: number;
   requestTimeoutMs?: number;
+  stopAtBlockEnd?: boolean;
+  maxPredictMs?: number;
 }
 
 const SETTING_KEYS: (keyof BridgeSettings)[] = [
   'serverUrl', 'apiKeyEnv', 'model', 'twoStep', 'verify', 'candidates', 'verifyTemperature',
   'seed', 'maxTokens', 'temperature', 'debounceMs', 'contextTokens', 'requestTimeoutMs',
+  'stopAtBlockEnd', 'maxPredictMs',
 ];
 
 /**

@@ -485,3 +485,36 @@ fn verified_suggestions_publish_the_oracles_findings_as_diagnostics() {
     assert_eq!(cleared["params"]["diagnostics"], json!([]));
     lsp.shutdown();
 }
+
+#[test]
+fn a_suggestion_inside_a_block_ends_with_the_block() {
+    let server = Server::start(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(lsp_binary());
+    lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 20})));
+    // The cursor's line is indented by 4: the scripted `\nimport gc` lines at column 0 end
+    // the suggestion after `gc`.
+    lsp.open(URI, "python", "def f():\n    x = \n");
+    let inside = lsp.complete_inline(URI, 1, 8).expect("inline");
+    assert_eq!(first_inline_item(&inside)["insertText"], json!("gc"));
+    // At column 0 nothing ends it early.
+    lsp.open("file:///project/top.py", "python", "x = ");
+    let top = lsp
+        .complete_inline("file:///project/top.py", 0, 4)
+        .expect("inline");
+    assert_eq!(
+        first_inline_item(&top)["insertText"],
+        json!(scripted_text("Ġ", 20))
+    );
+    // Turned off, the block's end does not end it either.
+    lsp.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"hexacoder": options(&server, json!({"twoStep": false, "maxTokens": 20, "stopAtBlockEnd": false}))}}),
+    );
+    lsp.wait_for("hexacoder/status", |p| p["state"] == "configured");
+    let off = lsp.complete_inline(URI, 1, 8).expect("inline");
+    assert_eq!(
+        first_inline_item(&off)["insertText"],
+        json!(scripted_text("Ġ", 20))
+    );
+    lsp.shutdown();
+}

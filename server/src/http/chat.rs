@@ -205,6 +205,8 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
             logit_bias: logit_bias.clone(),
             adapter,
             ignore_eos: extension.ignore_eos,
+            indent_floor: params::indent_floor(extension.n_indent),
+            newline_deadline: params::newline_deadline(extension.t_max_predict_ms),
             ..Default::default()
         },
         top_logprobs,

@@ -158,6 +158,8 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             logit_bias: logit_bias.clone(),
             adapter: adapter.clone(),
             ignore_eos: extension.ignore_eos,
+            indent_floor: params::indent_floor(extension.n_indent),
+            newline_deadline: params::newline_deadline(extension.t_max_predict_ms),
             ..Default::default()
         })
         .map(|request| choice.job(state, request))

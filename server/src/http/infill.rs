@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hexacoder_engine::{ContextFile, FinishReason, GenerateRequest, Generation};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::completions::adapter_header;
 use super::error::{ApiError, ApiJson};
@@ -19,6 +19,13 @@ use super::{AppState, sse};
 /// `n_predict` when absent or -1 (llama.cpp's "until done").
 const DEFAULT_N_PREDICT: usize = 256;
 
+/// llama.cpp's sampler defaults, for the samplers a request leaves unset.
+const DEFAULT_TEMPERATURE: f64 = 0.8;
+const DEFAULT_TOP_P: f64 = 0.95;
+const DEFAULT_TOP_K: i64 = 40;
+
+/// llama-server's `/infill` body. Fields it has that this server does not act on
+/// (`t_max_prompt_ms`, `id_slot`, `cache_prompt`) are accepted and named in the README.
 #[derive(Debug, Deserialize)]
 pub struct InfillRequest {
     #[serde(default)]
@@ -48,6 +55,21 @@ pub struct InfillRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub n_probs: Option<i64>,
+    /// End at the first generated line indented by fewer than this many spaces or tabs.
+    #[serde(default)]
+    pub n_indent: Option<i64>,
+    /// After this long generating, end at the next newline.
+    #[serde(default)]
+    pub t_max_predict_ms: Option<i64>,
+    /// Which samplers run: names (`["top_k", "top_p"]`) or llama.cpp's letters (`"kp"`).
+    #[serde(default)]
+    pub samplers: Option<Samplers>,
+    /// Return only these fields, each under its `/`-separated path (`"timings/prompt_n"`).
+    #[serde(default)]
+    pub response_fields: Option<Vec<String>>,
+    /// Echoed back, as llama-server does; there is one pool of KV state, not slots.
+    #[serde(default)]
+    pub id_slot: Option<i64>,
     /// HexaCoder's extension: two-step generation, adapter, `ignore_eos`, context files.
     #[serde(default)]
     pub hexacoder: Option<Extension>,
@@ -60,12 +82,94 @@ pub struct ExtraChunk {
     pub text: String,
 }
 
+/// llama.cpp's `samplers`: a list of names or a string of one-letter codes.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a list of sampler names or a string of letters"
+)]
+pub enum Samplers {
+    Names(Vec<String>),
+    Letters(String),
+}
+
+/// The samplers of llama.cpp's chain that this engine has. The others (`infill`, `min_p`,
+/// `typ_p`, `xtc`, `dry`, `penalties`, `top_n_sigma`) are accepted and not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplerChain {
+    pub top_k: bool,
+    pub top_p: bool,
+    pub temperature: bool,
+}
+
+impl SamplerChain {
+    /// Every sampler on: a request without `samplers`.
+    const ALL: SamplerChain = SamplerChain {
+        top_k: true,
+        top_p: true,
+        temperature: true,
+    };
+
+    /// The chain a `samplers` value names, with llama.cpp's names, alternative names and
+    /// letters. Unknown names are skipped, as llama.cpp skips them.
+    pub fn from_request(samplers: Option<&Samplers>) -> SamplerChain {
+        let names: Vec<String> = match samplers {
+            None => return SamplerChain::ALL,
+            Some(Samplers::Names(names)) => names.clone(),
+            Some(Samplers::Letters(letters)) => letters
+                .chars()
+                .filter_map(|c| {
+                    Some(match c {
+                        'k' => "top_k",
+                        'p' => "top_p",
+                        't' => "temperature",
+                        _ => return None,
+                    })
+                })
+                .map(String::from)
+                .collect(),
+        };
+        let has = |aliases: &[&str]| names.iter().any(|n| aliases.contains(&n.as_str()));
+        SamplerChain {
+            top_k: has(&["top_k", "top-k"]),
+            top_p: has(&["top_p", "top-p", "nucleus"]),
+            temperature: has(&["temperature", "temp"]),
+        }
+    }
+}
+
+/// llama-server's `response_fields`: each listed path that exists, `/`-separated into
+/// nested objects, becomes a top-level key named by the whole path. An empty list means
+/// the whole response.
+pub fn select_fields(fields: &[String], response: Value) -> Value {
+    if fields.is_empty() {
+        return response;
+    }
+    let mut selected = Map::new();
+    for path in fields {
+        let mut current = &response;
+        let found = path.split('/').all(|key| match current.get(key) {
+            Some(next) if current.is_object() => {
+                current = next;
+                true
+            }
+            _ => false,
+        });
+        if found {
+            selected.insert(path.clone(), current.clone());
+        }
+    }
+    Value::Object(selected)
+}
+
 pub async fn handle(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<InfillRequest>,
 ) -> Result<Response, ApiError> {
     let extension = req.hexacoder.unwrap_or_default();
-    let adapter = state.resolve_model(req.model.as_deref(), extension.adapter.as_deref())?;
+    // llama.vim sends `"model": ""` unless one is configured; llama-server serves it.
+    let model = req.model.as_deref().filter(|m| !m.is_empty());
+    let adapter = state.resolve_model(model, extension.adapter.as_deref())?;
     let choice = TwoStepChoice::resolve(&state, &extension, &adapter)?;
     let answered_by = adapter.clone();
     if !state.model.has_fim {
@@ -80,21 +184,46 @@ pub async fn handle(
             state.model.context_length,
         )?,
     };
-    // llama.cpp's sampler defaults: a little randomness unless the client asks otherwise.
+    // A sampler left out of `samplers` does not run; without temperature the distribution
+    // is sampled as it stands (temperature 1), as llama.cpp's chain does.
+    let chain = SamplerChain::from_request(req.samplers.as_ref());
     let sampling = params::sampling(
-        req.temperature.or(Some(0.8)),
-        req.top_p.or(Some(0.95)),
-        req.top_k.or(extension.top_k.map(|k| k as i64)).or(Some(40)),
+        Some(if chain.temperature {
+            req.temperature.unwrap_or(DEFAULT_TEMPERATURE)
+        } else {
+            1.0
+        }),
+        Some(if chain.top_p {
+            req.top_p.unwrap_or(DEFAULT_TOP_P)
+        } else {
+            1.0
+        }),
+        Some(if chain.top_k {
+            req.top_k
+                .or(extension.top_k.map(|k| k as i64))
+                .unwrap_or(DEFAULT_TOP_K)
+        } else {
+            0
+        }),
         req.seed.filter(|&s| s >= 0),
     )?;
     let top_logprobs = params::top_logprobs("n_probs", req.n_probs)?;
+    // llama.cpp drops empty stop strings rather than refusing them.
+    let stop = req.stop.map(|stop| {
+        OneOrMany::Many(
+            stop.into_vec()
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
+        )
+    });
     let request = GenerateRequest {
         prompt: format!("{}{}", req.input_prefix, req.prompt),
         suffix: Some(req.input_suffix),
         max_tokens,
         sampling,
         n: 1,
-        stop: params::stop(req.stop)?,
+        stop: params::stop(stop)?,
         top_logprobs,
         context_files: req
             .input_extra
@@ -108,12 +237,21 @@ pub async fn handle(
         logit_bias: vec![],
         adapter,
         ignore_eos: extension.ignore_eos,
+        indent_floor: params::indent_floor(req.n_indent.or(extension.n_indent)),
+        newline_deadline: params::newline_deadline(
+            req.t_max_predict_ms.or(extension.t_max_predict_ms),
+        ),
         ..Default::default()
+    };
+    let shape = ResponseShape {
+        fields: req.response_fields.unwrap_or_default(),
+        id_slot: req.id_slot.unwrap_or(0),
     };
     let run = Run::start_jobs(&state, "/infill", vec![choice.job(&state, request)])?;
     if req.stream.unwrap_or(false) {
         let translate = StreamTranslate {
             state: Arc::clone(&state),
+            shape,
         };
         return Ok(adapter_header(sse::response(run, translate), &answered_by));
     }
@@ -126,7 +264,7 @@ pub async fn handle(
         .samples
         .first()
         .ok_or_else(|| ApiError::internal("no sample"))?;
-    let mut body = final_object(&state, &generation);
+    let mut body = final_object(&state, &generation, &shape);
     body["content"] = json!(sample.text);
     if let Some(report) = &report
         && let Some(imports) = report.samples.first()
@@ -134,40 +272,56 @@ pub async fn handle(
         body["hexacoder"] = two_step::sample_json(report, imports);
     }
     Ok(adapter_header(
-        axum::Json(body).into_response(),
+        axum::Json(select_fields(&shape.fields, body)).into_response(),
         &answered_by,
     ))
 }
 
-fn final_object(state: &AppState, generation: &Generation) -> Value {
+/// What the client asked the final object to look like.
+struct ResponseShape {
+    fields: Vec<String>,
+    id_slot: i64,
+}
+
+/// llama-server's final object, `content` empty (the caller fills it, or a stream has sent
+/// it). `tokens_cached` and `timings.cache_n` count the prompt tokens whose KV state was
+/// reused.
+fn final_object(state: &AppState, generation: &Generation, shape: &ResponseShape) -> Value {
     let sample = generation.samples.first();
     let predicted = generation.completion_tokens();
     let prompt_n = generation.prompt_tokens.len() - generation.cached_prompt_tokens;
     let prompt_ms = generation.time_to_first_token.as_secs_f64() * 1e3;
     let predicted_ms = (generation.elapsed - generation.time_to_first_token).as_secs_f64() * 1e3;
     let per_second = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    let per_token = |n: usize, ms: f64| if n > 0 { ms / n as f64 } else { 0.0 };
     let stop_type = match sample.map(|s| s.finish_reason) {
         Some(FinishReason::EndOfGeneration) => "eos",
         Some(FinishReason::Stop) => "word",
-        Some(FinishReason::Length) => "limit",
-        _ => "none",
+        Some(FinishReason::Length | FinishReason::BlockEnd | FinishReason::TimeLimit) => "limit",
+        Some(FinishReason::Cancelled) | None => "none",
     };
     json!({
+        "index": 0,
         "content": "",
+        "id_slot": shape.id_slot,
         "stop": true,
         "model": state.model.id,
         "tokens_predicted": predicted,
         "tokens_evaluated": generation.prompt_tokens.len(),
-        "tokens_cached": generation.cached_prompt_tokens,
+        "has_new_line": sample.is_some_and(|s| s.text.contains('\n')),
         "truncated": false,
         "stop_type": stop_type,
+        "stopping_word": sample.and_then(|s| s.stop_string.as_deref()).unwrap_or(""),
+        "tokens_cached": generation.cached_prompt_tokens,
         "timings": {
             "cache_n": generation.cached_prompt_tokens,
             "prompt_n": prompt_n,
             "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": per_token(prompt_n, prompt_ms),
             "prompt_per_second": per_second(prompt_n, prompt_ms),
             "predicted_n": predicted,
             "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": per_token(predicted, predicted_ms),
             "predicted_per_second": per_second(predicted, predicted_ms),
         },
     })
@@ -175,13 +329,16 @@ fn final_object(state: &AppState, generation: &Generation) -> Value {
 
 struct StreamTranslate {
     state: Arc<AppState>,
+    shape: ResponseShape,
 }
 
 impl sse::Translate for StreamTranslate {
     fn event(&mut self, event: RunEvent) -> Vec<Value> {
         match event {
             RunEvent::Token { text, .. } if !text.is_empty() => {
-                vec![json!({"content": text, "stop": false, "index": 0})]
+                vec![
+                    json!({"content": text, "stop": false, "index": 0, "id_slot": self.shape.id_slot}),
+                ]
             }
             RunEvent::Token { .. } => Vec::new(),
             // Two-step: the imports edit comes before the code.
@@ -194,6 +351,7 @@ impl sse::Translate for StreamTranslate {
                         "content": "",
                         "stop": false,
                         "index": 0,
+                        "id_slot": self.shape.id_slot,
                         "hexacoder": two_step::preview_json(preview, skipped),
                     })
                 })
@@ -204,13 +362,13 @@ impl sse::Translate for StreamTranslate {
                 two_step: report,
                 ..
             } => {
-                let mut last = final_object(&self.state, &generation);
+                let mut last = final_object(&self.state, &generation, &self.shape);
                 if let Some(report) = &report
                     && let Some(imports) = report.samples.first()
                 {
                     last["hexacoder"] = two_step::sample_json(report, imports);
                 }
-                vec![last]
+                vec![select_fields(&self.shape.fields, last)]
             }
         }
     }
@@ -221,5 +379,79 @@ impl sse::Translate for StreamTranslate {
 
     fn done_marker(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_fields_flatten_paths_as_llama_server_does() {
+        let response = json!({"content": "x", "tokens_cached": 3,
+            "timings": {"prompt_n": 5, "predicted_ms": 1.5}});
+        let fields = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            select_fields(
+                &fields(&[
+                    "content",
+                    "timings/prompt_n",
+                    "timings/predicted_ms",
+                    "tokens_cached"
+                ]),
+                response.clone()
+            ),
+            json!({"content": "x", "timings/prompt_n": 5, "timings/predicted_ms": 1.5, "tokens_cached": 3})
+        );
+        // Missing paths (and llama.vim's `[""]`) are left out; a whole object can be asked for.
+        assert_eq!(
+            select_fields(&fields(&["", "nope", "content/x"]), response.clone()),
+            json!({})
+        );
+        assert_eq!(
+            select_fields(&fields(&["timings"]), response.clone())["timings"]["prompt_n"],
+            5
+        );
+        // No list, or an empty one: everything.
+        assert_eq!(select_fields(&[], response.clone()), response);
+    }
+
+    #[test]
+    fn samplers_choose_which_of_top_k_top_p_and_temperature_run() {
+        let names = |n: &[&str]| Samplers::Names(n.iter().map(|s| s.to_string()).collect());
+        assert_eq!(SamplerChain::from_request(None), SamplerChain::ALL);
+        // llama.vim's FIM request: top-k and top-p, then llama.cpp's infill sampler.
+        assert_eq!(
+            SamplerChain::from_request(Some(&names(&["top_k", "top_p", "infill"]))),
+            SamplerChain {
+                top_k: true,
+                top_p: true,
+                temperature: false
+            }
+        );
+        assert_eq!(
+            SamplerChain::from_request(Some(&names(&["temp", "nucleus", "dry"]))),
+            SamplerChain {
+                top_k: false,
+                top_p: true,
+                temperature: true
+            }
+        );
+        assert_eq!(
+            SamplerChain::from_request(Some(&Samplers::Letters("kt".into()))),
+            SamplerChain {
+                top_k: true,
+                top_p: false,
+                temperature: true
+            }
+        );
+        assert_eq!(
+            SamplerChain::from_request(Some(&names(&[]))),
+            SamplerChain {
+                top_k: false,
+                top_p: false,
+                temperature: false
+            }
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Request fields shared by the completion routes, validated into engine parameters with
 //! errors that name the field and the accepted range.
 
+use std::time::Duration;
+
 use hexacoder_engine::{ContextFile, SamplingParams};
 use serde::Deserialize;
 
@@ -71,6 +73,14 @@ pub struct Extension {
     /// Candidates verification samples (from one prefill).
     #[serde(default)]
     pub candidates: Option<usize>,
+    /// End the completion at the first line after its first that is indented by fewer than
+    /// this many spaces or tabs, a blank line included (llama.cpp's `n_indent`); 0 is off.
+    #[serde(default)]
+    pub n_indent: Option<i64>,
+    /// Once this many milliseconds of generation have passed, end at the next newline
+    /// (llama.cpp's `t_max_predict_ms`); 0 is off.
+    #[serde(default)]
+    pub t_max_predict_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -90,6 +100,19 @@ impl Extension {
             })
             .collect()
     }
+}
+
+/// llama.cpp's `n_indent` as an indentation floor: zero or negative is off, as there.
+pub fn indent_floor(n_indent: Option<i64>) -> usize {
+    n_indent.map_or(0, |n| usize::try_from(n).unwrap_or(0))
+}
+
+/// llama.cpp's `t_max_predict_ms` as a deadline: zero or negative is off, as there.
+pub fn newline_deadline(t_max_predict_ms: Option<i64>) -> Option<Duration> {
+    t_max_predict_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
 }
 
 /// `n`: 1 to [`MAX_N`].

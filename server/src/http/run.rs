@@ -577,8 +577,8 @@ impl Drop for Run {
 
 fn finish_reason_label(reason: FinishReason) -> &'static str {
     match reason {
-        FinishReason::Stop | FinishReason::EndOfGeneration => "stop",
-        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::EndOfGeneration | FinishReason::BlockEnd => "stop",
+        FinishReason::Length | FinishReason::TimeLimit => "length",
         FinishReason::Cancelled => "abort",
     }
 }

@@ -4,6 +4,8 @@ mod adapters;
 mod api;
 mod cli;
 mod harness;
+mod infill;
+mod llama_vim;
 mod openai_client;
 mod production;
 mod two_step;
