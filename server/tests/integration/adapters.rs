@@ -132,6 +132,42 @@ async fn startup_adapters_are_listed_and_selected_by_model() {
         .metric(&client, "hexacoder:lora_requests_total{adapter=\"sec\"}")
         .await;
     assert_eq!(requests, 3.0);
+
+    // `/infill` picks adapters the same ways: by `model` or the extension; llama.vim's empty
+    // `model` is the base model.
+    let fim = |model: &str| json!({"model": model, "prompt": "def load(path):\n", "suffix": "\n", "max_tokens": 12, "temperature": 0});
+    let (_, fim_base) = post(&client, &url, &fim("tiny-coder")).await;
+    let (_, fim_adapted) = post(&client, &url, &fim("sec")).await;
+    assert_ne!(
+        fim_base["choices"][0]["text"],
+        fim_adapted["choices"][0]["text"]
+    );
+    let infill = server.url("/infill");
+    let body = |model: &str, extension: Value| {
+        json!({"model": model, "input_prefix": "def load(path):\n", "input_suffix": "\n", "n_predict": 12,
+               "temperature": 0, "hexacoder": extension})
+    };
+    for (request, expected, header) in [
+        (body("sec", json!({})), &fim_adapted, "sec@1"),
+        (body("", json!({"adapter": "sec"})), &fim_adapted, "sec@1"),
+        (body("", json!({})), &fim_base, ""),
+    ] {
+        let response = client
+            .post(&infill)
+            .json(&request)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status(), 200);
+        let answered = response
+            .headers()
+            .get("x-hexacoder-adapter")
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .unwrap_or_default();
+        assert_eq!(answered, header, "{request}");
+        let got: Value = response.json().await.expect("json");
+        assert_eq!(got["content"], expected["choices"][0]["text"], "{request}");
+    }
 }
 
 async fn admin(
