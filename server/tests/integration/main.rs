@@ -3,6 +3,7 @@
 mod adapters;
 mod api;
 mod cli;
+mod golden;
 mod harness;
 mod infill;
 mod llama_vim;
