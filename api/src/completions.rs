@@ -1,6 +1,8 @@
 //! `POST /v1/completions` (OpenAI's legacy completions) and the `hexacoder` extension it
 //! carries in requests, choices and responses.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A completions request. Fields left `None` are not sent, so the server's defaults apply.
@@ -80,52 +82,83 @@ pub struct HexacoderRequest {
     /// Candidates verification samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidates: Option<u32>,
+    /// End at the first line indented by fewer than this many spaces or tabs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_indent: Option<u32>,
+    /// After this long generating, end at the next newline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t_max_predict_ms: Option<u64>,
 }
 
 /// A completions response.
+///
+/// Response types declare their fields in alphabetical order: the order the server has
+/// always written them in, which `server/tests/golden/wire.txt` pins byte for byte.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompletionResponse {
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hexacoder: Option<HexacoderResponse>,
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
     pub object: Option<String>,
     #[serde(default)]
-    pub created: Option<u64>,
-    #[serde(default)]
-    pub model: Option<String>,
-    pub choices: Vec<Choice>,
+    pub system_fingerprint: Option<String>,
     #[serde(default)]
     pub usage: Option<Usage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hexacoder: Option<HexacoderResponse>,
 }
 
-/// One generated text.
+/// One `data:` event of a streamed completion. The last one (with `stream_options.include_usage`)
+/// has no choices and carries `usage` and `hexacoder`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChunk {
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hexacoder: Option<HexacoderResponse>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One generated text (or, streamed, a piece of one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
-    pub index: u32,
-    pub text: String,
-    #[serde(default)]
-    pub logprobs: Option<Logprobs>,
     #[serde(default)]
     pub finish_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hexacoder: Option<HexacoderChoice>,
+    pub index: u32,
+    #[serde(default)]
+    pub logprobs: Option<Logprobs>,
+    pub text: String,
 }
 
 /// OpenAI's legacy log-probabilities, one entry per generated token.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Logprobs {
+    /// Byte offset of each token in the choice's text.
     #[serde(default)]
-    pub tokens: Vec<String>,
+    pub text_offset: Vec<usize>,
     /// `null` for an echoed prompt's first token.
     #[serde(default)]
     pub token_logprobs: Vec<Option<f64>>,
     #[serde(default)]
-    pub top_logprobs: Option<Vec<Option<serde_json::Map<String, serde_json::Value>>>>,
-    /// Byte offset of each token in the choice's text.
+    pub tokens: Vec<String>,
+    /// Per token, the most likely alternatives by their text.
     #[serde(default)]
-    pub text_offset: Vec<usize>,
+    pub top_logprobs: Option<Vec<Option<BTreeMap<String, f64>>>>,
 }
 
 impl Logprobs {
@@ -144,57 +177,79 @@ impl Logprobs {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
     pub prompt_tokens: u64,
     #[serde(default)]
-    pub completion_tokens: u64,
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
     #[serde(default)]
     pub total_tokens: u64,
 }
 
-/// A choice's `hexacoder` object: what two-step generation and verification did.
+/// `usage.prompt_tokens_details`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV state was reused.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+/// A choice's `hexacoder` object: what two-step generation and verification did. Two-step
+/// fields are absent on choices that ran one step; a stream's first chunk of a choice has
+/// only the two-step fields known before the code (`added_imports`, `imports_edit`,
+/// `two_step`, `first_step_skipped`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HexacoderChoice {
-    #[serde(default)]
-    pub two_step: bool,
     /// Import statements step 1 added and the completion kept.
-    #[serde(default)]
-    pub added_imports: Vec<String>,
-    /// The kept imports as one edit of the prompt.
-    #[serde(default)]
-    pub imports_edit: Option<TextEdit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_imports: Option<Vec<String>>,
     /// Why step 1 did not run, when it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_step_skipped: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_step_tokens: Option<u64>,
+    /// The kept imports as one edit of the prompt: `null` when there are none (absent when
+    /// the choice ran one step; both read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imports_edit: Option<Option<TextEdit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_imports: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_step_tokens: Option<u64>,
-    #[serde(default)]
-    pub pruned_imports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_step: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+}
+
+impl HexacoderChoice {
+    /// The imports edit, if the choice has one.
+    pub fn edit(&self) -> Option<&TextEdit> {
+        self.imports_edit.as_ref().and_then(Option::as_ref)
+    }
 }
 
 /// An LSP `TextEdit`: zero-based lines and UTF-16 columns of the original prompt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextEdit {
-    pub range: Range,
     #[serde(rename = "newText")]
     pub new_text: String,
+    pub range: Range,
 }
 
 /// An LSP range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
-    pub start: Position,
     pub end: Position,
+    pub start: Position,
 }
 
 /// An LSP position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
-    pub line: u32,
+    /// UTF-16 code units from the line's start.
     pub character: u32,
+    pub line: u32,
 }
 
 impl TextEdit {
@@ -250,57 +305,80 @@ pub enum VerificationOutcome {
 pub struct Verification {
     #[serde(default)]
     pub analyzer: Option<String>,
+    /// Every candidate, most probable first.
     #[serde(default)]
-    pub language: Option<String>,
+    pub candidate_summaries: Vec<CandidateSummary>,
     pub candidates: u32,
+    /// The sample returned.
     pub chosen: u32,
+    /// Its place in the ranking by probability.
     #[serde(default)]
     pub chosen_rank: Option<u32>,
     pub clean_candidates: u32,
-    pub outcome: VerificationOutcome,
+    /// The returned candidate's findings.
     #[serde(default)]
     pub findings: Vec<VerifiedFinding>,
     #[serde(default)]
-    pub candidate_summaries: Vec<CandidateSummary>,
+    pub language: Option<String>,
+    pub outcome: VerificationOutcome,
     #[serde(default)]
     pub verify_ms: Option<f64>,
 }
 
-/// A finding in a verified choice.
+/// A finding in a verified choice: the oracle's finding, placed in the completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifiedFinding {
-    pub cwe: String,
-    pub rule_id: String,
-    pub message: String,
     #[serde(default)]
-    pub severity: Option<String>,
+    pub analyzer: Option<String>,
     /// Character offsets `[start, end)` in the completion text.
     #[serde(default)]
     pub completion_range: Option<[usize; 2]>,
+    pub cwe: String,
+    pub message: String,
+    /// The file the analyzer saw.
+    #[serde(default)]
+    pub path: Option<String>,
+    pub rule_id: String,
+    #[serde(default)]
+    pub severity: Option<String>,
+    /// Where, in the analyzed text (one-based lines and columns).
+    #[serde(default)]
+    pub span: Option<FindingSpan>,
 }
 
-/// One candidate of a verified choice, most probable first.
+/// A finding's place in the analyzed text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingSpan {
+    pub end_column: u32,
+    pub end_line: u32,
+    pub start_column: u32,
+    pub start_line: u32,
+}
+
+/// One candidate of a verified choice.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CandidateSummary {
-    pub sample: u32,
-    pub logprob: f64,
+    /// Its findings' CWEs.
     #[serde(default)]
     pub cwes: Vec<String>,
+    /// The sum of its tokens' log-probabilities.
+    pub logprob: f64,
+    pub sample: u32,
 }
 
 /// The response's `hexacoder` object: timings and which adapter answered.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HexacoderResponse {
     #[serde(default)]
-    pub cached_prompt_tokens: Option<u64>,
-    #[serde(default)]
-    pub time_to_first_token_ms: Option<f64>,
-    #[serde(default)]
-    pub elapsed_ms: Option<f64>,
-    #[serde(default)]
     pub adapter: Option<String>,
     #[serde(default)]
     pub adapter_generation: Option<u64>,
+    #[serde(default)]
+    pub cached_prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub elapsed_ms: Option<f64>,
+    #[serde(default)]
+    pub time_to_first_token_ms: Option<f64>,
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@ pub mod models;
 
 pub use chat::{ChatChoice, ChatMessage, ChatRequest, ChatResponse};
 pub use completions::{
-    Choice, CompletionRequest, CompletionResponse, HexacoderChoice, HexacoderRequest,
-    HexacoderResponse, Logprobs, Position, Prompt, Range, TextEdit, Usage, Verification,
-    VerificationOutcome,
+    CandidateSummary, Choice, CompletionChunk, CompletionRequest, CompletionResponse,
+    FindingSpan, HexacoderChoice, HexacoderRequest, HexacoderResponse, Logprobs, Position,
+    Prompt, PromptTokensDetails, Range, TextEdit, Usage, Verification, VerificationOutcome,
+    VerifiedFinding,
 };
 pub use error::{ErrorBody, ErrorResponse};
 pub use models::{Model, ModelList};

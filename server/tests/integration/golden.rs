@@ -168,6 +168,27 @@ fn verify_exchanges() -> Vec<Exchange> {
     ]
 }
 
+/// Two-step requests that add an import, on the scripted `import gc` model.
+fn imports_exchanges() -> Vec<Exchange> {
+    let completion = json!({"prompt": "import abc\n\nx = ", "max_tokens": 12, "temperature": 0,
+        "hexacoder": {"two_step": true, "prune_unused_imports": false}});
+    let mut streamed = completion.clone();
+    streamed["stream"] = json!(true);
+    let mut echoed = completion.clone();
+    echoed["echo"] = json!(true);
+    echoed["n"] = json!(2);
+    vec![
+        post("/v1/completions", completion),
+        post("/v1/completions", streamed),
+        post("/v1/completions", echoed),
+        post(
+            "/infill",
+            json!({"input_prefix": "import abc\n\ndef f():\n", "prompt": "    x = ", "input_suffix": "\n",
+                   "n_predict": 12, "temperature": 0, "n_indent": 4, "hexacoder": {"two_step": true}}),
+        ),
+    ]
+}
+
 /// Replaces what differs from run to run or machine to machine: response ids, timestamps,
 /// timings, the temporary directory, the CPU count, and the low digits of log-probabilities
 /// (AVX2 and AVX-512 kernels add in different orders; the numbers have tests of their own).
@@ -266,6 +287,11 @@ async fn every_route_answers_exactly_as_recorded() {
     let dir_text = dir.path().to_str().expect("utf-8").to_string();
     let adapter_text = adapter.to_str().expect("utf-8").to_string();
     let mut recorded = record(&server, &tiny_exchanges(&adapter_text), &dir_text).await;
+    drop(server);
+
+    let imports_model = crate::infill::import_gc_model(dir.path());
+    let server = Server::start(&imports_model, &[], &[]);
+    recorded.push_str(&record(&server, &imports_exchanges(), &dir_text).await);
     drop(server);
 
     let verify_model = write_eval_or_int_hf_dir(&dir.path().join("eval-or-int"));

@@ -761,7 +761,7 @@ impl Generated {
             .find(|c| c.index as usize == index)
             .ok_or_else(|| format!("the answer has no choice {index}"))?;
         let extension = choice.hexacoder.unwrap_or_default();
-        let prompt = match &extension.imports_edit {
+        let prompt = match extension.edit() {
             Some(edit) => edit
                 .apply(prompt)
                 .ok_or("the imports edit does not fit the prompt")?,
@@ -772,7 +772,7 @@ impl Generated {
             completion: choice.text,
             logprobs: choice.logprobs,
             finish_reason: choice.finish_reason,
-            added_imports: extension.added_imports,
+            added_imports: extension.added_imports.unwrap_or_default(),
             verification: extension.verification.map(|v| v.outcome),
             adapter_generation,
             elapsed,
