@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::completions::{HexacoderRequest, Usage};
+use crate::completions::{HexacoderRequest, HexacoderResponse, Usage};
 
 /// A chat request. Fields left `None` are not sent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -29,11 +29,11 @@ pub struct ChatRequest {
 /// One message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
     /// `null` in some servers' tool-call answers.
     #[serde(default)]
     pub content: Option<String>,
+    /// `system`, `user` or `assistant`.
+    pub role: String,
 }
 
 impl ChatMessage {
@@ -59,14 +59,22 @@ impl ChatMessage {
     }
 }
 
-/// A chat response.
+/// A chat response. Fields in the server's (alphabetical) order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
+    pub choices: Vec<ChatChoice>,
+    #[serde(default)]
+    pub created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hexacoder: Option<HexacoderResponse>,
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
-    pub choices: Vec<ChatChoice>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default)]
+    pub system_fingerprint: Option<String>,
     #[serde(default)]
     pub usage: Option<Usage>,
 }
@@ -74,8 +82,67 @@ pub struct ChatResponse {
 /// One answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatChoice {
-    pub index: u32,
-    pub message: ChatMessage,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    pub index: u32,
+    #[serde(default)]
+    pub logprobs: Option<ChatLogprobs>,
+    pub message: ChatMessage,
+}
+
+/// A chat choice's `logprobs`: one entry per token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatLogprobs {
+    #[serde(default)]
+    pub content: Vec<TokenLogprob>,
+}
+
+/// A token, its log-probability and (for the chosen token) the likeliest alternatives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's UTF-8 bytes.
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    pub logprob: f64,
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// One `data:` event of a streamed chat completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    pub choices: Vec<ChatChunkChoice>,
+    #[serde(default)]
+    pub created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hexacoder: Option<HexacoderResponse>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A streamed choice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunkChoice {
+    pub delta: ChatDelta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    pub index: u32,
+    #[serde(default)]
+    pub logprobs: Option<ChatLogprobs>,
+}
+
+/// What a chunk adds to a message: the role first, then pieces of content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }

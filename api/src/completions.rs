@@ -300,6 +300,17 @@ pub enum VerificationOutcome {
     AllFlagged,
 }
 
+impl VerificationOutcome {
+    /// Its wire name (`first_clean`, `replaced`, `all_flagged`), also a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationOutcome::FirstClean => "first_clean",
+            VerificationOutcome::Replaced => "replaced",
+            VerificationOutcome::AllFlagged => "all_flagged",
+        }
+    }
+}
+
 /// A verified choice's `verification` object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verification {

@@ -8,14 +8,19 @@
 pub mod chat;
 pub mod completions;
 pub mod error;
+pub mod infill;
 pub mod models;
 
-pub use chat::{ChatChoice, ChatMessage, ChatRequest, ChatResponse};
+pub use chat::{
+    ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, ChatMessage, ChatRequest,
+    ChatResponse, TokenLogprob,
+};
 pub use completions::{
-    CandidateSummary, Choice, CompletionChunk, CompletionRequest, CompletionResponse,
-    FindingSpan, HexacoderChoice, HexacoderRequest, HexacoderResponse, Logprobs, Position,
-    Prompt, PromptTokensDetails, Range, TextEdit, Usage, Verification, VerificationOutcome,
+    CandidateSummary, Choice, CompletionChunk, CompletionRequest, CompletionResponse, FindingSpan,
+    HexacoderChoice, HexacoderRequest, HexacoderResponse, Logprobs, Position, Prompt,
+    PromptTokensDetails, Range, TextEdit, Usage, Verification, VerificationOutcome,
     VerifiedFinding,
 };
 pub use error::{ErrorBody, ErrorResponse};
+pub use infill::{InfillChunk, InfillResponse, InfillTimings};
 pub use models::{Model, ModelList};

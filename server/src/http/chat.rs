@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use hexacoder_api as api;
 use hexacoder_engine::{GenerateRequest, SharedAdapter};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::completions::{Usage, adapter_header, model_label, token_string};
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
+use super::response::{Usage, adapter_header, model_label, token_string};
 use super::run::{Run, RunEvent, openai_finish_reason};
 use super::{AppState, response_id, sse, unix_now};
 use crate::chat_template::Message;
@@ -241,37 +242,48 @@ pub async fn handle(
     for generation in &generations {
         usage.add(generation);
         for (index, sample) in generation.samples.iter().enumerate() {
-            let logprobs = plan.top_logprobs.map(|_| {
-                json!({"content": sample.tokens.iter().map(|t| token_logprob(&state, t)).collect::<Vec<_>>()})
+            let logprobs = plan.top_logprobs.map(|_| api::ChatLogprobs {
+                content: sample
+                    .tokens
+                    .iter()
+                    .map(|t| token_logprob(&state, t))
+                    .collect(),
             });
-            choices.push(json!({
-                "index": index,
-                "message": {"role": "assistant", "content": sample.text},
-                "logprobs": logprobs,
-                "finish_reason": openai_finish_reason(sample.finish_reason),
-            }));
+            choices.push(api::ChatChoice {
+                finish_reason: Some(openai_finish_reason(sample.finish_reason).to_string()),
+                index: index as u32,
+                logprobs,
+                message: api::ChatMessage::assistant(sample.text.clone()),
+            });
         }
     }
-    let mut body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model_label(&state, &plan.adapter),
-        "choices": choices,
-        "system_fingerprint": Value::Null,
-    });
-    usage.attach(&mut body, &plan.adapter);
+    let body = api::ChatResponse {
+        choices,
+        created: Some(created),
+        hexacoder: Some(usage.extension(&plan.adapter)),
+        id: Some(id),
+        model: Some(model_label(&state, &plan.adapter)),
+        object: Some("chat.completion".into()),
+        system_fingerprint: None,
+        usage: Some(usage.wire()),
+    };
     Ok(adapter_header(axum::Json(body).into_response(), &adapter))
 }
 
-fn token_logprob(state: &AppState, token: &hexacoder_engine::GeneratedToken) -> Value {
+fn token_logprob(state: &AppState, token: &hexacoder_engine::GeneratedToken) -> api::TokenLogprob {
     let entry = |id: u32, logprob: f32| {
         let text = token_string(&state.model.tokenizer, id);
-        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+        api::TokenLogprob {
+            bytes: Some(text.as_bytes().to_vec()),
+            logprob: f64::from(logprob),
+            token: text,
+            top_logprobs: None,
+        }
     };
-    let mut value = entry(token.id, token.logprob);
-    value["top_logprobs"] = token.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
-    value
+    api::TokenLogprob {
+        top_logprobs: Some(token.top.iter().map(|&(id, lp)| entry(id, lp)).collect()),
+        ..entry(token.id, token.logprob)
+    }
 }
 
 struct StreamTranslate {
@@ -285,30 +297,43 @@ struct StreamTranslate {
 }
 
 impl StreamTranslate {
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": model_label(&self.state, &self.plan.adapter),
-            "choices": choices,
-        })
+    fn chunk(&self, choices: Vec<api::ChatChunkChoice>) -> api::ChatChunk {
+        api::ChatChunk {
+            choices,
+            created: Some(self.created),
+            hexacoder: None,
+            id: Some(self.id.clone()),
+            model: Some(model_label(&self.state, &self.plan.adapter)),
+            object: Some("chat.completion.chunk".into()),
+            usage: None,
+        }
     }
 
-    fn role_chunk(&mut self, index: usize, out: &mut Vec<Value>) {
+    fn role_chunk(&mut self, index: usize, out: &mut Vec<api::ChatChunk>) {
         if self.started.insert(index) {
-            out.push(self.chunk(vec![json!({
-                "index": index,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": null,
-                "finish_reason": null,
-            })]));
+            let delta = api::ChatDelta {
+                content: Some(String::new()),
+                role: Some("assistant".into()),
+            };
+            out.push(self.chunk(vec![piece(index, delta, None)]));
         }
     }
 }
 
+/// A streamed choice.
+fn piece(index: usize, delta: api::ChatDelta, finish_reason: Option<&str>) -> api::ChatChunkChoice {
+    api::ChatChunkChoice {
+        delta,
+        finish_reason: finish_reason.map(str::to_string),
+        index: index as u32,
+        logprobs: None,
+    }
+}
+
 impl sse::Translate for StreamTranslate {
-    fn event(&mut self, event: RunEvent) -> Vec<Value> {
+    type Chunk = api::ChatChunk;
+
+    fn event(&mut self, event: RunEvent) -> Vec<api::ChatChunk> {
         let mut out = Vec::new();
         match event {
             // Chat runs one step.
@@ -324,33 +349,27 @@ impl sse::Translate for StreamTranslate {
                 if text.is_empty() && finish_reason.is_none() && self.plan.top_logprobs.is_none() {
                     return out;
                 }
-                let logprobs = self
-                    .plan
-                    .top_logprobs
-                    .map(|_| json!({"content": [token_logprob(&self.state, &token)]}));
-                let delta = if text.is_empty() {
-                    json!({})
-                } else {
-                    json!({"content": text})
+                let delta = api::ChatDelta {
+                    content: (!text.is_empty()).then_some(text),
+                    role: None,
                 };
-                out.push(self.chunk(vec![json!({
-                    "index": sample,
-                    "delta": delta,
-                    "logprobs": logprobs,
-                    "finish_reason": finish_reason.map(openai_finish_reason),
-                })]));
+                let mut choice = piece(sample, delta, finish_reason.map(openai_finish_reason));
+                choice.logprobs = self.plan.top_logprobs.map(|_| api::ChatLogprobs {
+                    content: vec![token_logprob(&self.state, &token)],
+                });
+                out.push(self.chunk(vec![choice]));
             }
             RunEvent::Finished { generation, .. } => {
                 self.usage.add(&generation);
                 for (index, s) in generation.samples.iter().enumerate() {
                     if s.tokens.is_empty() {
                         self.role_chunk(index, &mut out);
-                        out.push(self.chunk(vec![json!({
-                            "index": index,
-                            "delta": {},
-                            "logprobs": null,
-                            "finish_reason": openai_finish_reason(s.finish_reason),
-                        })]));
+                        let reason = openai_finish_reason(s.finish_reason);
+                        out.push(self.chunk(vec![piece(
+                            index,
+                            api::ChatDelta::default(),
+                            Some(reason),
+                        )]));
                     }
                 }
             }
@@ -358,12 +377,13 @@ impl sse::Translate for StreamTranslate {
         out
     }
 
-    fn end(&mut self) -> Vec<Value> {
+    fn end(&mut self) -> Vec<api::ChatChunk> {
         if !self.plan.include_usage {
             return Vec::new();
         }
         let mut chunk = self.chunk(Vec::new());
-        self.usage.attach(&mut chunk, &self.plan.adapter);
+        chunk.usage = Some(self.usage.wire());
+        chunk.hexacoder = Some(self.usage.extension(&self.plan.adapter));
         vec![chunk]
     }
 }

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use hexacoder_engine::tokenizer::Tokenizer;
+use hexacoder_api as api;
 use hexacoder_engine::{GenerateRequest, GeneratedToken, Generation, SharedAdapter};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
+use super::response::{self, Usage, adapter_header, model_label};
 use super::run::{self as two_step_run, Job, Run, RunEvent, openai_finish_reason};
 use super::two_step::{self, TwoStepChoice};
 use super::verify::{self, Verified, VerifySettings};
@@ -232,40 +232,37 @@ pub async fn handle(
             };
             let logprobs = plan.logprobs.map(|_| {
                 let mut offset = prefix.len();
-                logprobs_json(&state.model.tokenizer, &sample.tokens, &mut offset)
+                response::logprobs(&state.model.tokenizer, &sample.tokens, &mut offset)
             });
             let index = if verified.is_some() {
                 p
             } else {
                 p * plan.n + s
             };
-            let mut choice = json!({
-                "index": index,
-                "text": format!("{prefix}{}", sample.text),
-                "logprobs": logprobs,
-                "finish_reason": openai_finish_reason(sample.finish_reason),
-            });
-            if let Some((report, imports)) = imports {
-                choice["hexacoder"] = two_step::sample_json(report, imports);
-            }
+            let mut extension =
+                imports.map(|(report, imports)| two_step::sample_choice(report, imports));
             if let Some(verified) = verified {
-                if choice["hexacoder"].is_null() {
-                    choice["hexacoder"] = json!({});
-                }
-                choice["hexacoder"]["verification"] = verified.json();
+                extension.get_or_insert_default().verification = Some(verified.wire());
             }
-            choices.push(choice);
+            choices.push(api::Choice {
+                finish_reason: Some(openai_finish_reason(sample.finish_reason).to_string()),
+                hexacoder: extension,
+                index: index as u32,
+                logprobs,
+                text: format!("{prefix}{}", sample.text),
+            });
         }
     }
-    let mut body = json!({
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model_label(&state, &plan.adapter),
-        "choices": choices,
-        "system_fingerprint": Value::Null,
-    });
-    usage.attach(&mut body, &plan.adapter);
+    let body = api::CompletionResponse {
+        choices,
+        created: Some(created),
+        hexacoder: Some(usage.extension(&plan.adapter)),
+        id: Some(id),
+        model: Some(model_label(&state, &plan.adapter)),
+        object: Some("text_completion".into()),
+        system_fingerprint: None,
+        usage: Some(usage.wire()),
+    };
     Ok(adapter_header(axum::Json(body).into_response(), &adapter))
 }
 
@@ -318,116 +315,6 @@ async fn check_candidates(
     Ok((generations, verified))
 }
 
-/// Token counts and timings summed over a request's prompts.
-#[derive(Default)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub cached_tokens: usize,
-    pub ttft_ms: f64,
-    pub elapsed_ms: f64,
-}
-
-impl Usage {
-    pub fn add(&mut self, generation: &Generation) {
-        self.add_counts(generation);
-        self.ttft_ms = self
-            .ttft_ms
-            .max(generation.time_to_first_token.as_secs_f64() * 1e3);
-        self.elapsed_ms = self.elapsed_ms.max(generation.elapsed.as_secs_f64() * 1e3);
-    }
-
-    /// Adds token counts only (two-step's first step, whose time the second's includes).
-    pub fn add_counts(&mut self, generation: &Generation) {
-        self.prompt_tokens += generation.prompt_tokens.len();
-        self.completion_tokens += generation.completion_tokens();
-        self.cached_tokens += generation.cached_prompt_tokens;
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        })
-    }
-
-    /// Adds `usage` and the `hexacoder` object to a response or a stream's last chunk.
-    pub fn attach(&self, body: &mut Value, adapter: &Option<SharedAdapter>) {
-        body["usage"] = self.json();
-        body["hexacoder"] = self.extension(adapter);
-    }
-
-    /// The `hexacoder` object of a response: timings and which adapter version answered.
-    fn extension(&self, adapter: &Option<SharedAdapter>) -> Value {
-        json!({
-            "cached_prompt_tokens": self.cached_tokens,
-            "time_to_first_token_ms": self.ttft_ms,
-            "elapsed_ms": self.elapsed_ms,
-            "adapter": adapter.as_ref().map(|a| a.name()),
-            "adapter_generation": adapter.as_ref().map(|a| a.generation()),
-        })
-    }
-}
-
-/// `x-hexacoder-adapter: NAME@GENERATION` on a response an adapter produced, so that even a
-/// stream without a usage chunk says which version answered.
-pub fn adapter_header(mut response: Response, adapter: &Option<SharedAdapter>) -> Response {
-    if let Some(adapter) = adapter
-        && let Ok(value) = axum::http::HeaderValue::from_str(&format!(
-            "{}@{}",
-            adapter.name(),
-            adapter.generation()
-        ))
-    {
-        response.headers_mut().insert("x-hexacoder-adapter", value);
-    }
-    response
-}
-
-/// The `model` a response names: the adapter's name, or the base model's.
-pub fn model_label(state: &AppState, adapter: &Option<SharedAdapter>) -> String {
-    adapter
-        .as_ref()
-        .map_or_else(|| state.model.id.clone(), |a| a.name().to_string())
-}
-
-/// How a token is shown in logprobs: its text, or its name for control tokens.
-pub fn token_string(tokenizer: &Tokenizer, id: u32) -> String {
-    if tokenizer.is_special(id) {
-        return tokenizer.token_text(id).unwrap_or_default();
-    }
-    String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
-}
-
-/// OpenAI's legacy logprobs object; `offset` is the text offset of the first token.
-fn logprobs_json(tokenizer: &Tokenizer, tokens: &[GeneratedToken], offset: &mut usize) -> Value {
-    let mut strings = Vec::with_capacity(tokens.len());
-    let mut logprobs = Vec::with_capacity(tokens.len());
-    let mut tops = Vec::with_capacity(tokens.len());
-    let mut offsets = Vec::with_capacity(tokens.len());
-    for token in tokens {
-        let text = token_string(tokenizer, token.id);
-        offsets.push(*offset);
-        *offset += text.len();
-        strings.push(text);
-        logprobs.push(token.logprob);
-        let top: serde_json::Map<String, Value> = token
-            .top
-            .iter()
-            .map(|&(id, lp)| (token_string(tokenizer, id), json!(lp)))
-            .collect();
-        tops.push(Value::Object(top));
-    }
-    json!({
-        "tokens": strings,
-        "token_logprobs": logprobs,
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    })
-}
-
 struct StreamTranslate {
     state: Arc<AppState>,
     id: String,
@@ -442,30 +329,50 @@ struct StreamTranslate {
 }
 
 impl StreamTranslate {
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": model_label(&self.state, &self.plan.adapter),
-            "choices": choices,
-        })
+    fn chunk(&self, choices: Vec<api::Choice>) -> api::CompletionChunk {
+        api::CompletionChunk {
+            choices,
+            created: Some(self.created),
+            hexacoder: None,
+            id: Some(self.id.clone()),
+            model: Some(model_label(&self.state, &self.plan.adapter)),
+            object: Some("text_completion".into()),
+            usage: None,
+        }
+    }
+}
+
+/// A streamed choice: a piece of text, maybe its end, maybe its `hexacoder` object.
+fn piece(
+    index: usize,
+    text: &str,
+    finish_reason: Option<&str>,
+    hexacoder: Option<api::HexacoderChoice>,
+) -> api::Choice {
+    api::Choice {
+        finish_reason: finish_reason.map(str::to_string),
+        hexacoder,
+        index: index as u32,
+        logprobs: None,
+        text: text.to_string(),
     }
 }
 
 impl sse::Translate for StreamTranslate {
-    fn event(&mut self, event: RunEvent) -> Vec<Value> {
+    type Chunk = api::CompletionChunk;
+
+    fn event(&mut self, event: RunEvent) -> Vec<api::CompletionChunk> {
         let mut out = Vec::new();
         if !self.echoed {
             self.echoed = true;
             if self.plan.echo {
                 // Two-step prompts echo with their imports, once step 1 is done.
-                let choices: Vec<Value> = (0..self.plan.prompts.len() * self.plan.n)
+                let choices: Vec<api::Choice> = (0..self.plan.prompts.len() * self.plan.n)
                     .filter(|i| !self.plan.two_step[i / self.plan.n])
                     .map(|i| {
                         let prompt = &self.plan.prompts[i / self.plan.n];
                         self.offsets.insert(i, prompt.len());
-                        json!({"index": i, "text": prompt, "logprobs": null, "finish_reason": null})
+                        piece(i, prompt, None, None)
                     })
                     .collect();
                 if !choices.is_empty() {
@@ -489,13 +396,12 @@ impl sse::Translate for StreamTranslate {
                             ""
                         };
                         self.offsets.insert(index, text.len());
-                        json!({
-                            "index": index,
-                            "text": text,
-                            "logprobs": null,
-                            "finish_reason": null,
-                            "hexacoder": two_step::preview_json(preview, skipped),
-                        })
+                        piece(
+                            index,
+                            text,
+                            None,
+                            Some(two_step::preview_choice(preview, skipped)),
+                        )
                     })
                     .collect();
                 out.push(self.chunk(choices));
@@ -514,16 +420,12 @@ impl sse::Translate for StreamTranslate {
                     return out;
                 }
                 let tokens = std::mem::take(pending);
-                let logprobs = self.plan.logprobs.map(|_| {
+                let mut choice = piece(index, &text, finish_reason.map(openai_finish_reason), None);
+                choice.logprobs = self.plan.logprobs.map(|_| {
                     let offset = self.offsets.entry(index).or_insert(0);
-                    logprobs_json(&self.state.model.tokenizer, &tokens, offset)
+                    response::logprobs(&self.state.model.tokenizer, &tokens, offset)
                 });
-                out.push(self.chunk(vec![json!({
-                    "index": index,
-                    "text": text,
-                    "logprobs": logprobs,
-                    "finish_reason": finish_reason.map(openai_finish_reason),
-                })]));
+                out.push(self.chunk(vec![choice]));
             }
             RunEvent::Finished {
                 prompt,
@@ -537,28 +439,21 @@ impl sse::Translate for StreamTranslate {
                 // Samples that ended before any token (`max_tokens: 0`) still get a reason.
                 for (sample, s) in generation.samples.iter().enumerate() {
                     if s.tokens.is_empty() {
-                        out.push(self.chunk(vec![json!({
-                            "index": prompt * self.plan.n + sample,
-                            "text": "",
-                            "logprobs": null,
-                            "finish_reason": openai_finish_reason(s.finish_reason),
-                        })]));
+                        let index = prompt * self.plan.n + sample;
+                        let reason = openai_finish_reason(s.finish_reason);
+                        out.push(self.chunk(vec![piece(index, "", Some(reason), None)]));
                     }
                 }
                 // Two-step: the final imports (pruned by what the completion used).
                 if let Some(report) = &report {
-                    let choices: Vec<Value> = report
+                    let choices = report
                         .samples
                         .iter()
                         .enumerate()
                         .map(|(sample, imports)| {
-                            json!({
-                                "index": prompt * self.plan.n + sample,
-                                "text": "",
-                                "logprobs": null,
-                                "finish_reason": null,
-                                "hexacoder": two_step::sample_json(report, imports),
-                            })
+                            let index = prompt * self.plan.n + sample;
+                            let extension = two_step::sample_choice(report, imports);
+                            piece(index, "", None, Some(extension))
                         })
                         .collect();
                     out.push(self.chunk(choices));
@@ -568,12 +463,13 @@ impl sse::Translate for StreamTranslate {
         out
     }
 
-    fn end(&mut self) -> Vec<Value> {
+    fn end(&mut self) -> Vec<api::CompletionChunk> {
         if !self.plan.include_usage {
             return Vec::new();
         }
         let mut chunk = self.chunk(Vec::new());
-        self.usage.attach(&mut chunk, &self.plan.adapter);
+        chunk.usage = Some(self.usage.wire());
+        chunk.hexacoder = Some(self.usage.extension(&self.plan.adapter));
         vec![chunk]
     }
 }

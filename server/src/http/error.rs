@@ -7,7 +7,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hexacoder_engine::{Error as EngineError, Rejected};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 /// An error answered to the client.
 #[derive(Debug, Clone)]
@@ -113,13 +112,15 @@ impl ApiError {
     }
 
     /// The JSON body, also used as an SSE error event.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> hexacoder_api::ErrorResponse {
+        hexacoder_api::ErrorResponse {
+            error: hexacoder_api::ErrorBody {
+                code: self.code.map(|c| c.into()),
+                message: self.message.clone(),
+                param: self.param.clone(),
+                kind: Some(self.kind.to_string()),
+            },
+        }
     }
 }
 

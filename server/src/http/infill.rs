@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use hexacoder_api as api;
 use hexacoder_engine::{ContextFile, FinishReason, GenerateRequest, Generation};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::completions::adapter_header;
 use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany};
+use super::response::adapter_header;
 use super::run::{Run, RunEvent};
 use super::two_step::{self, TwoStepChoice};
 use super::{AppState, sse};
@@ -264,15 +265,15 @@ pub async fn handle(
         .samples
         .first()
         .ok_or_else(|| ApiError::internal("no sample"))?;
-    let mut body = final_object(&state, &generation, &shape);
-    body["content"] = json!(sample.text);
-    if let Some(report) = &report
-        && let Some(imports) = report.samples.first()
-    {
-        body["hexacoder"] = two_step::sample_json(report, imports);
-    }
+    let body = api::InfillResponse {
+        content: sample.text.clone(),
+        hexacoder: report
+            .as_ref()
+            .and_then(|r| Some(two_step::sample_choice(r, r.samples.first()?))),
+        ..final_object(&state, &generation, &shape)
+    };
     Ok(adapter_header(
-        axum::Json(select_fields(&shape.fields, body)).into_response(),
+        axum::Json(select_fields(&shape.fields, to_value(&body))).into_response(),
         &answered_by,
     ))
 }
@@ -286,7 +287,11 @@ struct ResponseShape {
 /// llama-server's final object, `content` empty (the caller fills it, or a stream has sent
 /// it). `tokens_cached` and `timings.cache_n` count the prompt tokens whose KV state was
 /// reused.
-fn final_object(state: &AppState, generation: &Generation, shape: &ResponseShape) -> Value {
+fn final_object(
+    state: &AppState,
+    generation: &Generation,
+    shape: &ResponseShape,
+) -> api::InfillResponse {
     let sample = generation.samples.first();
     let predicted = generation.completion_tokens();
     let prompt_n = generation.prompt_tokens.len() - generation.cached_prompt_tokens;
@@ -300,31 +305,40 @@ fn final_object(state: &AppState, generation: &Generation, shape: &ResponseShape
         Some(FinishReason::Length | FinishReason::BlockEnd | FinishReason::TimeLimit) => "limit",
         Some(FinishReason::Cancelled) | None => "none",
     };
-    json!({
-        "index": 0,
-        "content": "",
-        "id_slot": shape.id_slot,
-        "stop": true,
-        "model": state.model.id,
-        "tokens_predicted": predicted,
-        "tokens_evaluated": generation.prompt_tokens.len(),
-        "has_new_line": sample.is_some_and(|s| s.text.contains('\n')),
-        "truncated": false,
-        "stop_type": stop_type,
-        "stopping_word": sample.and_then(|s| s.stop_string.as_deref()).unwrap_or(""),
-        "tokens_cached": generation.cached_prompt_tokens,
-        "timings": {
-            "cache_n": generation.cached_prompt_tokens,
-            "prompt_n": prompt_n,
-            "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": per_token(prompt_n, prompt_ms),
-            "prompt_per_second": per_second(prompt_n, prompt_ms),
-            "predicted_n": predicted,
-            "predicted_ms": predicted_ms,
-            "predicted_per_token_ms": per_token(predicted, predicted_ms),
-            "predicted_per_second": per_second(predicted, predicted_ms),
+    api::InfillResponse {
+        content: String::new(),
+        has_new_line: sample.is_some_and(|s| s.text.contains('\n')),
+        hexacoder: None,
+        id_slot: shape.id_slot,
+        index: 0,
+        model: state.model.id.clone(),
+        stop: true,
+        stop_type: stop_type.into(),
+        stopping_word: sample
+            .and_then(|s| s.stop_string.clone())
+            .unwrap_or_default(),
+        timings: api::InfillTimings {
+            cache_n: generation.cached_prompt_tokens as u64,
+            predicted_ms,
+            predicted_n: predicted as u64,
+            predicted_per_second: per_second(predicted, predicted_ms),
+            predicted_per_token_ms: per_token(predicted, predicted_ms),
+            prompt_ms,
+            prompt_n: prompt_n as u64,
+            prompt_per_second: per_second(prompt_n, prompt_ms),
+            prompt_per_token_ms: per_token(prompt_n, prompt_ms),
         },
-    })
+        tokens_cached: generation.cached_prompt_tokens as u64,
+        tokens_evaluated: generation.prompt_tokens.len() as u64,
+        tokens_predicted: predicted as u64,
+        truncated: false,
+    }
+}
+
+/// A wire type as a JSON value, for `response_fields` to pick from. Wire types have string
+/// keys only, so this cannot fail.
+fn to_value(wire: &impl serde::Serialize) -> Value {
+    serde_json::to_value(wire).unwrap_or_default()
 }
 
 struct StreamTranslate {
@@ -332,14 +346,25 @@ struct StreamTranslate {
     shape: ResponseShape,
 }
 
+impl StreamTranslate {
+    fn piece(&self, content: String, hexacoder: Option<api::HexacoderChoice>) -> Value {
+        to_value(&api::InfillChunk {
+            content,
+            hexacoder,
+            id_slot: self.shape.id_slot,
+            index: 0,
+            stop: false,
+        })
+    }
+}
+
 impl sse::Translate for StreamTranslate {
+    /// JSON values: the final object may be cut down to `response_fields`.
+    type Chunk = Value;
+
     fn event(&mut self, event: RunEvent) -> Vec<Value> {
         match event {
-            RunEvent::Token { text, .. } if !text.is_empty() => {
-                vec![
-                    json!({"content": text, "stop": false, "index": 0, "id_slot": self.shape.id_slot}),
-                ]
-            }
+            RunEvent::Token { text, .. } if !text.is_empty() => vec![self.piece(text, None)],
             RunEvent::Token { .. } => Vec::new(),
             // Two-step: the imports edit comes before the code.
             RunEvent::Imports {
@@ -347,13 +372,8 @@ impl sse::Translate for StreamTranslate {
             } => samples
                 .first()
                 .map(|(_, preview)| {
-                    json!({
-                        "content": "",
-                        "stop": false,
-                        "index": 0,
-                        "id_slot": self.shape.id_slot,
-                        "hexacoder": two_step::preview_json(preview, skipped),
-                    })
+                    let extension = two_step::preview_choice(preview, skipped);
+                    self.piece(String::new(), Some(extension))
                 })
                 .into_iter()
                 .collect(),
@@ -362,13 +382,13 @@ impl sse::Translate for StreamTranslate {
                 two_step: report,
                 ..
             } => {
-                let mut last = final_object(&self.state, &generation, &self.shape);
-                if let Some(report) = &report
-                    && let Some(imports) = report.samples.first()
-                {
-                    last["hexacoder"] = two_step::sample_json(report, imports);
-                }
-                vec![select_fields(&self.shape.fields, last)]
+                let last = api::InfillResponse {
+                    hexacoder: report
+                        .as_ref()
+                        .and_then(|r| Some(two_step::sample_choice(r, r.samples.first()?))),
+                    ..final_object(&self.state, &generation, &self.shape)
+                };
+                vec![select_fields(&self.shape.fields, to_value(&last))]
             }
         }
     }
@@ -384,6 +404,8 @@ impl sse::Translate for StreamTranslate {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod infill;
 pub mod params;
+pub mod response;
 pub mod run;
 pub mod sse;
 pub mod tabby;

@@ -8,16 +8,18 @@ use std::convert::Infallible;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use serde_json::Value;
+use serde::Serialize;
 
 use super::run::{Run, RunEvent};
 
 /// Turns a run's events into the chunks of one wire format.
 pub trait Translate: Send + 'static {
+    /// One `data:` payload.
+    type Chunk: Serialize;
     /// Chunks for one event (often none: a token whose text is held back).
-    fn event(&mut self, event: RunEvent) -> Vec<Value>;
+    fn event(&mut self, event: RunEvent) -> Vec<Self::Chunk>;
     /// Chunks after the last event (usage, final timings).
-    fn end(&mut self) -> Vec<Value>;
+    fn end(&mut self) -> Vec<Self::Chunk>;
     /// Whether the stream ends with `data: [DONE]`.
     fn done_marker(&self) -> bool {
         true
@@ -54,17 +56,17 @@ pub fn response<T: Translate>(run: Run, translate: T) -> Response {
             match next {
                 Some(Ok(event)) => {
                     let chunks = state.translate.event(event);
-                    state.pending.extend(chunks.into_iter().map(data));
+                    state.pending.extend(chunks.iter().map(data));
                 }
                 Some(Err(err)) => {
                     state.run = None;
-                    state.pending.push_back(data(err.body()));
+                    state.pending.push_back(data(&err.body()));
                     finish(&mut state);
                 }
                 None => {
                     state.run = None;
                     let chunks = state.translate.end();
-                    state.pending.extend(chunks.into_iter().map(data));
+                    state.pending.extend(chunks.iter().map(data));
                     finish(&mut state);
                 }
             }
@@ -82,6 +84,12 @@ fn finish<T: Translate>(state: &mut State<T>) {
     state.ended = true;
 }
 
-fn data(value: Value) -> SseEvent {
-    SseEvent::default().data(value.to_string())
+fn data(chunk: &impl Serialize) -> SseEvent {
+    // Wire types have string keys only, so this cannot fail; if it ever did, the client gets
+    // an error event rather than a hole in the stream.
+    let json = serde_json::to_string(chunk).unwrap_or_else(|e| {
+        serde_json::json!({"error": {"message": format!("unserializable chunk: {e}"), "type": "server_error"}})
+            .to_string()
+    });
+    SseEvent::default().data(json)
 }

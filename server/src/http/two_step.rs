@@ -1,9 +1,9 @@
 //! Two-step generation on the HTTP routes: whether a request gets it, how its plan is built,
 //! and the `hexacoder` objects that report each sample's imports.
 
+use hexacoder_api as api;
 use hexacoder_engine::{GenerateRequest, SharedAdapter};
 use hexacoder_two_step::{ImportsOutcome, Language, TextEdit, TwoStepOptions, TwoStepPlan};
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
@@ -120,37 +120,35 @@ impl TwoStepChoice {
     }
 }
 
-/// An LSP `TextEdit`: `{"range": {"start": {"line", "character"}, "end": …}, "newText"}`.
-pub fn edit_json(edit: &TextEdit) -> Value {
-    let position = |(line, character): (u32, u32)| json!({"line": line, "character": character});
-    json!({
-        "range": {"start": position(edit.start), "end": position(edit.end)},
-        "newText": edit.new_text,
-    })
+/// The imports edit as an LSP `TextEdit` of the prompt.
+pub fn wire_edit(edit: &TextEdit) -> api::TextEdit {
+    let position = |(line, character): (u32, u32)| api::Position { character, line };
+    api::TextEdit {
+        new_text: edit.new_text.clone(),
+        range: api::Range {
+            end: position(edit.end),
+            start: position(edit.start),
+        },
+    }
 }
 
 /// A choice's `hexacoder` object once its completion is known.
-pub fn sample_json(report: &TwoStepReport, sample: &SampleImports) -> Value {
-    let mut value = outcome_json(&sample.outcome, report.skipped);
-    value["first_step_tokens"] = json!(sample.first_step_tokens);
-    value["second_step_tokens"] = json!(sample.second_step_tokens);
-    value["pruned_imports"] = json!(sample.outcome.pruned);
-    value
+pub fn sample_choice(report: &TwoStepReport, sample: &SampleImports) -> api::HexacoderChoice {
+    api::HexacoderChoice {
+        first_step_tokens: Some(sample.first_step_tokens as u64),
+        second_step_tokens: Some(sample.second_step_tokens as u64),
+        pruned_imports: Some(sample.outcome.pruned.clone()),
+        ..preview_choice(&sample.outcome, report.skipped)
+    }
 }
 
 /// What a stream sends before a sample's code: the imports step 2 starts from.
-pub fn preview_json(outcome: &ImportsOutcome, skipped: Option<&str>) -> Value {
-    outcome_json(outcome, skipped)
-}
-
-fn outcome_json(outcome: &ImportsOutcome, skipped: Option<&str>) -> Value {
-    let mut value = json!({
-        "two_step": true,
-        "added_imports": outcome.added,
-        "imports_edit": outcome.edit.as_ref().map(edit_json),
-    });
-    if let Some(reason) = skipped {
-        value["first_step_skipped"] = json!(reason);
+pub fn preview_choice(outcome: &ImportsOutcome, skipped: Option<&str>) -> api::HexacoderChoice {
+    api::HexacoderChoice {
+        added_imports: Some(outcome.added.clone()),
+        first_step_skipped: skipped.map(str::to_string),
+        imports_edit: Some(outcome.edit.as_ref().map(wire_edit)),
+        two_step: Some(true),
+        ..Default::default()
     }
-    value
 }

@@ -5,10 +5,9 @@
 
 use std::time::Instant;
 
+use hexacoder_api as api;
 use hexacoder_engine::{Generation, Sample};
 use hexacoder_oracle::{EmbeddedAnalyzer, Finding, Language};
-
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::MAX_N;
@@ -102,9 +101,8 @@ pub fn language_of(settings: &VerifySettings, prompt: &str) -> Result<Language, 
 }
 
 /// A finding in a candidate, with where it lies in the completion text.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Located {
-    #[serde(flatten)]
     pub finding: Finding,
     /// Character offsets `[start, end)` in the completion (clamped to it), so that a client
     /// can place the finding where it inserted the completion.
@@ -126,36 +124,71 @@ pub struct Verified {
 }
 
 impl Verified {
-    /// How the choice came about, for metrics: the most probable candidate was clean, a less
-    /// probable clean one replaced it, or every candidate had findings.
-    pub fn outcome(&self) -> &'static str {
+    /// How the choice came about: the most probable candidate was clean, a less probable
+    /// clean one replaced it, or every candidate had findings.
+    pub fn outcome(&self) -> api::VerificationOutcome {
         if !self.findings[self.chosen].is_empty() {
-            "all_flagged"
+            api::VerificationOutcome::AllFlagged
         } else if self.ranking.first() == Some(&self.chosen) {
-            "first_clean"
+            api::VerificationOutcome::FirstClean
         } else {
-            "replaced"
+            api::VerificationOutcome::Replaced
         }
     }
 
     /// The choice's `hexacoder.verification` object.
-    pub fn json(&self) -> Value {
-        json!({
-            "analyzer": "embedded",
-            "language": self.language.extension(),
-            "candidates": self.findings.len(),
-            "chosen": self.chosen,
-            "chosen_rank": self.ranking.iter().position(|&i| i == self.chosen),
-            "clean_candidates": self.findings.iter().filter(|f| f.is_empty()).count(),
-            "outcome": self.outcome(),
-            "findings": self.findings[self.chosen],
-            "candidate_summaries": self.ranking.iter().map(|&i| json!({
-                "sample": i,
-                "logprob": self.logprobs[i],
-                "cwes": self.findings[i].iter().map(|f| f.finding.cwe.as_str()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "verify_ms": self.elapsed_ms,
-        })
+    pub fn wire(&self) -> api::Verification {
+        api::Verification {
+            analyzer: Some("embedded".into()),
+            candidate_summaries: self
+                .ranking
+                .iter()
+                .map(|&i| api::CandidateSummary {
+                    cwes: self.findings[i]
+                        .iter()
+                        .map(|f| f.finding.cwe.clone())
+                        .collect(),
+                    logprob: self.logprobs[i],
+                    sample: i as u32,
+                })
+                .collect(),
+            candidates: self.findings.len() as u32,
+            chosen: self.chosen as u32,
+            chosen_rank: self
+                .ranking
+                .iter()
+                .position(|&i| i == self.chosen)
+                .map(|r| r as u32),
+            clean_candidates: self.findings.iter().filter(|f| f.is_empty()).count() as u32,
+            findings: self.findings[self.chosen]
+                .iter()
+                .map(Located::wire)
+                .collect(),
+            language: Some(self.language.extension().to_string()),
+            outcome: self.outcome(),
+            verify_ms: Some(self.elapsed_ms),
+        }
+    }
+}
+
+impl Located {
+    fn wire(&self) -> api::VerifiedFinding {
+        let finding = &self.finding;
+        api::VerifiedFinding {
+            analyzer: Some(finding.analyzer.clone()),
+            completion_range: Some(self.completion_range),
+            cwe: finding.cwe.clone(),
+            message: finding.message.clone(),
+            path: Some(finding.path.clone()),
+            rule_id: finding.rule_id.clone(),
+            severity: Some(finding.severity.sarif_level().to_string()),
+            span: Some(api::FindingSpan {
+                end_column: finding.span.end_column as u32,
+                end_line: finding.span.end_line as u32,
+                start_column: finding.span.start_column as u32,
+                start_line: finding.span.start_line as u32,
+            }),
+        }
     }
 }
 
@@ -254,7 +287,7 @@ pub fn observe(state: &AppState, verified: &Verified, mode: &str) {
     let metrics = &state.metrics;
     metrics
         .verify_requests
-        .with_label_values(&[verified.outcome()])
+        .with_label_values(&[verified.outcome().as_str()])
         .inc();
     metrics.verify_seconds.observe(verified.elapsed_ms / 1e3);
     for located in verified.findings.iter().flatten() {

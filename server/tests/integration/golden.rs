@@ -115,6 +115,16 @@ fn tiny_exchanges(adapter_dir: &str) -> Vec<Exchange> {
         post("/v1/chat/completions", chat),
         post("/v1/chat/completions", chat_stream),
         post("/v1/chat/completions", json!({"messages": []})),
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0,
+                   "logprobs": true, "top_logprobs": 2, "n": 2}),
+        ),
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0,
+                   "logprobs": true, "top_logprobs": 1, "stream": true}),
+        ),
         post("/infill", infill),
         post("/infill", infill_stream),
         post("/infill", infill_fields),
