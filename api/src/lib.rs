@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod completions;
 pub mod error;
+pub mod events;
 pub mod infill;
 pub mod models;
 
@@ -22,5 +23,6 @@ pub use completions::{
     VerifiedFinding,
 };
 pub use error::{ErrorBody, ErrorResponse};
+pub use events::EditorEvent;
 pub use infill::{InfillChunk, InfillResponse, InfillTimings};
 pub use models::{Model, ModelList};

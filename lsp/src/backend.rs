@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tower_lsp_server::jsonrpc::{Error as RpcError, Result as RpcResult};
 use tower_lsp_server::{Client, LanguageServer};
 
-use crate::client::{ClientError, Completion, CompletionQuery, EditorEvent, ServerClient};
+use crate::client::{ClientError, Completion, CompletionQuery, ServerClient};
 use crate::config::Settings;
 use crate::document::{Document, PositionEncoding};
 use crate::findings::{self, Flagged};
@@ -609,12 +609,12 @@ impl Backend {
             tracing::debug!(id, event, "event for an unknown completion");
             return;
         };
-        let event = EditorEvent {
-            event,
+        let event = hexacoder_api::EditorEvent {
+            event: event.to_string(),
             completion_id: issued.completion.id.clone(),
             model: issued.completion.model.clone(),
             two_step: issued.completion.two_step,
-            kind: issued.kind,
+            kind: issued.kind.to_string(),
         };
         let settings = self.settings();
         let server = self.state.server.clone();
@@ -707,16 +707,17 @@ impl Backend {
 /// Maps the server's edit of the prompt into the document: only an edit inside the prompt's
 /// head (the document's own first bytes) can be placed.
 fn map_imports_edit(
-    edit: &crate::client::PromptEdit,
+    edit: &hexacoder_api::TextEdit,
     prompt: &Prompt,
     doc: &Document,
 ) -> Option<DocumentEdit> {
     let prompt_doc = Document::new(prompt.prefix.clone(), 0, String::new());
+    let position = |p: hexacoder_api::Position| Position::new(p.line, p.character);
     let start = prompt_doc
-        .offset(edit.range.start, PositionEncoding::Utf16)
+        .offset(position(edit.range.start), PositionEncoding::Utf16)
         .ok()?;
     let end = prompt_doc
-        .offset(edit.range.end, PositionEncoding::Utf16)
+        .offset(position(edit.range.end), PositionEncoding::Utf16)
         .ok()?;
     if start > end || end > prompt.head_len || end > doc.text().len() {
         tracing::debug!("imports edit outside the prompt head; dropped");

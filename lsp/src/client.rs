@@ -1,7 +1,7 @@
 //! Calls to the HexaCoder server: completions, the model list and editor events.
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use hexacoder_api as api;
+use serde::de::DeserializeOwned;
 
 use crate::config::Settings;
 
@@ -56,17 +56,6 @@ pub struct CompletionQuery {
     pub indent: usize,
 }
 
-/// The server's imports edit: replace `range` of the prompt (lines and UTF-16 columns) with
-/// `new_text`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PromptEdit {
-    /// Range in the prompt.
-    pub range: crate::lsp_types::Range,
-    /// Replacement.
-    pub new_text: String,
-}
-
 /// A completion as the server returned it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
@@ -82,56 +71,26 @@ pub struct Completion {
     pub two_step: bool,
     /// The import statements step 1 added (and the completion uses).
     pub added_imports: Vec<String>,
-    /// Those imports as an edit of the prompt.
-    pub imports_edit: Option<PromptEdit>,
+    /// Those imports as an edit of the prompt (lines and UTF-16 columns).
+    pub imports_edit: Option<api::TextEdit>,
     /// What the security oracle found, in verify mode.
     pub verification: Option<Verification>,
 }
 
 /// The server's check of a verified completion.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Verification {
-    /// `first_clean`, `replaced` or `all_flagged`.
-    pub outcome: String,
+    /// How the returned candidate was chosen.
+    pub outcome: api::VerificationOutcome,
     /// Findings in the returned completion.
-    pub findings: Vec<VerifiedFinding>,
+    pub findings: Vec<api::VerifiedFinding>,
     /// CWEs of the more probable candidates this one replaced.
     pub replaced_cwes: Vec<String>,
-}
-
-/// One finding in a verified completion.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct VerifiedFinding {
-    /// `CWE-094` style.
-    pub cwe: String,
-    /// The oracle's rule.
-    pub rule_id: String,
-    /// What is wrong.
-    pub message: String,
-    /// `error`, `warning` or `note`.
-    pub severity: String,
-    /// Character offsets `[start, end)` in the completion text.
-    pub completion_range: [usize; 2],
 }
 
 /// Languages the server's oracle checks (LSP language ids).
 pub fn verifiable(language_id: &str) -> bool {
     matches!(language_id, "python" | "c" | "cpp")
-}
-
-/// An editor event about a shown completion.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EditorEvent {
-    /// `show`, `accept` or `reject`.
-    pub event: &'static str,
-    /// The completion's id.
-    pub completion_id: String,
-    /// The model or adapter that produced it.
-    pub model: String,
-    /// Whether two-step generation produced it.
-    pub two_step: bool,
-    /// `inline` or `popup`.
-    pub kind: &'static str,
 }
 
 /// An HTTP client for one server (connections are pooled).
@@ -178,34 +137,30 @@ impl ServerClient {
         model: &str,
         query: &CompletionQuery,
     ) -> Result<Completion, ClientError> {
-        let mut extension = json!({"two_step": settings.two_step});
-        if let Some(language) = &query.language {
-            extension["language"] = json!(language);
-        }
-        if settings.stop_at_block_end && query.indent > 0 {
-            extension["n_indent"] = json!(query.indent);
-        }
-        if settings.max_predict_ms > 0 {
-            extension["t_max_predict_ms"] = json!(settings.max_predict_ms);
-        }
         let verify = settings.verify && query.language.as_deref().is_some_and(verifiable);
-        if verify {
-            extension["verify"] = json!(true);
-            extension["candidates"] = json!(settings.candidates);
-        }
-        let mut body = json!({
-            "model": model,
-            "prompt": query.prefix,
-            "max_tokens": settings.max_tokens,
-            "temperature": if verify { settings.verify_temperature } else { settings.temperature },
-            "hexacoder": extension,
-        });
-        if let Some(seed) = settings.seed {
-            body["seed"] = json!(seed);
-        }
-        if !query.suffix.is_empty() {
-            body["suffix"] = json!(query.suffix);
-        }
+        let body = api::CompletionRequest {
+            model: Some(model.to_string()),
+            prompt: api::Prompt::One(query.prefix.clone()),
+            suffix: (!query.suffix.is_empty()).then(|| query.suffix.clone()),
+            max_tokens: Some(settings.max_tokens),
+            temperature: Some(f64::from(if verify {
+                settings.verify_temperature
+            } else {
+                settings.temperature
+            })),
+            seed: settings.seed.map(|s| s as i64),
+            hexacoder: Some(api::HexacoderRequest {
+                two_step: Some(settings.two_step),
+                language: query.language.clone(),
+                verify: verify.then_some(true),
+                candidates: verify.then_some(settings.candidates),
+                n_indent: (settings.stop_at_block_end && query.indent > 0)
+                    .then_some(query.indent as u32),
+                t_max_predict_ms: (settings.max_predict_ms > 0).then_some(settings.max_predict_ms),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let url = format!("{}/v1/completions", settings.base_url());
         let response = self
             .post(settings, "/v1/completions")
@@ -218,8 +173,8 @@ impl ServerClient {
             .get("x-hexacoder-adapter")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let value = json_body(response, &url, settings).await?;
-        parse_completion(&value, adapter)
+        let answer: api::CompletionResponse = json_body(response, &url, settings).await?;
+        completion(answer, adapter)
     }
 
     /// The ids the server serves (base models and adapters).
@@ -233,14 +188,8 @@ impl ServerClient {
             .send()
             .await
             .map_err(|e| transport_error(&url, settings, e))?;
-        let value = json_body(response, &url, settings).await?;
-        let ids = value["data"]
-            .as_array()
-            .ok_or_else(|| ClientError::Malformed("`data` is not a list".into()))?
-            .iter()
-            .filter_map(|m| m["id"].as_str().map(str::to_string))
-            .collect();
-        Ok(ids)
+        let list: api::ModelList = json_body(response, &url, settings).await?;
+        Ok(list.data.into_iter().map(|m| m.id).collect())
     }
 
     /// Reports an editor event to the server's events route.
@@ -250,7 +199,7 @@ impl ServerClient {
     pub async fn send_event(
         &self,
         settings: &Settings,
-        event: &EditorEvent,
+        event: &api::EditorEvent,
     ) -> Result<(), ClientError> {
         let url = format!("{}/v1/hexacoder/events", settings.base_url());
         let response = self
@@ -259,7 +208,7 @@ impl ServerClient {
             .send()
             .await
             .map_err(|e| transport_error(&url, settings, e))?;
-        json_body(response, &url, settings).await.map(|_| ())
+        checked_body(response, &url, settings).await.map(|_| ())
     }
 }
 
@@ -275,85 +224,76 @@ fn transport_error(url: &str, settings: &Settings, error: reqwest::Error) -> Cli
     }
 }
 
-async fn json_body(
+/// The body of a successful answer; an error status becomes [`ClientError::Status`] with the
+/// server's message.
+async fn checked_body(
     response: reqwest::Response,
     url: &str,
     settings: &Settings,
-) -> Result<serde_json::Value, ClientError> {
+) -> Result<Vec<u8>, ClientError> {
     let status = response.status();
     let bytes = response
         .bytes()
         .await
-        .map_err(|e| transport_error(url, settings, e))?;
+        .map_err(|e| transport_error(url, settings, e))?
+        .to_vec();
     if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        let message = serde_json::from_slice::<api::ErrorResponse>(&bytes)
+            .map(|e| e.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
         return Err(ClientError::Status {
             status: status.as_u16(),
             message,
         });
     }
-    if bytes.is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
+    Ok(bytes)
+}
+
+/// A successful answer as the wire type `T`.
+async fn json_body<T: DeserializeOwned>(
+    response: reqwest::Response,
+    url: &str,
+    settings: &Settings,
+) -> Result<T, ClientError> {
+    let bytes = checked_body(response, url, settings).await?;
     serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed(e.to_string()))
 }
 
-fn parse_completion(
-    value: &serde_json::Value,
+/// The first choice of an answer, as the bridge uses it.
+fn completion(
+    answer: api::CompletionResponse,
     adapter: Option<String>,
 ) -> Result<Completion, ClientError> {
-    let choice = &value["choices"][0];
-    let text = choice["text"]
-        .as_str()
-        .ok_or_else(|| ClientError::Malformed("no `choices[0].text`".into()))?;
-    let extension = &choice["hexacoder"];
-    let imports_edit = match &extension["imports_edit"] {
-        serde_json::Value::Null => None,
-        edit => Some(
-            serde_json::from_value(edit.clone())
-                .map_err(|e| ClientError::Malformed(format!("imports_edit: {e}")))?,
-        ),
-    };
-    let verification = match &extension["verification"] {
-        serde_json::Value::Null => None,
-        v => {
-            let findings = serde_json::from_value(v["findings"].clone())
-                .map_err(|e| ClientError::Malformed(format!("verification findings: {e}")))?;
-            let chosen_rank = v["chosen_rank"].as_u64().unwrap_or(0) as usize;
-            let mut replaced_cwes: Vec<String> = v["candidate_summaries"]
-                .as_array()
-                .map(|s| &s[..chosen_rank.min(s.len())])
-                .unwrap_or_default()
-                .iter()
-                .flat_map(|s| s["cwes"].as_array().cloned().unwrap_or_default())
-                .filter_map(|c| c.as_str().map(str::to_string))
-                .collect();
-            replaced_cwes.sort();
-            replaced_cwes.dedup();
-            Some(Verification {
-                outcome: v["outcome"].as_str().unwrap_or_default().to_string(),
-                findings,
-                replaced_cwes,
-            })
+    let choice = answer
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| ClientError::Malformed("no `choices[0]`".into()))?;
+    let extension = choice.hexacoder.unwrap_or_default();
+    let imports_edit = extension.edit().cloned();
+    let verification = extension.verification.map(|v| {
+        let chosen_rank = v.chosen_rank.unwrap_or(0) as usize;
+        let mut replaced_cwes: Vec<String> = v
+            .candidate_summaries
+            .iter()
+            .take(chosen_rank)
+            .flat_map(|s| s.cwes.iter().cloned())
+            .collect();
+        replaced_cwes.sort();
+        replaced_cwes.dedup();
+        Verification {
+            outcome: v.outcome,
+            findings: v.findings,
+            replaced_cwes,
         }
-    };
+    });
     Ok(Completion {
-        id: value["id"].as_str().unwrap_or_default().to_string(),
-        model: value["model"].as_str().unwrap_or_default().to_string(),
+        id: answer.id.unwrap_or_default(),
+        model: answer.model.unwrap_or_default(),
         adapter,
-        text: text.to_string(),
-        two_step: extension["two_step"].as_bool().unwrap_or(false),
-        added_imports: extension["added_imports"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        text: choice.text,
+        two_step: extension.two_step.unwrap_or(false),
+        added_imports: extension.added_imports.unwrap_or_default(),
         imports_edit,
         verification,
     })

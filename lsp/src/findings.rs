@@ -1,7 +1,9 @@
 //! The security oracle's findings on accepted suggestions, kept per document as the text they
 //! flag (so they follow edits) and published as diagnostics with CWE codes.
 
-use crate::client::{Completion, VerifiedFinding};
+use hexacoder_api::VerifiedFinding;
+
+use crate::client::Completion;
 use crate::document::{Document, PositionEncoding};
 use crate::lsp_types::{Code, CodeDescription, Diagnostic, DiagnosticSeverity, Range, Uri};
 
@@ -74,10 +76,9 @@ fn flag_one(finding: &VerifiedFinding, inserted: &str, at: usize, text: &str) ->
             .nth(chars)
             .map_or(inserted.len(), |(i, _)| i)
     };
-    let (start, end) = (
-        byte_of(finding.completion_range[0]),
-        byte_of(finding.completion_range[1]),
-    );
+    // A finding without a place in the completion is placed at its start.
+    let [first, last] = finding.completion_range.unwrap_or([0, 0]);
+    let (start, end) = (byte_of(first), byte_of(last));
     // A finding that lies wholly in the prompt's part of the checked text has an empty range
     // at the completion's start; flag the completion's first line instead.
     let (start, end) = if start < end {
@@ -97,7 +98,7 @@ fn flag_one(finding: &VerifiedFinding, inserted: &str, at: usize, text: &str) ->
     Some(Flagged {
         snippet,
         start: at + start,
-        severity: match finding.severity.as_str() {
+        severity: match finding.severity.as_deref().unwrap_or("error") {
             "error" => DiagnosticSeverity::Error,
             "warning" => DiagnosticSeverity::Warning,
             _ => DiagnosticSeverity::Information,

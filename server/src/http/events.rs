@@ -6,32 +6,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
+use hexacoder_api::EditorEvent;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-
-/// `POST /v1/hexacoder/events`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EditorEvent {
-    /// `show`, `accept` or `reject`.
-    pub event: String,
-    /// The response id of the completion.
-    pub completion_id: String,
-    /// The model or adapter that produced it.
-    pub model: String,
-    /// Whether two-step generation produced it.
-    #[serde(default)]
-    pub two_step: bool,
-    /// `inline` (ghost text) or `popup` (completion menu).
-    #[serde(default = "inline")]
-    pub kind: String,
-}
-
-fn inline() -> String {
-    "inline".into()
-}
 
 const EVENTS: [&str; 3] = ["show", "accept", "reject"];
 const KINDS: [&str; 2] = ["inline", "popup"];
