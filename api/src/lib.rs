@@ -5,13 +5,18 @@
 //! absent fields. Responses are read from any OpenAI-compatible server (ours, llama.cpp's,
 //! vLLM), so unknown fields are tolerated and most fields are optional.
 
+pub mod adapters;
 pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod events;
 pub mod infill;
 pub mod models;
+pub mod tabby;
 
+pub use adapters::{
+    AdapterChange, AdapterInfo, AdapterList, LoadAdapterRequest, UnloadAdapterRequest,
+};
 pub use chat::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, ChatMessage, ChatRequest,
     ChatResponse, TokenLogprob,
@@ -25,4 +30,5 @@ pub use completions::{
 pub use error::{ErrorBody, ErrorResponse};
 pub use events::EditorEvent;
 pub use infill::{InfillChunk, InfillResponse, InfillTimings};
-pub use models::{Model, ModelList};
+pub use models::{Health, Model, ModelDetails, ModelList};
+pub use tabby::{TabbyChoice, TabbyCompletion, TabbyHealth, TabbyVersion};

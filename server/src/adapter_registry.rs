@@ -44,16 +44,7 @@ pub enum RegistryError {
 }
 
 /// A loaded adapter as the API shows it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AdapterInfo {
-    pub name: String,
-    pub generation: u64,
-    pub path: String,
-    pub bytes: usize,
-    pub created: u64,
-    /// The adapter's two-step default from its metadata.
-    pub two_step_default: Option<bool>,
-}
+pub use hexacoder_api::AdapterInfo;
 
 struct Entry {
     adapter: SharedAdapter,
@@ -113,7 +104,11 @@ impl AdapterRegistry {
     }
 
     pub fn total_bytes(&self) -> usize {
-        self.read().entries.values().map(|e| e.info.bytes).sum()
+        self.read()
+            .entries
+            .values()
+            .map(|e| e.info.bytes as usize)
+            .sum()
     }
 
     /// Loads `dir` as `name`, replacing an adapter of that name atomically. Blocking: call it
@@ -151,8 +146,8 @@ impl AdapterRegistry {
             name: name.to_string(),
             generation,
             path: dir.display().to_string(),
-            bytes,
-            created: crate::http::unix_now(),
+            bytes: bytes as u64,
+            created: crate::time::unix_now(),
             two_step_default: adapter.two_step_default(),
         };
         table.generations.insert(name.to_string(), generation);
@@ -176,7 +171,8 @@ impl AdapterRegistry {
 
     fn check_limits(&self, table: &Table, name: &str, bytes: usize) -> Result<(), RegistryError> {
         let others = table.entries.iter().filter(|(n, _)| n.as_str() != name);
-        let (count, used) = others.fold((0, 0), |(c, b), (_, e)| (c + 1, b + e.info.bytes));
+        let (count, used) =
+            others.fold((0, 0), |(c, b), (_, e)| (c + 1, b + e.info.bytes as usize));
         if count + 1 > self.limits.max_adapters {
             return Err(RegistryError::Limit(format!(
                 "{count} adapters are loaded and the limit is {} (--max-adapters); unload one first",

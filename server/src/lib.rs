@@ -13,3 +13,4 @@ pub mod http;
 pub mod metrics;
 pub mod model_source;
 pub mod serve;
+pub mod time;

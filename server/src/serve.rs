@@ -73,7 +73,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .served_model_name
             .clone()
             .unwrap_or_else(|| served_name(&args.model.model)),
-        created: http::unix_now(),
+        created: crate::time::unix_now(),
         context_length: engine.context_length(),
         chat_template: ChatTemplate::new(engine.chat_template(), &tokenizer),
         tokenizer,

@@ -8,24 +8,14 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use hexacoder_api::{
+    self as api, LoadAdapterRequest as LoadRequest, UnloadAdapterRequest as UnloadRequest,
+};
 use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, ApiJson};
 use super::{AppState, api_key_digest};
 use crate::adapter_registry::{RegistryError, confine};
-
-#[derive(Debug, Deserialize)]
-pub struct LoadRequest {
-    pub lora_name: String,
-    pub lora_path: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct UnloadRequest {
-    pub lora_name: String,
-}
 
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
@@ -104,10 +94,7 @@ pub async fn load(
                 .lora_load_seconds
                 .observe(started.elapsed().as_secs_f64());
             tracing::info!(adapter = %info.name, generation = info.generation, "adapter loaded");
-            Ok(
-                axum::Json(json!({"object": "lora_adapter", "status": "loaded", "adapter": info}))
-                    .into_response(),
-            )
+            Ok(axum::Json(change(info, "loaded")).into_response())
         }
         Err(err) => {
             metrics.lora_loads.with_label_values(&["error"]).inc();
@@ -125,12 +112,21 @@ pub async fn unload(
     let info = state.adapters.unload(&req.lora_name)?;
     state.metrics.lora_unloads.inc();
     tracing::info!(adapter = %info.name, generation = info.generation, "adapter unloaded");
-    Ok(
-        axum::Json(json!({"object": "lora_adapter", "status": "unloaded", "adapter": info}))
-            .into_response(),
-    )
+    Ok(axum::Json(change(info, "unloaded")).into_response())
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({"object": "list", "data": state.adapters.list()})).into_response()
+    let list = api::AdapterList {
+        data: state.adapters.list(),
+        object: "list".into(),
+    };
+    axum::Json(list).into_response()
+}
+
+fn change(adapter: api::AdapterInfo, status: &str) -> api::AdapterChange {
+    api::AdapterChange {
+        adapter,
+        object: "lora_adapter".into(),
+        status: status.into(),
+    }
 }

@@ -15,8 +15,9 @@ use super::error::{ApiError, ApiJson};
 use super::params::{self, Extension, OneOrMany, StreamOptions};
 use super::response::{Usage, adapter_header, model_label, token_string};
 use super::run::{Run, RunEvent, openai_finish_reason};
-use super::{AppState, response_id, sse, unix_now};
+use super::{AppState, response_id, sse};
 use crate::chat_template::Message;
+use crate::time::unix_now;
 
 /// Reply length when the request sets none, clamped to what the context leaves.
 const DEFAULT_MAX_TOKENS: usize = 1024;

@@ -15,7 +15,8 @@ use super::response::{self, Usage, adapter_header, model_label};
 use super::run::{self as two_step_run, Job, Run, RunEvent, openai_finish_reason};
 use super::two_step::{self, TwoStepChoice};
 use super::verify::{self, Verified, VerifySettings};
-use super::{AppState, response_id, sse, unix_now};
+use super::{AppState, response_id, sse};
+use crate::time::unix_now;
 
 /// OpenAI's default for this route.
 const DEFAULT_MAX_TOKENS: usize = 16;

@@ -28,9 +28,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hexacoder_api as api;
 use hexacoder_engine::tokenizer::Tokenizer;
 use hexacoder_engine::{Scheduler, SharedAdapter};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
@@ -222,12 +222,13 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.scheduler.stats();
-    let body = json!({
-        "status": if state.shutting_down.load(Ordering::Relaxed) { "shutting_down" } else { "ok" },
-        "model": state.model.id,
-        "requests_running": stats.running_requests,
-        "requests_waiting": stats.waiting_requests,
-    });
+    let shutting_down = state.shutting_down.load(Ordering::Relaxed);
+    let body = api::Health {
+        model: state.model.id.clone(),
+        requests_running: stats.running_requests as u64,
+        requests_waiting: stats.waiting_requests as u64,
+        status: if shutting_down { "shutting_down" } else { "ok" }.into(),
+    };
     let status = if state.shutting_down.load(Ordering::Relaxed) {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -261,33 +262,45 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn model_object(state: &AppState) -> serde_json::Value {
-    json!({
-        "id": state.model.id,
-        "object": "model",
-        "created": state.model.created,
-        "owned_by": "hexacoder",
-        "max_model_len": state.model.context_length,
-        "hexacoder": {"kind": "base", "fill_in_the_middle": state.model.has_fim},
-    })
+fn model_object(state: &AppState) -> api::Model {
+    api::Model {
+        created: Some(state.model.created),
+        hexacoder: Some(api::ModelDetails {
+            bytes: None,
+            fill_in_the_middle: Some(state.model.has_fim),
+            generation: None,
+            kind: "base".into(),
+            two_step_default: None,
+        }),
+        id: state.model.id.clone(),
+        max_model_len: Some(state.model.context_length as u64),
+        object: Some("model".into()),
+        owned_by: Some("hexacoder".into()),
+        parent: None,
+        root: None,
+    }
 }
 
-fn adapter_objects(state: &AppState) -> Vec<serde_json::Value> {
+fn adapter_objects(state: &AppState) -> Vec<api::Model> {
     state
         .adapters
         .list()
         .into_iter()
-        .map(|a| {
-            json!({
-                "id": a.name,
-                "object": "model",
-                "created": a.created,
-                "owned_by": "hexacoder",
-                "parent": state.model.id,
-                "root": a.path,
-                "max_model_len": state.model.context_length,
-                "hexacoder": {"kind": "lora", "generation": a.generation, "bytes": a.bytes, "two_step_default": a.two_step_default},
-            })
+        .map(|a| api::Model {
+            created: Some(a.created),
+            hexacoder: Some(api::ModelDetails {
+                bytes: Some(a.bytes),
+                fill_in_the_middle: None,
+                generation: Some(a.generation),
+                kind: "lora".into(),
+                two_step_default: Some(a.two_step_default),
+            }),
+            id: a.name,
+            max_model_len: Some(state.model.context_length as u64),
+            object: Some("model".into()),
+            owned_by: Some("hexacoder".into()),
+            parent: Some(state.model.id.clone()),
+            root: Some(a.path),
         })
         .collect()
 }
@@ -295,17 +308,18 @@ fn adapter_objects(state: &AppState) -> Vec<serde_json::Value> {
 async fn list_models(State(state): State<Arc<AppState>>) -> Response {
     let mut data = vec![model_object(&state)];
     data.extend(adapter_objects(&state));
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    let list = api::ModelList {
+        data,
+        object: Some("list".into()),
+    };
+    axum::Json(list).into_response()
 }
 
 async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     if id == state.model.id {
         return axum::Json(model_object(&state)).into_response();
     }
-    match adapter_objects(&state)
-        .into_iter()
-        .find(|a| a["id"] == id.as_str())
-    {
+    match adapter_objects(&state).into_iter().find(|a| a.id == id) {
         Some(adapter) => axum::Json(adapter).into_response(),
         None => state
             .check_model(Some(&id))
@@ -336,13 +350,6 @@ async fn method_not_allowed(request: Request) -> ApiError {
             ),
         )
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A fresh response id with this prefix.

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hexacoder_api as api;
 use hexacoder_engine::{ContextFile, GenerateRequest};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::{ApiError, ApiJson};
 use super::params;
@@ -102,23 +102,25 @@ pub async fn completions(
         .first()
         .map(|s| s.text.clone())
         .unwrap_or_default();
-    Ok(axum::Json(json!({
-        "id": response_id("cmpl"),
-        "choices": [{"index": 0, "text": text}],
-    }))
+    Ok(axum::Json(api::TabbyCompletion {
+        choices: vec![api::TabbyChoice { index: 0, text }],
+        id: response_id("cmpl"),
+    })
     .into_response())
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({
-        "model": state.model.id,
-        "device": "cpu",
-        "arch": std::env::consts::ARCH,
-        "cpu_info": "",
-        "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "accelerators": [],
-        "version": {"git_describe": concat!("hexacoder-", env!("CARGO_PKG_VERSION"))},
-    }))
+    axum::Json(api::TabbyHealth {
+        accelerators: Vec::new(),
+        arch: std::env::consts::ARCH.into(),
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        cpu_info: String::new(),
+        device: "cpu".into(),
+        model: state.model.id.clone(),
+        version: api::TabbyVersion {
+            git_describe: concat!("hexacoder-", env!("CARGO_PKG_VERSION")).into(),
+        },
+    })
     .into_response()
 }
 
