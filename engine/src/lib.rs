@@ -4,8 +4,8 @@
 //! template and prefix cache, and [`Engine::generate`], which runs one request. A server runs
 //! many at once through a [`Scheduler`], which owns the engine on its own thread and steps a
 //! continuous [`batch::Batch`]. Models are
-//! loaded with [`load::load`] from files that [`hub::resolve`] finds (a GGUF file, an HF
-//! directory, or a hub id).
+//! loaded with [`load::load`] from [`ModelFiles`] (a GGUF file or an HF directory; the server
+//! resolves hub ids to them).
 //!
 //! Design decisions:
 //! - Our own decoder code on `candle-core`/`candle-nn` rather than a serving framework, so that
@@ -28,9 +28,9 @@ mod text;
 pub mod batch;
 pub mod config;
 pub mod fim;
-pub mod hub;
 pub mod load;
 pub mod lora;
+pub mod model_files;
 pub mod models;
 pub mod nn;
 pub mod scheduler;
@@ -45,6 +45,7 @@ pub use generate::{
     OnDelta, Sample, StopCondition,
 };
 pub use lora::{LoadedAdapter, SharedAdapter};
+pub use model_files::{ModelFiles, local_files};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};
 pub use sampling::SamplingParams;
 pub use scheduler::{Rejected, Scheduler, SchedulerOptions, SchedulerStats};

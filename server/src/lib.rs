@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod model_source;
 pub mod serve;

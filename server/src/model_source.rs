@@ -2,12 +2,13 @@
 //! through the engine's hub resolution.
 
 use anyhow::{Context, Result, bail};
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::fim::FimSetting;
-use hexacoder_engine::hub::{self, HubOptions, ModelFiles};
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
 use hexacoder_engine::nn::Q8Kernel;
 
 use crate::cli::ModelArgs;
+use crate::hub::{self, HubOptions};
 
 /// Files for `--model`, fetching a catalogue model when needed.
 pub fn resolve(args: &ModelArgs) -> Result<ModelFiles> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use hexacoder_adapters::Adapter;
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{LoadedAdapter, load::Requantize};
 use hexacoder_testkit::{Arch, Tiny};

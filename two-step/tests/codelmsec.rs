@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{GenerateRequest, SamplingParams};
 use hexacoder_two_step::{ImportBlock, Language, TwoStepOptions, TwoStepPlan, generate};

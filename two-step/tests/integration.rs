@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{Engine, GenerateRequest, LogitsProcessor, SamplingParams};
 use hexacoder_testkit::{Arch, Tiny};

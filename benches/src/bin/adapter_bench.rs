@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hexacoder_adapters::{Adapter, BaseModel, LoraConfig, LoraModule, ModuleKey, TargetModules};
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::batch::{Event, Sink};
-use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::nn::{Proj, Q8Kernel};
 use hexacoder_engine::{

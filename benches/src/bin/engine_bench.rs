@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{Engine, GenerateRequest, SamplingParams};
 use serde_json::{Value, json};

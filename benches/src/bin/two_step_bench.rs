@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{Engine, GenerateRequest, SamplingParams};
 use hexacoder_two_step::{Language, TwoStepOptions, TwoStepPlan};

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::Device;
 
+use crate::ModelFiles;
 use crate::fim::{FimSetting, FimTemplate};
-use crate::hub::ModelFiles;
 use crate::models::llama::Model;
 use crate::nn::Q8Kernel;
 use crate::tokenizer::Tokenizer;

@@ -7,7 +7,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, IndexOp, Tensor};
 use hexacoder_engine::LoadedAdapter;
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::gguf::gguf_name;
 use hexacoder_engine::load::{self, Requantize};
 use hexacoder_engine::nn::Q8Kernel;

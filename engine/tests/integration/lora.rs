@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use hexacoder_adapters::{Adapter, LoraConfig, LoraModule, ModuleKey, TargetModules};
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::nn::Proj;
 use hexacoder_engine::{
     GenerateRequest, LoadedAdapter, SamplingParams, Scheduler, SchedulerOptions, load,

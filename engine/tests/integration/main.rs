@@ -2,7 +2,6 @@
 
 mod generation;
 mod gguf;
-mod hub;
 mod lora;
 mod parity;
 mod peft;

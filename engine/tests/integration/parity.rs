@@ -184,7 +184,7 @@ fn incremental_and_ragged_batch_match_full_forward() {
 fn sharded_half_precision_checkpoints_load() {
     use std::collections::HashMap;
 
-    use hexacoder_engine::hub::ModelFiles;
+    use hexacoder_engine::ModelFiles;
     use hexacoder_engine::load;
 
     let tiny = Tiny::small(Arch::Qwen2);
@@ -228,7 +228,7 @@ fn sharded_half_precision_checkpoints_load() {
 fn linear_hook_side_branch_equals_merged_weights() {
     use std::collections::HashMap;
 
-    use hexacoder_engine::hub::ModelFiles;
+    use hexacoder_engine::ModelFiles;
     use hexacoder_engine::load;
     use hexacoder_engine::nn::{LinearHook, Proj};
 

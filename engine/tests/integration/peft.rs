@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use hexacoder_adapters::{
     Adapter, LoraConfig, LoraModule, ModuleKey, TWO_STEP_METADATA, TargetModules,
 };
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::nn::Proj;
 use hexacoder_engine::{Engine, LoadedAdapter, load};
 use hexacoder_testkit::{Arch, Tiny};

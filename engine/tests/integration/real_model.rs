@@ -1,6 +1,6 @@
 //! Real checkpoints from the catalogue (`HEXACODER_TEST_MODELS=1`; `.ci/run` fetches them).
 
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_engine::{FinishReason, GenerateRequest, SamplingParams};
 

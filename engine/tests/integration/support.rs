@@ -1,8 +1,8 @@
 //! Tiny random-weight checkpoints written to disk, so tests load them through the real paths.
 
 use candle_core::{DType, Device, Tensor};
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::fim::FimSetting;
-use hexacoder_engine::hub::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
 use hexacoder_engine::{Engine, GenerateRequest, SamplingParams};
 pub use hexacoder_testkit::{SPECIAL, Tiny, real_model, shared_dir, vocab};

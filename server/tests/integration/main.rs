@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod golden;
 mod harness;
+mod hub;
 mod infill;
 mod llama_vim;
 mod openai_client;

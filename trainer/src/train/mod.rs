@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
 use hexacoder_engine::tokenizer::Tokenizer;
 use rand::SeedableRng;
@@ -212,7 +212,7 @@ pub fn keep_freed_memory() {
 /// # Errors
 /// An unreadable model.
 pub fn load_base(model: &Path) -> Result<hexacoder_engine::Engine> {
-    let files = hexacoder_engine::hub::local_files(model)?;
+    let files = hexacoder_engine::local_files(model)?;
     let options = LoadOptions {
         device: Device::Cpu,
         requantize: Requantize::Keep,
@@ -281,7 +281,7 @@ fn sha256_files(paths: &[PathBuf]) -> Result<String> {
 
 /// The files that make up a model (one GGUF, or a directory's safetensors and config).
 fn model_files(model: &Path) -> Result<Vec<PathBuf>> {
-    match hexacoder_engine::hub::local_files(model)? {
+    match hexacoder_engine::local_files(model)? {
         ModelFiles::Gguf(path) => Ok(vec![path]),
         ModelFiles::HfDir(dir) => {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -354,7 +354,7 @@ impl Trainer {
             .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| m.len())
             .sum();
-        let config = match hexacoder_engine::hub::local_files(&settings.model)? {
+        let config = match hexacoder_engine::local_files(&settings.model)? {
             ModelFiles::Gguf(path) => load::gguf::GgufFile::open(&path)?.config()?,
             ModelFiles::HfDir(dir) => load::safetensors::read_config(&dir)?,
         };

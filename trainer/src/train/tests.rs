@@ -2,7 +2,7 @@
 //! differences, and the loss mask.
 
 use candle_core::{Device, IndexOp, Tensor, Var};
-use hexacoder_engine::hub::ModelFiles;
+use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
 use hexacoder_testkit::{Arch, Tiny};
 use rand::rngs::StdRng;

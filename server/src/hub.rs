@@ -1,5 +1,6 @@
 //! Resolving `--model PATH_OR_ID` to files: a local GGUF file, a local HF directory, or a
-//! model-hub repository id fetched through `hf-hub` into its standard cache.
+//! model-hub repository id fetched through `hf-hub` into its standard cache. It lives in the
+//! server, not the engine: the engine never touches the network.
 //!
 //! Hub ids look like `owner/name`, optionally `owner/name:FILE.gguf` to pick one GGUF file
 //! and `@REVISION` at the end. In offline mode (or with `HF_HUB_OFFLINE=1`) only the local
@@ -10,15 +11,39 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::{Repo, RepoType};
 
-use crate::{Error, Result};
+use hexacoder_engine::{ModelFiles, local_files};
 
-/// Files of a model, ready to load.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModelFiles {
-    /// One GGUF file.
-    Gguf(PathBuf),
-    /// A directory with `config.json`, `tokenizer.json` and safetensors.
-    HfDir(PathBuf),
+/// Why a model could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A path or hub id that does not lead to model files.
+    #[error("cannot resolve model {id:?}: {reason}")]
+    Resolve {
+        /// The id as the user gave it.
+        id: String,
+        /// Why it could not be resolved.
+        reason: String,
+    },
+    /// The engine's own checks of local files.
+    #[error(transparent)]
+    Engine(#[from] hexacoder_engine::Error),
+    /// Reading the cache.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Where to look for hub models.
@@ -72,7 +97,7 @@ impl HubId {
 pub fn resolve(id_or_path: &str, options: &HubOptions) -> Result<ModelFiles> {
     let path = Path::new(id_or_path);
     if path.exists() {
-        return local_files(path);
+        return Ok(local_files(path)?);
     }
     let id = HubId::parse(id_or_path).ok_or_else(|| Error::Resolve {
         id: id_or_path.to_string(),
@@ -89,54 +114,6 @@ pub fn resolve(id_or_path: &str, options: &HubOptions) -> Result<ModelFiles> {
     } else {
         resolve_online(&id, &cache_dir)
     }
-}
-
-/// Files of a local path: a GGUF file, an HF directory, or a directory holding one GGUF file.
-pub fn local_files(path: &Path) -> Result<ModelFiles> {
-    let err = |reason: String| Error::Resolve {
-        id: path.display().to_string(),
-        reason,
-    };
-    if path.is_file() {
-        return if is_gguf(path) {
-            Ok(ModelFiles::Gguf(path.to_path_buf()))
-        } else {
-            Err(err(
-                "not a GGUF file (bad magic); pass a GGUF file or an HF checkpoint directory"
-                    .into(),
-            ))
-        };
-    }
-    if path.join("config.json").is_file() {
-        return Ok(ModelFiles::HfDir(path.to_path_buf()));
-    }
-    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
-        })
-        .collect();
-    match ggufs.as_slice() {
-        [one] => Ok(ModelFiles::Gguf(one.clone())),
-        [] => Err(err(
-            "directory has neither config.json nor a .gguf file".into()
-        )),
-        many => Err(err(format!(
-            "directory has {} .gguf files; name one",
-            many.len()
-        ))),
-    }
-}
-
-fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
 }
 
 fn resolve_from_cache(id: &HubId, cache_dir: &Path) -> Result<ModelFiles> {
@@ -180,7 +157,7 @@ fn resolve_from_cache(id: &HubId, cache_dir: &Path) -> Result<ModelFiles> {
             if !snapshot.join("tokenizer.json").is_file() {
                 return Err(err("offline and tokenizer.json is not in the cache".into()));
             }
-            let shards = crate::load::safetensors::shard_paths(&snapshot)?;
+            let shards = hexacoder_engine::load::safetensors::shard_paths(&snapshot)?;
             if let Some(missing) = shards.iter().find(|p| !p.is_file()) {
                 return Err(err(format!(
                     "offline and shard {} is not in the cache",
@@ -226,7 +203,7 @@ fn resolve_online(id: &HubId, cache_dir: &Path) -> Result<ModelFiles> {
             if files.iter().any(|f| f == "model.safetensors.index.json") {
                 let index = fetch("model.safetensors.index.json")?;
                 let dir = index.parent().map(Path::to_path_buf).unwrap_or_default();
-                for shard in crate::load::safetensors::shard_paths(&dir)? {
+                for shard in hexacoder_engine::load::safetensors::shard_paths(&dir)? {
                     let name = shard
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())

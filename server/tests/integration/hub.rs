@@ -3,11 +3,23 @@
 
 use std::path::Path;
 
-use hexacoder_engine::hub::{self, HubOptions, ModelFiles};
-use hexacoder_engine::{GenerateRequest, SamplingParams, load};
-use hexacoder_testkit::Arch;
+use hexacoder_engine::fim::FimSetting;
+use hexacoder_engine::load::{self, LoadOptions, Requantize};
+use hexacoder_engine::{GenerateRequest, ModelFiles, SamplingParams, local_files};
+use hexacoder_server::hub::{self, HubOptions};
+use hexacoder_testkit::{Arch, Tiny};
 
-use crate::support::{self, Tiny};
+fn load_options() -> LoadOptions {
+    LoadOptions {
+        device: candle_core::Device::Cpu,
+        max_context: None,
+        requantize: Requantize::Keep,
+        fim: FimSetting::Auto,
+        prefix_cache_bytes: 64 << 20,
+        prefill_chunk: 512,
+        q8_kernel: hexacoder_engine::nn::Q8Kernel::Fastest,
+    }
+}
 
 /// Moves every file of `files_dir` into the cache as blob + snapshot symlink.
 fn add_to_cache(cache: &Path, repo: &str, revision: &str, commit: &str, files_dir: &Path) {
@@ -44,7 +56,7 @@ fn hub_id_resolves_offline_from_the_cache_and_loads() {
     let resolved = hub::resolve("acme/tiny-coder", &options).expect("resolve");
     let expected = cache.join("models--acme--tiny-coder/snapshots/0123abcd");
     assert_eq!(resolved, ModelFiles::HfDir(expected));
-    let mut engine = load::load(&resolved, &support::options()).expect("load from cache");
+    let mut engine = load::load(&resolved, &load_options()).expect("load from cache");
     let request = GenerateRequest {
         prompt: "def f(".into(),
         suffix: None,
@@ -107,7 +119,7 @@ fn local_paths_win_over_hub_ids_and_bad_paths_are_explained() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = Tiny::small(Arch::Llama).write_hf_dir(&tmp.path().join("m"), 1);
     assert_eq!(
-        hub::local_files(&dir).expect("dir"),
+        local_files(&dir).expect("dir"),
         ModelFiles::HfDir(dir.clone())
     );
     let not_gguf = tmp.path().join("weights.bin");
