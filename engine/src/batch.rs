@@ -419,7 +419,7 @@ fn prefix_namespace(request: &GenerateRequest) -> u64 {
     request
         .adapter
         .as_ref()
-        .map_or(crate::generate::PREFIX_CACHE_NAMESPACE_BASE, |a| {
+        .map_or(crate::request::PREFIX_CACHE_NAMESPACE_BASE, |a| {
             a.namespace()
         })
 }

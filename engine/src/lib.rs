@@ -22,6 +22,7 @@
 mod error;
 mod generate;
 mod prefix_cache;
+mod request;
 mod sampling;
 mod text;
 
@@ -40,13 +41,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{Error, Result};
-pub use generate::{
-    ContextFile, FinishReason, GenerateRequest, GeneratedToken, Generation, LogitsProcessor,
-    OnDelta, Sample, StopCondition,
-};
 pub use lora::{LoadedAdapter, SharedAdapter};
 pub use model_files::{ModelFiles, local_files};
 pub use prefix_cache::{PrefixCache, PrefixCacheStats};
+pub use request::{
+    ContextFile, FinishReason, GenerateRequest, GeneratedToken, Generation, LogitsProcessor,
+    OnDelta, Sample, StopCondition,
+};
 pub use sampling::SamplingParams;
 pub use scheduler::{Rejected, Scheduler, SchedulerOptions, SchedulerStats};
 
@@ -117,7 +118,7 @@ impl Engine {
         })?;
         lora::merge_into(model, adapter, kernel)?;
         self.prefix_cache
-            .invalidate(generate::PREFIX_CACHE_NAMESPACE_BASE);
+            .invalidate(request::PREFIX_CACHE_NAMESPACE_BASE);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! runs a chosen set and gives a verdict per source.
 #![deny(missing_docs)]
 
+mod analyzer;
 pub mod cwe_map;
 pub mod embedded;
 mod external;
@@ -12,14 +13,12 @@ pub mod finding;
 mod oracle;
 mod sarif;
 
+pub use analyzer::{Analyzer, AnalyzerRun, RunStatus, Skipped, Source};
 pub use cwe_map::{CweMap, CweMapError, Mapped};
 pub use embedded::{EmbeddedAnalyzer, Language, RuleError};
 pub use external::ExternalOptions;
 pub use finding::{Finding, Severity, Span, normalize_cwe, to_sarif, to_sarif_runs};
-pub use oracle::{
-    Analyzer, AnalyzerRun, CweSelection, Oracle, Report, RunStatus, Skipped, Source, Verdict,
-    VerdictStatus,
-};
+pub use oracle::{CweSelection, Oracle, Report, Verdict, VerdictStatus};
 
 #[cfg(test)]
 mod tests;

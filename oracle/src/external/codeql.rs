@@ -6,8 +6,8 @@ use std::ffi::OsString;
 use std::time::Instant;
 
 use super::{ExternalOptions, ToolError, ToolOutput, Workdir};
+use crate::analyzer::{Analyzer, Source};
 use crate::embedded::Language;
-use crate::oracle::{Analyzer, Source};
 
 pub(super) fn run(
     workdir: &Workdir,

@@ -8,9 +8,9 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir};
+use crate::analyzer::{Analyzer, Source};
 use crate::embedded::Language;
 use crate::finding::{Severity, Span};
-use crate::oracle::{Analyzer, Source};
 
 pub(super) fn run(
     workdir: &Workdir,

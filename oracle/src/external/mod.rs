@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::analyzer::{Analyzer, AnalyzerRun, RunStatus, Skipped, Source};
 use crate::cwe_map::{CweMap, Mapped};
 use crate::finding::{Finding, Severity, Span};
-use crate::oracle::{Analyzer, AnalyzerRun, RunStatus, Skipped, Source};
 
 /// Settings for the external analyzers.
 #[derive(Clone, Debug)]

@@ -5,8 +5,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{ExternalOptions, RawReport, ToolError, ToolOutput, Workdir, with_files};
+use crate::analyzer::Analyzer;
 use crate::finding::{Severity, Span};
-use crate::oracle::Analyzer;
 
 pub(super) fn run(
     workdir: &Workdir,
