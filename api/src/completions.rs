@@ -253,6 +253,28 @@ pub struct Position {
 }
 
 impl TextEdit {
+    /// Replaces `start..end`, each `(line, character)`, with `new_text`.
+    pub fn new(start: (u32, u32), end: (u32, u32), new_text: impl Into<String>) -> Self {
+        let position = |(line, character): (u32, u32)| Position { character, line };
+        TextEdit {
+            new_text: new_text.into(),
+            range: Range {
+                end: position(end),
+                start: position(start),
+            },
+        }
+    }
+
+    /// `(line, character)` where the replaced text starts.
+    pub fn start(&self) -> (u32, u32) {
+        (self.range.start.line, self.range.start.character)
+    }
+
+    /// `(line, character)` where it ends.
+    pub fn end(&self) -> (u32, u32) {
+        (self.range.end.line, self.range.end.character)
+    }
+
     /// `text` with this edit applied; `None` when the range is not in `text`.
     pub fn apply(&self, text: &str) -> Option<String> {
         let start = byte_offset(text, self.range.start)?;

@@ -285,16 +285,9 @@ pub struct ImportBlock {
 }
 
 /// A change to the prompt, LSP-style: replace `range` (zero-based lines and UTF-16 columns of
-/// the original prompt) with `new_text`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TextEdit {
-    /// `(line, character)` where the replaced text starts.
-    pub start: (u32, u32),
-    /// `(line, character)` where it ends.
-    pub end: (u32, u32),
-    /// The replacement.
-    pub new_text: String,
-}
+/// the original prompt) with `new_text`. The wire type itself, so the edit reaches the editor
+/// as it was computed.
+pub use hexacoder_api::TextEdit;
 
 /// What step 1 added.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -521,11 +514,7 @@ impl ImportBlock {
         merged.push_str(&source[..start]);
         merged.push_str(&text);
         merged.push_str(&source[end..]);
-        let edit = TextEdit {
-            start: position(source, start),
-            end: position(source, end),
-            new_text: text,
-        };
+        let edit = TextEdit::new(position(source, start), position(source, end), text);
         (merged, edit)
     }
 }

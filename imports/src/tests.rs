@@ -105,8 +105,8 @@ fn extending_the_last_import_line_is_an_edit_of_that_line() {
         merged,
         "from flask import Flask, request, make_response, escape\nimport html\napp = Flask(__name__)\n"
     );
-    assert_eq!(edit.start, (0, 0));
-    assert_eq!(edit.end, (0, 47));
+    assert_eq!(edit.start(), (0, 0));
+    assert_eq!(edit.end(), (0, 47));
     assert_eq!(
         edit.new_text,
         "from flask import Flask, request, make_response, escape\nimport html"
@@ -123,7 +123,7 @@ fn merge_never_duplicates_or_splits_the_block() {
         merged,
         "\"\"\"Doc.\"\"\"\nimport os\nimport subprocess\n\n\ndef run(cmd):\n"
     );
-    assert_eq!((edit.start, edit.end), ((2, 0), (2, 0)));
+    assert_eq!((edit.start(), edit.end()), ((2, 0), (2, 0)));
     assert_eq!(edit.new_text, "import subprocess\n");
     let again = ImportBlock::find(Language::Python, &merged);
     assert_eq!(texts(&again), ["import os", "import subprocess"]);
@@ -187,7 +187,7 @@ fn edit_positions_count_utf16_columns() {
     let new = block.new_imports("\nimport re\n");
     let (merged, edit) = block.merge(source, &new);
     assert_eq!(merged, "# café ☕\nimport os\nimport re\n");
-    assert_eq!(edit.start, (1, 9));
+    assert_eq!(edit.start(), (1, 9));
     assert_eq!(Language::from_name("PY"), Some(Language::Python));
     assert_eq!(Language::from_name(".hpp"), Some(Language::Cpp));
     assert_eq!(Language::from_name("cobol"), None);

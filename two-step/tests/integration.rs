@@ -129,11 +129,7 @@ fn step1_imports_are_merged_used_ones_kept_and_the_kv_state_reused() {
     );
     assert_eq!(
         sample.imports.edit,
-        Some(TextEdit {
-            start: (1, 0),
-            end: (1, 0),
-            new_text: "import subprocess\n".into()
-        })
+        Some(TextEdit::new((1, 0), (1, 0), "import subprocess\n"))
     );
     // Step 2 saw both imports in one block, and skipped prefilling what step 1 computed.
     let second = &result.second[0];
@@ -181,7 +177,7 @@ fn fill_in_the_middle_reuses_step1_and_counts_the_suffix_as_use() {
     assert_eq!(sample.imports.added, ["from flask import request, escape"]);
     assert_eq!(sample.imports.pruned, ["import re"]);
     let edit = sample.imports.edit.as_ref().expect("edit");
-    assert_eq!((edit.start, edit.end), ((0, 0), (0, 25)));
+    assert_eq!((edit.start(), edit.end()), ((0, 0), (0, 25)));
     assert!(
         result.second_step_cached_tokens()
             > result.first.as_ref().expect("ran").prompt_tokens.len()

@@ -3,7 +3,7 @@
 
 use hexacoder_api as api;
 use hexacoder_engine::{GenerateRequest, SharedAdapter};
-use hexacoder_two_step::{ImportsOutcome, Language, TextEdit, TwoStepOptions, TwoStepPlan};
+use hexacoder_two_step::{ImportsOutcome, Language, TwoStepOptions, TwoStepPlan};
 
 use super::AppState;
 use super::error::ApiError;
@@ -120,18 +120,6 @@ impl TwoStepChoice {
     }
 }
 
-/// The imports edit as an LSP `TextEdit` of the prompt.
-pub fn wire_edit(edit: &TextEdit) -> api::TextEdit {
-    let position = |(line, character): (u32, u32)| api::Position { character, line };
-    api::TextEdit {
-        new_text: edit.new_text.clone(),
-        range: api::Range {
-            end: position(edit.end),
-            start: position(edit.start),
-        },
-    }
-}
-
 /// A choice's `hexacoder` object once its completion is known.
 pub fn sample_choice(report: &TwoStepReport, sample: &SampleImports) -> api::HexacoderChoice {
     api::HexacoderChoice {
@@ -147,7 +135,7 @@ pub fn preview_choice(outcome: &ImportsOutcome, skipped: Option<&str>) -> api::H
     api::HexacoderChoice {
         added_imports: Some(outcome.added.clone()),
         first_step_skipped: skipped.map(str::to_string),
-        imports_edit: Some(outcome.edit.as_ref().map(wire_edit)),
+        imports_edit: Some(outcome.edit.clone()),
         two_step: Some(true),
         ..Default::default()
     }
