@@ -111,7 +111,7 @@ pub struct EvalArgs {
     /// top level). Changes no sample; saves tokens.
     #[arg(long, value_enum, default_value = "on")]
     early_stop: OnOff,
-    /// Seconds one request may take.
+    /// Seconds one request may take (with `--serve`, the server's limit too).
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
     /// HumanEval: seconds one sample's tests may take.
@@ -194,7 +194,10 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 .server_binary
                 .clone()
                 .unwrap_or_else(serve::default_server_binary);
-            let mut server_args = args.server_args.clone();
+            // The server must not give up on a request before the harness does: a 504 after
+            // minutes of generation throws that work away and the retry repeats it.
+            let mut server_args = vec![format!("--request-timeout={}", args.request_timeout)];
+            server_args.extend(args.server_args.iter().cloned());
             if let (Some(name), Some(path)) = (&adapter_name, &adapter_path) {
                 server_args.push(format!("--adapter={name}={path}"));
             }
