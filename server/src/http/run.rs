@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use hexacoder_engine::batch::{Event, Sink};
 use hexacoder_engine::{FinishReason, GenerateRequest, GeneratedToken, Generation};
 use hexacoder_two_step::{ImportsOutcome, SecondStep, TwoStepPlan};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Receiver, Sender, channel};
 
 use super::AppState;
 use super::error::ApiError;
@@ -38,12 +38,15 @@ enum Stage {
 struct ChannelSink {
     prompt: usize,
     stage: Stage,
-    events: UnboundedSender<(usize, Stage, Event)>,
+    events: Sender<(usize, Stage, Event)>,
 }
 
 impl Sink for ChannelSink {
+    /// Never blocks the engine thread: the channel holds every event the run can produce
+    /// (see [`event_capacity`]), so a full channel means something is wrong and the request
+    /// is cancelled rather than stalling every other request in the batch.
     fn send(&mut self, event: Event) -> bool {
-        self.events.send((self.prompt, self.stage, event)).is_ok()
+        self.events.try_send((self.prompt, self.stage, event)).is_ok()
     }
 
     fn is_closed(&self) -> bool {
@@ -109,8 +112,8 @@ pub struct Run {
     /// Adapters of this run's prompts, counted in `adapter_requests` until it ends.
     adapters: Vec<String>,
     route: &'static str,
-    sender: Option<UnboundedSender<(usize, Stage, Event)>>,
-    events: UnboundedReceiver<(usize, Stage, Event)>,
+    sender: Option<Sender<(usize, Stage, Event)>>,
+    events: Receiver<(usize, Stage, Event)>,
     /// Prompts not finished yet.
     remaining: usize,
     two_step: HashMap<usize, TwoStepState>,
@@ -146,7 +149,7 @@ impl Run {
         route: &'static str,
         jobs: Vec<Job>,
     ) -> Result<Run, ApiError> {
-        let (sender, events) = unbounded_channel();
+        let (sender, events) = channel(event_capacity(&jobs));
         let adapters: Vec<String> = jobs
             .iter()
             .filter_map(|job| match job {
@@ -573,6 +576,26 @@ impl Drop for Run {
             }
         }
     }
+}
+
+/// Every event the jobs can send: a token event per sample and token (step 1's and step 2's
+/// share one budget), and a `Finished` per engine request (a two-step prompt has at most one
+/// step 2 per sample). Bounding the channel by what the request itself asked for keeps a
+/// slow client's backlog within its own `max_tokens`, and lets the engine never wait.
+fn event_capacity(jobs: &[Job]) -> usize {
+    const CEILING: usize = 1 << 22;
+    jobs.iter()
+        .map(|job| {
+            let request = match job {
+                Job::OneStep(request) => request.as_ref(),
+                Job::TwoStep(plan) => plan.request(),
+            };
+            let n = request.n.max(1);
+            n.saturating_mul(request.max_tokens.saturating_add(2))
+                .saturating_add(2)
+        })
+        .fold(1usize, usize::saturating_add)
+        .min(CEILING)
 }
 
 fn finish_reason_label(reason: FinishReason) -> &'static str {
