@@ -8,15 +8,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hexacoder_engine::batch::{Event, Sink};
 use hexacoder_engine::{FinishReason, GenerateRequest, GeneratedToken, Generation};
-use hexacoder_two_step::{ImportsOutcome, SecondStep, TwoStepPlan};
+use hexacoder_two_step::{ImportsOutcome, TwoStepPlan};
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 
 use super::AppState;
 use super::error::ApiError;
+
+mod two_step;
+
+use two_step::TwoStepJob;
+pub use two_step::{SampleImports, TwoStepReport};
 
 /// What one prompt of a request runs.
 pub enum Job {
@@ -46,32 +51,14 @@ impl Sink for ChannelSink {
     /// (see [`event_capacity`]), so a full channel means something is wrong and the request
     /// is cancelled rather than stalling every other request in the batch.
     fn send(&mut self, event: Event) -> bool {
-        self.events.try_send((self.prompt, self.stage, event)).is_ok()
+        self.events
+            .try_send((self.prompt, self.stage, event))
+            .is_ok()
     }
 
     fn is_closed(&self) -> bool {
         self.events.is_closed()
     }
-}
-
-/// A sample's two-step result, for responses.
-#[derive(Clone, Debug)]
-pub struct SampleImports {
-    /// The imports it kept, their edit and the updated prompt.
-    pub outcome: ImportsOutcome,
-    pub first_step_tokens: usize,
-    pub second_step_tokens: usize,
-}
-
-/// A prompt's two-step result.
-#[derive(Clone, Debug)]
-pub struct TwoStepReport {
-    /// Why step 1 did not run, if it did not.
-    pub skipped: Option<&'static str>,
-    /// Step 1's generation, when it ran (its tokens count in usage).
-    pub first: Option<Generation>,
-    /// One per sample, in order.
-    pub samples: Vec<SampleImports>,
 }
 
 /// What a run reports, per prompt.
@@ -99,14 +86,6 @@ pub enum RunEvent {
     },
 }
 
-/// A two-step prompt in flight.
-struct TwoStepState {
-    plan: Box<TwoStepPlan>,
-    first: Option<Generation>,
-    seconds: Vec<SecondStep>,
-    results: Vec<Option<Generation>>,
-}
-
 pub struct Run {
     state: Arc<AppState>,
     /// Adapters of this run's prompts, counted in `adapter_requests` until it ends.
@@ -116,7 +95,7 @@ pub struct Run {
     events: Receiver<(usize, Stage, Event)>,
     /// Prompts not finished yet.
     remaining: usize,
-    two_step: HashMap<usize, TwoStepState>,
+    two_step: HashMap<usize, TwoStepJob>,
     /// Events ready to hand out before receiving more.
     ready: std::collections::VecDeque<RunEvent>,
     started: Instant,
@@ -190,17 +169,9 @@ impl Run {
             match job {
                 Job::OneStep(request) => self.submit(prompt, Stage::Only, *request)?,
                 Job::TwoStep(plan) => {
-                    let first = plan.first_step();
-                    let skipped = plan.skipped();
-                    self.two_step.insert(
-                        prompt,
-                        TwoStepState {
-                            plan,
-                            first: None,
-                            seconds: Vec::new(),
-                            results: Vec::new(),
-                        },
-                    );
+                    let (job, first) = TwoStepJob::new(plan);
+                    let skipped = job.skipped();
+                    self.two_step.insert(prompt, job);
                     match first {
                         Some(request) => self.submit(prompt, Stage::First, request)?,
                         None => {
@@ -209,7 +180,7 @@ impl Run {
                                 .two_step_requests
                                 .with_label_values(&["skipped"])
                                 .inc();
-                            self.start_second_step(prompt, None, skipped.map(|s| s.reason()))?;
+                            self.start_second_step(prompt, None, skipped)?;
                         }
                     }
                 }
@@ -237,7 +208,7 @@ impl Run {
     /// Lets go of the run's own sender once no step 2 is left to submit, so that an engine
     /// that drops every sink is noticed instead of waited on.
     fn release_sender_when_done(&mut self) {
-        if self.two_step.values().all(|job| !job.seconds.is_empty()) {
+        if self.two_step.values().all(TwoStepJob::second_step_started) {
             self.sender = None;
         }
     }
@@ -271,18 +242,7 @@ impl Run {
         let Some(job) = self.two_step.get_mut(&prompt) else {
             return Err(ApiError::internal("step 2 of an unknown prompt"));
         };
-        let seconds = job.plan.second_step(first.as_ref());
-        let mut samples = Vec::new();
-        for step in &seconds {
-            let preview = job.plan.preview(step);
-            for sample in 0..step.request.n {
-                samples.push((step.first_sample + sample, preview.clone()));
-            }
-        }
-        job.first = first;
-        job.results = vec![None; seconds.len()];
-        let requests: Vec<GenerateRequest> = seconds.iter().map(|s| s.request.clone()).collect();
-        job.seconds = seconds;
+        let (requests, samples) = job.begin_second_step(first);
         for (index, request) in requests.into_iter().enumerate() {
             self.submit(prompt, Stage::Second(index), request)?;
         }
@@ -371,8 +331,7 @@ impl Run {
                     Stage::Second(index) => self
                         .two_step
                         .get(&prompt)
-                        .and_then(|job| job.seconds.get(index))
-                        .map_or(sample, |step| step.first_sample + sample),
+                        .map_or(sample, |job| job.sample_of(index, sample)),
                     _ => sample,
                 };
                 self.observe_token(prompt, sample);
@@ -401,17 +360,23 @@ impl Run {
                     .two_step
                     .get_mut(&prompt)
                     .ok_or_else(|| ApiError::internal("step 2 of an unknown prompt"))?;
-                if let Some(slot) = job.results.get_mut(index) {
-                    *slot = Some(generation);
-                }
-                if job.results.iter().any(Option::is_none) {
+                if !job.second_finished(index, generation) {
                     return Ok(None);
                 }
                 let Some(job) = self.two_step.remove(&prompt) else {
                     return Ok(None);
                 };
                 self.remaining -= 1;
-                let (generation, report) = self.finish_two_step(job);
+                let (generation, report) = job.finish();
+                let metrics = &self.state.metrics;
+                for sample in &report.samples {
+                    metrics
+                        .imports_added
+                        .inc_by(sample.outcome.added.len() as u64);
+                    metrics
+                        .imports_pruned
+                        .inc_by(sample.outcome.pruned.len() as u64);
+                }
                 Ok(Some(RunEvent::Finished {
                     prompt,
                     generation,
@@ -419,62 +384,6 @@ impl Run {
                 }))
             }
         }
-    }
-
-    /// One generation holding every sample of a two-step prompt, and its report.
-    fn finish_two_step(&self, job: TwoStepState) -> (Generation, TwoStepReport) {
-        let TwoStepState {
-            plan,
-            first,
-            seconds,
-            results,
-        } = job;
-        let mut samples = Vec::new();
-        let mut reports = Vec::new();
-        let mut combined: Option<Generation> = None;
-        let first_elapsed = first.as_ref().map_or(Duration::ZERO, |g| g.elapsed);
-        for (step, generation) in seconds.iter().zip(results.into_iter().flatten()) {
-            for sample in &generation.samples {
-                let outcome = plan.finish(step, &sample.text);
-                let metrics = &self.state.metrics;
-                metrics.imports_added.inc_by(outcome.added.len() as u64);
-                metrics.imports_pruned.inc_by(outcome.pruned.len() as u64);
-                reports.push(SampleImports {
-                    outcome,
-                    first_step_tokens: step.first_step_tokens,
-                    second_step_tokens: sample.tokens.len(),
-                });
-                samples.push(sample.clone());
-            }
-            combined = Some(match combined {
-                None => generation,
-                Some(mut all) => {
-                    all.cached_prompt_tokens += generation.cached_prompt_tokens;
-                    all.prompt_tokens.extend(generation.prompt_tokens);
-                    all.time_to_first_token =
-                        all.time_to_first_token.max(generation.time_to_first_token);
-                    all.elapsed = all.elapsed.max(generation.elapsed);
-                    all
-                }
-            });
-        }
-        let mut generation = combined.unwrap_or_else(|| Generation {
-            samples: Vec::new(),
-            prompt_tokens: Vec::new(),
-            cached_prompt_tokens: 0,
-            time_to_first_token: Duration::ZERO,
-            elapsed: Duration::ZERO,
-        });
-        generation.samples = samples;
-        // Step 1 ran before step 2 started: the user waited for both.
-        generation.time_to_first_token += first_elapsed;
-        generation.elapsed += first_elapsed;
-        let report = TwoStepReport {
-            skipped: plan.skipped().map(|s| s.reason()),
-            first,
-            samples: reports,
-        };
-        (generation, report)
     }
 
     /// Waits for every prompt; generations (with two-step reports) in prompt order.
