@@ -359,6 +359,25 @@ pub fn write_eval_or_int_hf_dir(dir: &Path) -> PathBuf {
     write_bigram_hf_dir(&Tiny::small(Arch::Qwen2), dir, &edges)
 }
 
+/// A model for fill-in-the-middle editor tests: after the FIM prompt it writes `gc`, then
+/// `\nimport gc` lines forever (each at column 0, so an indentation floor ends it after
+/// `gc\n`); with two-step generation, step 1 adds `import gc` after an import block ending
+/// in `c`.
+pub fn write_import_gc_fim_hf_dir(dir: &Path) -> PathBuf {
+    let chain = ["Ċ", "i", "m", "p", "o", "r", "t", "Ġ", "g", "c"];
+    let mut edges: Vec<(&str, &str, f32)> = chain
+        .iter()
+        .zip(chain.iter().cycle().skip(1))
+        .map(|(from, to)| (*from, *to, SCRIPT_WEIGHT))
+        .collect();
+    edges.push(("<|fim_middle|>", "g", SCRIPT_WEIGHT));
+    let tiny = Tiny {
+        max_positions: 8192,
+        ..Tiny::small(Arch::Qwen2)
+    };
+    write_bigram_hf_dir(&tiny, dir, &edges)
+}
+
 /// The weight [`write_scripted_hf_dir`] gives each step of its chain: with the final norm's
 /// scaling, the successor's logit beats every other token's by more than 10.
 pub const SCRIPT_WEIGHT: f32 = 4.0;

@@ -2,6 +2,7 @@
 //! and benchmarks.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -38,4 +39,35 @@ pub fn spawn_listening(mut command: Command, timeout: Duration) -> Result<(Child
             Err(format!("unexpected first line {line:?}"))
         }
     }
+}
+
+/// A binary of this workspace, built next to the running test (`cargo test --workspace`
+/// builds every package's binaries); `HEXACODER_SERVER_BIN`-style variables override it
+/// (`hexacoder-server` → `HEXACODER_SERVER_BIN`).
+///
+/// # Panics
+/// When the binary is not there, naming the command that builds it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let variable = format!(
+        "{}_BIN",
+        name.trim_start_matches("hexacoder-")
+            .to_ascii_uppercase()
+            .replace('-', "_")
+    );
+    let variable = format!("HEXACODER_{variable}");
+    if let Some(path) = std::env::var_os(&variable) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p {name}`; `cargo test --workspace` does), or set {variable}",
+        path.display()
+    );
+    path
 }

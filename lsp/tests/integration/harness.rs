@@ -26,24 +26,9 @@ pub fn scripted_text(after: &str, n: usize) -> String {
         .collect()
 }
 
-/// `hexacoder-server`, built next to this test binary (`cargo test --workspace` builds it;
-/// `HEXACODER_SERVER_BIN` overrides).
+/// `hexacoder-server`, built next to this test binary (`HEXACODER_SERVER_BIN` overrides).
 fn server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("HEXACODER_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let path = dir.join("hexacoder-server");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p hexacoder-server`; `cargo test --workspace` does)",
-        path.display()
-    );
-    path
+    hexacoder_testkit::server::workspace_binary("hexacoder-server")
 }
 
 pub struct Server {

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hexacoder_testkit::{Arch, SCRIPT_WEIGHT, Tiny, write_bigram_hf_dir};
+use hexacoder_testkit::{
+    Arch, SCRIPT_WEIGHT, Tiny, write_bigram_hf_dir, write_import_gc_fim_hf_dir,
+};
 use serde_json::{Value, json};
 
 use crate::harness::{Server, client, post};
@@ -29,22 +31,9 @@ fn indented_lines_model(dir: &Path) -> PathBuf {
     )
 }
 
-/// After the FIM prompt: `gc`, then `\nimport gc` forever; with two-step, step 1 adds
-/// `import gc` after an import block ending in `c`.
+/// The scripted `gc` then `\nimport gc` model ([`write_import_gc_fim_hf_dir`]).
 pub fn import_gc_model(dir: &Path) -> PathBuf {
-    let w = SCRIPT_WEIGHT;
-    let chain = ["Ċ", "i", "m", "p", "o", "r", "t", "Ġ", "g", "c"];
-    let mut edges: Vec<(&str, &str, f32)> = chain
-        .iter()
-        .zip(chain.iter().cycle().skip(1))
-        .map(|(from, to)| (*from, *to, w))
-        .collect();
-    edges.push(("<|fim_middle|>", "g", w));
-    let tiny = Tiny {
-        max_positions: 8192,
-        ..Tiny::small(Arch::Qwen2)
-    };
-    write_bigram_hf_dir(&tiny, &dir.join("import-gc"), &edges)
+    write_import_gc_fim_hf_dir(&dir.join("import-gc"))
 }
 
 fn text(body: &Value) -> &str {

@@ -1,4 +1,5 @@
-//! The `hexacoder-server` binary, driven as a user drives it.
+//! The `hexacoder-server` binary, driven as a user drives it. The tests with real outside
+//! clients (the `openai` package, llama.vim) are in the workspace's `tests/` crate.
 
 mod adapters;
 mod api;
@@ -7,8 +8,6 @@ mod golden;
 mod harness;
 mod hub;
 mod infill;
-mod llama_vim;
-mod openai_client;
 mod production;
 mod two_step;
 mod verify;

@@ -2,14 +2,11 @@
 
 use std::process::Command;
 
-use crate::harness::Server;
+use crate::harness::{Server, real_models};
 
 #[test]
 fn official_openai_python_client_works_end_to_end() {
-    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
-        eprintln!(
-            "skipping: set HEXACODER_TEST_MODELS=1 (scripts/test does) to run real-model tests"
-        );
+    if !real_models() {
         return;
     }
     let python = std::env::var("HEXACODER_TEST_PYTHON")
@@ -20,8 +17,8 @@ fn official_openai_python_client_works_end_to_end() {
         hexacoder_catalog::Progress::Quiet,
     )
     .expect("smollm2-135m is fetched by scripts/test");
-    let server = Server::start(&model, &["--served-model-name", "smollm2"], &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_e2e.py");
+    let server = Server::start(&model, &["--served-model-name", "smollm2"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/openai_e2e.py");
     let output = Command::new(python)
         .arg(script)
         .env("HEXACODER_BASE_URL", server.url("/v1"))

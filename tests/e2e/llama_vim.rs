@@ -1,5 +1,5 @@
 //! llama.vim, unchanged, in a real headless Neovim against our `/infill`:
-//! `tests/llama_vim_e2e.py` types in a Python buffer, waits for the plugin's ghost text,
+//! `e2e/llama_vim_e2e.py` types in a Python buffer, waits for the plugin's ghost text,
 //! accepts it with Tab and checks that the suggestion stopped at the block's end. The plugin
 //! is the pinned copy in `../shared/clients/llama.vim` (read from there, never copied here).
 //! It runs on the scripted model (exact text), and with `HEXACODER_TEST_MODELS=1` on the
@@ -10,8 +10,7 @@ use std::process::Command;
 
 use hexacoder_testkit::editors::{driver_python, neovim_version, neovims};
 
-use crate::harness::Server;
-use crate::infill::import_gc_model;
+use crate::harness::{Server, real_models};
 
 /// The pinned llama.vim: `HEXACODER_LLAMA_VIM`, else `../shared/clients/llama.vim` beside the
 /// checkout.
@@ -53,7 +52,7 @@ fn drive(server: &Server, mode: &str, file_text: &str) {
         eprintln!("skipping: no Neovim 0.10 or later");
         return;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llama_vim_e2e.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/llama_vim_e2e.py");
     for (nvim, version) in current {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("config.py");
@@ -81,16 +80,14 @@ fn drive(server: &Server, mode: &str, file_text: &str) {
 #[test]
 fn llama_vim_ghost_text_stops_at_the_block_end_on_the_scripted_model() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&import_gc_model(dir.path()), &[], &[]);
+    let model = hexacoder_testkit::write_import_gc_fim_hf_dir(&dir.path().join("import-gc"));
+    let server = Server::start(&model, &[]);
     drive(&server, "scripted", "import abc\n\n\ndef f():");
 }
 
 #[test]
 fn llama_vim_works_on_qwen_coder() {
-    if std::env::var("HEXACODER_TEST_MODELS").ok().as_deref() != Some("1") {
-        eprintln!(
-            "skipping: set HEXACODER_TEST_MODELS=1 (scripts/test does) to run real-model tests"
-        );
+    if !real_models() {
         return;
     }
     let model = hexacoder_catalog::ensure(
@@ -99,7 +96,7 @@ fn llama_vim_works_on_qwen_coder() {
         hexacoder_catalog::Progress::Quiet,
     )
     .expect("qwen2.5-coder-0.5b is fetched by scripts/test");
-    let server = Server::start(&model, &["--no-default-adapter"], &[]);
+    let server = Server::start(&model, &["--no-default-adapter"]);
     drive(
         &server,
         "real",

@@ -8,7 +8,7 @@ the end of the block the cursor is in (`n_indent`), and the plugin's info line m
 prompt and generation figures it reads from `response_fields` (zeros when the fields are
 missing).
 
-Run by server/tests/integration/llama_vim.rs with NVIM, LLAMA_VIM, HEXACODER_URL,
+Run by tests/e2e/llama_vim.rs with NVIM, LLAMA_VIM, HEXACODER_URL,
 HEXACODER_E2E_FILE and HEXACODER_E2E_MODE (`scripted`: the scripted model, exact text; `real`:
 a real FIM model, the block rule only). Prints "llama.vim e2e ok" and exits 0 on success.
 """
