@@ -155,6 +155,10 @@ pub struct ServeArgs {
     /// cancelled.
     #[arg(long, env = "HEXACODER_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Seconds a client may take to send a request's headers; a slower one (a slow-loris
+    /// attack holding connections open) is disconnected.
+    #[arg(long, env = "HEXACODER_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = "HEXACODER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,

@@ -175,7 +175,7 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs) -> Result<()> {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    let graceful = {
+    let stopping = {
         let state = Arc::clone(&state);
         let mut stop_rx = stop_rx.clone();
         async move {
@@ -185,14 +185,18 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs) -> Result<()> {
             state.scheduler.close();
         }
     };
-    let server = axum::serve(listener, http::router(Arc::clone(&state)))
-        .with_graceful_shutdown(graceful)
-        .into_future();
+    let header_read_timeout = Duration::from_secs(args.header_read_timeout);
+    let server = accept_loop(
+        listener,
+        http::router(Arc::clone(&state)),
+        header_read_timeout,
+        stopping,
+    );
     tokio::pin!(server);
     let deadline = Duration::from_secs(args.shutdown_timeout);
     let mut stop_rx = stop_rx;
     tokio::select! {
-        result = &mut server => result.context("HTTP server failed")?,
+        () = &mut server => {}
         _ = async {
             let _ = stop_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(deadline).await;
@@ -205,6 +209,58 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves connections until `stopping` completes, then waits for the open ones to finish.
+/// Our own loop rather than `axum::serve`, which gives hyper no timer and so no limit on how
+/// long a client may take to send its headers: one trickling a byte at a time would hold a
+/// connection (and its task) forever.
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    stopping: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = GracefulShutdown::new();
+    tokio::pin!(stopping);
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stopping => break,
+        };
+        // Streamed tokens go out as they come, not batched by Nagle's algorithm.
+        let _ = socket.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(socket), service)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 async fn wait_for_signal() {

@@ -240,6 +240,43 @@ async fn slow_requests_time_out_with_504() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slow_loris_client_is_disconnected_and_others_are_served() {
+    use std::io::Read;
+
+    let server = Server::tiny(&["--header-read-timeout", "1"]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    // Headers started, never finished: the server hangs up after the limit.
+    let mut slow = std::net::TcpStream::connect(&address).expect("connect");
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+        .expect("write");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    let read = slow.read_to_end(&mut buffer);
+    let waited = started.elapsed();
+    assert!(
+        read.is_ok() && waited < Duration::from_secs(10),
+        "the slow client was not disconnected: {read:?} after {waited:?}"
+    );
+    // Meanwhile and afterwards the server answers.
+    let (status, body) = post(
+        &client(),
+        &server.url("/v1/completions"),
+        &json!({"prompt": "x", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A zero limit is refused up front, naming the flag.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hexacoder-server"))
+        .args(["serve", "--model", "x", "--header-read-timeout", "0"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--header-read-timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_requests_then_exits() {
     let mut server = Server::tiny(&["--shutdown-timeout", "60"]);
     let client = client();
