@@ -4,6 +4,9 @@
 //! sample of every request, plus a chunk of the prompt of requests still prefilling. So the
 //! weights are read once per step for everyone, a long prompt never stalls the others for
 //! longer than one chunk, and a request that finishes frees its place at once.
+//!
+//! Why one file of about 650 lines: admission, the step, sampling and retirement all change the
+//! same per-request state (`Active`) and must stay in step with one another.
 
 use std::time::{Duration, Instant};
 

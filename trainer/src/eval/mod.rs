@@ -6,6 +6,10 @@
 //! Every sample's result is appended to a JSONL cache as soon as it is known, keyed by what
 //! generated it, so a killed run resumes where it stopped and a finished one re-renders its
 //! report without generating anything.
+//!
+//! Why one file of about 850 lines: the run (configurations, cache keys, requests and checks
+//! scheduled over one cache) is one piece of state; benchmarks, cut-offs, checks, the sandbox,
+//! the cache, the report and pass@k are modules of their own.
 
 pub mod bench;
 pub mod cache;

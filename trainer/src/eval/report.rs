@@ -1,5 +1,8 @@
 //! Summaries (the paper's Tables 4 and 6: per-CWE top-1 and top-5 vulnerable counts), and
 //! `results.json`, `report.md` and the plots written from them.
+//!
+//! Why one file of about 700 lines: every table and chart of the report, over the same summary
+//! types.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

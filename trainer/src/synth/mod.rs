@@ -5,6 +5,10 @@
 //!
 //! Every model answer is cached by the hash of its request, so a killed run resumes and a
 //! finished one re-renders its report without a request; the checks are recomputed.
+//!
+//! Why one file of about 1,000 lines: the stages share one run state and one answer cache and
+//! read top to bottom in the order they run; the parts that stand alone (prompts, code
+//! extraction, re-check rules, deduplication) are modules of their own.
 
 pub mod dedup;
 pub mod extract;

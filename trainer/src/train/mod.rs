@@ -4,6 +4,9 @@
 //! engine's, dequantized to dense f32 and frozen ([`model`]); LoRA pairs are trained with
 //! AdamW ([`optim`]); runs checkpoint atomically and resume exactly ([`checkpoint`]); the
 //! result is a PEFT directory the server serves ([`report`] writes its card and loss plot).
+//!
+//! Why one file of about 700 lines: it is the run (settings, resume, the step loop, export),
+//! whose parts share one state; data, model, optimizer, checkpoints and report are modules.
 
 pub mod checkpoint;
 pub mod data;

@@ -7,6 +7,9 @@
 //! second copy of the weights). Here norms, RoPE and softmax are composed of primitive ops,
 //! and every frozen projection is a [`FrozenLinear`] whose backward returns only the input's
 //! gradient. The parity test holds this forward pass to the serving one's logits.
+//!
+//! Why one file of about 750 lines: the whole training decoder, op by op, so that it reads line
+//! by line against the serving one it must equal (tested to 1e-4).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
