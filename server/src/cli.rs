@@ -156,7 +156,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HEXACODER_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
     /// Seconds a client may take to send a request's headers; a slower one (a slow-loris
-    /// attack holding connections open) is disconnected.
+    /// attack holding connections open) is disconnected. A keep-alive connection idle this
+    /// long is closed too.
     #[arg(long, env = "HEXACODER_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout: u64,
     /// Largest request body accepted, in bytes (larger ones get 413).
