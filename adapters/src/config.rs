@@ -97,6 +97,9 @@ fn is_set(value: Option<&Value>) -> bool {
 
 /// Initializations that only seed the adapter's weights; the others (PiSSA, OLoRA, CorDA,
 /// LoftQ) also rewrite the base weights when PEFT loads the adapter.
+/// The largest `adapter_config.json` read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 const PLAIN_INITS: [&str; 5] = ["gaussian", "eva", "orthogonal", "mica", "lora_ga"];
 
 impl LoraConfig {
@@ -106,6 +109,13 @@ impl LoraConfig {
     /// Bad JSON, a missing rank, and features we refuse: DoRA, `modules_to_save`, trained
     /// biases, `layers_to_transform`, and any `peft_type` but `LORA`.
     pub fn read(path: &Path) -> Result<Self> {
+        // A config is a few hundred bytes; a bigger file (or a FIFO) is not one.
+        if Error::regular_file(path)? > MAX_CONFIG_BYTES {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!("more than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let raw: RawConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
             path: path.to_path_buf(),

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why an adapter cannot be read, used or written. Messages name the file, field or tensor.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A FIFO, a device or a directory where a file should be: reading it could block
+    /// forever or never end.
+    #[error("{path}: not a regular file ({kind}); an adapter's files must be plain files")]
+    NotAFile {
+        /// The path, as given.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Tensor arithmetic failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -53,6 +62,31 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The size of `path` when it is a regular file (symlinks followed), else why not.
+    pub(crate) fn regular_file(path: &Path) -> Result<u64> {
+        let metadata = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let kind = metadata.file_type();
+        if kind.is_file() {
+            return Ok(metadata.len());
+        }
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        Err(Error::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -166,15 +166,14 @@ impl Adapter {
                 "is a pickle, which is never loaded; save the adapter with safetensors",
             ));
         }
-        let size = std::fs::metadata(&weights_path)
-            .map_err(|e| Error::io(&weights_path, e))?
-            .len();
+        let size = Error::regular_file(&weights_path)?;
         if size > MAX_WEIGHTS_BYTES {
             return Err(Error::Safetensors {
                 path: weights_path,
                 reason: format!("{size} bytes is more than the {MAX_WEIGHTS_BYTES}-byte limit"),
             });
         }
+        check_header_length(&weights_path, size)?;
         let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
             path: weights_path.clone(),
@@ -395,6 +394,28 @@ fn to_f32_tensor(key: &str, dtype: Dtype, data: &[u8], shape: &[usize]) -> Resul
         }
     };
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// Checks the 8-byte header length a safetensors file starts with before the file is read
+/// whole: gigabytes of zeros (or of anything) are refused after eight bytes.
+fn check_header_length(path: &Path, size: u64) -> Result<()> {
+    use std::io::Read;
+    /// safetensors' own limit on the JSON header.
+    const MAX_HEADER_BYTES: u64 = 100 << 20;
+    let mut prefix = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut prefix))
+        .map_err(|e| Error::io(path, e))?;
+    let length = u64::from_le_bytes(prefix);
+    if length < 2 || length > MAX_HEADER_BYTES || length > size - 8 {
+        return Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its header length {length} does not fit a {size}-byte file (at most {MAX_HEADER_BYTES})"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

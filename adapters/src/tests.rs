@@ -228,6 +228,48 @@ fn truncated_or_corrupt_weights_are_errors() {
 }
 
 #[test]
+fn fifos_devices_and_gigabytes_of_zeros_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refs: Vec<(String, Tensor)> = valid_tensors();
+    let refs: Vec<(&str, Tensor)> = refs.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+    write_adapter(dir.path(), &config(json!({})), &refs);
+    let weights = dir.path().join(WEIGHTS_FILE);
+    let config_path = dir.path().join(CONFIG_FILE);
+    let mkfifo = |path: &Path| {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+    };
+    // Opening a FIFO for reading blocks until a writer comes: it must not be opened.
+    std::fs::remove_file(&weights).expect("rm");
+    mkfifo(&weights);
+    let err = Adapter::load(dir.path(), &Shapes).expect_err("fifo");
+    assert!(err.to_string().contains("a FIFO"), "{err}");
+    std::fs::remove_file(&weights).expect("rm");
+    std::os::unix::fs::symlink("/dev/zero", &weights).expect("symlink");
+    let err = Adapter::load(dir.path(), &Shapes).expect_err("device");
+    assert!(err.to_string().contains("a device"), "{err}");
+    std::fs::remove_file(&weights).expect("rm");
+    std::fs::create_dir(&weights).expect("dir");
+    let err = Adapter::load(dir.path(), &Shapes).expect_err("directory");
+    assert!(err.to_string().contains("a directory"), "{err}");
+    std::fs::remove_dir(&weights).expect("rmdir");
+    // A sparse 1 GiB file of zeros: refused on its first eight bytes.
+    std::fs::File::create(&weights)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("sparse file");
+    let err = Adapter::load(dir.path(), &Shapes).expect_err("zeros");
+    assert!(err.to_string().contains("header length 0"), "{err}");
+    // The config too.
+    std::fs::remove_file(&config_path).expect("rm");
+    mkfifo(&config_path);
+    let err = Adapter::load(dir.path(), &Shapes).expect_err("fifo config");
+    assert!(err.to_string().contains("a FIFO"), "{err}");
+}
+
+#[test]
 fn saved_adapters_reload_bit_identically() {
     let original = load_with(config(json!({"rank_pattern": {}})), valid_tensors())
         .expect("load")
