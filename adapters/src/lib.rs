@@ -407,7 +407,7 @@ fn check_header_length(path: &Path, size: u64) -> Result<()> {
         .and_then(|mut file| file.read_exact(&mut prefix))
         .map_err(|e| Error::io(path, e))?;
     let length = u64::from_le_bytes(prefix);
-    if length < 2 || length > MAX_HEADER_BYTES || length > size - 8 {
+    if !(2..=MAX_HEADER_BYTES).contains(&length) || length > size - 8 {
         return Err(Error::Safetensors {
             path: path.to_path_buf(),
             reason: format!(
