@@ -126,10 +126,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         scheduler: Arc::new(scheduler),
         model: card,
         metrics: Metrics::new(args.max_adapters).context("registering metrics")?,
-        api_key_digest: api_key.as_deref().map(http::api_key_digest),
+        api_key_digest: api_key.as_deref().map(http::auth::api_key_digest),
         adapters,
         admin_token_digest: if args.enable_adapter_mutation {
-            admin_token.as_deref().map(http::api_key_digest)
+            admin_token.as_deref().map(http::auth::api_key_digest)
         } else {
             None
         },

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use hexacoder_testkit::editors::{driver_python, neovim_version, neovims};
 
-use crate::harness::{Server, real_models};
+use crate::harness::{Server, assert_driver_ok, real_models};
 
 /// The pinned llama.vim: `HEXACODER_LLAMA_VIM`, else `../shared/clients/llama.vim` beside the
 /// checkout.
@@ -67,11 +67,10 @@ fn drive(server: &Server, mode: &str, file_text: &str) {
             .env("HOME", dir.path())
             .output()
             .expect("run the llama.vim driver");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.contains("llama.vim e2e ok"),
-            "llama.vim on {version} ({mode}) failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        let stdout = assert_driver_ok(
+            &format!("llama.vim on {version} ({mode})"),
+            &output,
+            "llama.vim e2e ok",
         );
         eprintln!("{stdout}");
     }

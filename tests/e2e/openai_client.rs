@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Server, real_models};
+use crate::harness::{Server, assert_driver_ok, real_models};
 
 #[test]
 fn official_openai_python_client_works_end_to_end() {
@@ -25,14 +25,9 @@ fn official_openai_python_client_works_end_to_end() {
         .env("HEXACODER_MODEL_ID", "smollm2")
         .output()
         .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "openai client checks failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(
-        stdout.contains("all openai client checks passed"),
-        "{stdout}"
+    assert_driver_ok(
+        "the openai client",
+        &output,
+        "all openai client checks passed",
     );
 }

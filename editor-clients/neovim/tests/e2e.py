@@ -3,7 +3,7 @@ Python buffer, type, wait for the ghost text, accept it with the mapped key, and
 buffer, including the added import. Typed keys go through Neovim's own input loop, so the
 plugin's TextChangedI trigger and insert-mode mappings run as they do for a person.
 
-Run by lsp/tests/integration/neovim.rs with NVIM, HEXACODER_LSP_BIN, HEXACODER_URL and
+Run by tests/e2e/bridge/neovim.rs with NVIM, HEXACODER_LSP_BIN, HEXACODER_URL and
 HEXACODER_E2E_FILE set. Prints "e2e ok" and exits 0 on success.
 """
 

@@ -4,7 +4,7 @@
 // ghost text, accepts it with Tab, saves, and checks the file on disk, including the import
 // that the bridge adds through workspace/applyEdit.
 //
-// Run by lsp/tests/integration/vscode.rs with CODE_SERVER, CHROMIUM, HEXACODER_VSIX,
+// Run by tests/e2e/bridge/vscode.rs with CODE_SERVER, CHROMIUM, HEXACODER_VSIX,
 // HEXACODER_LSP_BIN, HEXACODER_URL, HEXACODER_E2E_DIR (a folder holding app.py) and
 // HEXACODER_E2E_PORT (a free loopback port for code-server) set.
 // Prints "e2e ok" and exits 0 on success.
@@ -213,7 +213,7 @@ async function run(page, port, server) {
   await waitFor('the file to be saved again', async () => fs.readFileSync(file, 'utf8').includes('y = gc'));
   const plain = fs.readFileSync(file, 'utf8');
   // The import block is untouched; that the request went out in plain mode is checked by the
-  // server's event counts (lsp/tests/integration/vscode.rs).
+  // server's event counts (tests/e2e/bridge/vscode.rs).
   if (!plain.startsWith(expected)) {
     fail(`with secure mode off the file is\n${plain}`);
   }

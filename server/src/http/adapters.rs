@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use hexacoder_api::{
     self as api, LoadAdapterRequest as LoadRequest, UnloadAdapterRequest as UnloadRequest,
 };
-use subtle::ConstantTimeEq;
 
+use super::AppState;
+use super::auth;
 use super::error::{ApiError, ApiJson};
-use super::{AppState, api_key_digest};
 use crate::adapter_registry::{RegistryError, confine};
 
 impl From<RegistryError> for ApiError {
@@ -52,9 +52,7 @@ fn authorize_mutation(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
         ));
     };
     let presented = headers.get("x-admin-token").and_then(|v| v.to_str().ok());
-    let ok =
-        presented.is_some_and(|token| bool::from(api_key_digest(token.trim()).ct_eq(expected)));
-    if ok {
+    if auth::matches(presented, expected) {
         Ok(())
     } else {
         Err(ApiError {

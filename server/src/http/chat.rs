@@ -11,56 +11,32 @@ use hexacoder_engine::{GenerateRequest, SharedAdapter};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{ApiError, ApiJson};
-use super::params::{self, Extension, OneOrMany, StreamOptions};
+use super::error::{ApiBody, ApiError};
+use super::params::{self, CommonFields};
+use super::response::response_id;
 use super::response::{Usage, adapter_header, model_label, token_string};
 use super::run::{Run, RunEvent, openai_finish_reason};
-use super::{AppState, response_id, sse};
+use super::{AppState, sse};
 use crate::chat_template::Message;
 use crate::time::unix_now;
 
 /// Reply length when the request sets none, clamped to what the context leaves.
 const DEFAULT_MAX_TOKENS: usize = 1024;
 
+/// `/v1/chat/completions`' own fields, beside [`CommonFields`].
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    #[serde(default)]
-    pub model: Option<String>,
+pub struct ChatFields {
     pub messages: Vec<WireMessage>,
     #[serde(default)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub n: Option<i64>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    pub stop: Option<OneOrMany>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    #[serde(default)]
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<i64>,
     #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub presence_penalty: Option<f64>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f64>,
-    #[serde(default)]
-    pub logit_bias: Option<std::collections::HashMap<String, f64>>,
-    #[serde(default)]
     pub tools: Option<Vec<Value>>,
-    #[serde(default)]
-    pub hexacoder: Option<Extension>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,18 +118,14 @@ struct Plan {
     include_usage: bool,
 }
 
-fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
-    let extension = req.hexacoder.unwrap_or_default();
-    let adapter = state.resolve_model(req.model.as_deref(), extension.adapter.as_deref())?;
+fn plan(state: &AppState, common: CommonFields, req: ChatFields) -> Result<Plan, ApiError> {
+    let common = common.validate(state)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_param(
             "tools",
             "Tool calling is not supported by this server.",
         ));
     }
-    params::unsupported_zero("presence_penalty", req.presence_penalty)?;
-    params::unsupported_zero("frequency_penalty", req.frequency_penalty)?;
-    let logit_bias = params::logit_bias(req.logit_bias)?;
     let messages = messages(req.messages)?;
     let card = &state.model;
     let prompt = card
@@ -162,7 +134,6 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
         .map_err(|err| {
             ApiError::bad_param("messages", format!("The chat template failed: {err}"))
         })?;
-    let n = params::n(req.n)?;
     let top_logprobs = match req.logprobs {
         Some(true) => Some(params::top_logprobs("top_logprobs", req.top_logprobs)?),
         _ if req.top_logprobs.is_some_and(|k| k > 0) => {
@@ -173,12 +144,7 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
         }
         _ => None,
     };
-    let sampling = params::sampling(
-        req.temperature,
-        req.top_p,
-        extension.top_k.map(|k| k as i64),
-        req.seed,
-    )?;
+    let sampling = common.openai_sampling()?;
     let prompt_len = card
         .tokenizer
         .encode(&prompt)
@@ -190,38 +156,38 @@ fn plan(state: &AppState, req: ChatRequest) -> Result<Plan, ApiError> {
         None => ("max_tokens", req.max_tokens),
     };
     let max_tokens = params::max_tokens(param, value, default_max, card.context_length)?;
-    let mut stop = params::stop(req.stop)?;
+    let mut stop = common.stop;
     stop.extend(card.chat_template.extra_stops());
-    let _ = req.user;
+    let extension = common.extension;
     Ok(Plan {
-        adapter: adapter.clone(),
+        adapter: common.adapter.clone(),
         request: GenerateRequest {
             prompt,
             suffix: None,
             max_tokens,
             sampling,
-            n,
+            n: common.n,
             stop,
             top_logprobs: top_logprobs.unwrap_or(0),
             context_files: extension.context_files(),
-            logit_bias: logit_bias.clone(),
-            adapter,
+            logit_bias: common.logit_bias,
+            adapter: common.adapter,
             ignore_eos: extension.ignore_eos,
             indent_floor: params::indent_floor(extension.n_indent),
             newline_deadline: params::newline_deadline(extension.t_max_predict_ms),
             ..Default::default()
         },
         top_logprobs,
-        stream: req.stream.unwrap_or(false),
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        stream: common.stream,
+        include_usage: common.include_usage,
     })
 }
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<ChatRequest>,
+    ApiBody(common, req): ApiBody<CommonFields, ChatFields>,
 ) -> Result<Response, ApiError> {
-    let plan = plan(&state, req)?;
+    let plan = plan(&state, common, req)?;
     let adapter = plan.adapter.clone();
     let run = Run::start(&state, "/v1/chat/completions", vec![plan.request.clone()])?;
     let id = response_id("chatcmpl");

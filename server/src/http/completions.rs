@@ -9,57 +9,33 @@ use hexacoder_api as api;
 use hexacoder_engine::{GenerateRequest, GeneratedToken, Generation, SharedAdapter};
 use serde::Deserialize;
 
-use super::error::{ApiError, ApiJson};
-use super::params::{self, Extension, OneOrMany, StreamOptions};
+use super::error::{ApiBody, ApiError};
+use super::params::{self, CommonFields, OneOrMany};
+use super::response::response_id;
 use super::response::{self, Usage, adapter_header, model_label};
 use super::run::{self as two_step_run, Job, Run, RunEvent, openai_finish_reason};
 use super::two_step::{self, TwoStepChoice};
 use super::verify::{self, Verified, VerifySettings};
-use super::{AppState, response_id, sse};
+use super::{AppState, sse};
 use crate::time::unix_now;
 
 /// OpenAI's default for this route.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
+/// `/v1/completions`' own fields, beside [`CommonFields`].
 #[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    #[serde(default)]
-    pub model: Option<String>,
+pub struct CompletionFields {
     pub prompt: OneOrMany,
     #[serde(default)]
     pub suffix: Option<String>,
     #[serde(default)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub n: Option<i64>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: Option<bool>,
     #[serde(default)]
-    pub stop: Option<OneOrMany>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
     pub best_of: Option<i64>,
-    #[serde(default)]
-    pub presence_penalty: Option<f64>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f64>,
-    #[serde(default)]
-    pub logit_bias: Option<HashMap<String, f64>>,
-    #[serde(default)]
-    pub hexacoder: Option<Extension>,
 }
 
 struct Plan {
@@ -79,9 +55,9 @@ struct Plan {
     suffix: Option<String>,
 }
 
-fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
-    let extension = req.hexacoder.unwrap_or_default();
-    let adapter = state.resolve_model(req.model.as_deref(), extension.adapter.as_deref())?;
+fn plan(state: &AppState, common: CommonFields, req: CompletionFields) -> Result<Plan, ApiError> {
+    let common = common.validate(state)?;
+    let (extension, adapter, n) = (&common.extension, &common.adapter, common.n);
     let prompts = req.prompt.into_vec();
     if prompts.is_empty() {
         return Err(ApiError::bad_param(
@@ -89,7 +65,6 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             "`prompt` must not be an empty array.",
         ));
     }
-    let n = params::n(req.n)?;
     if let Some(best_of) = req.best_of
         && best_of != n as i64
     {
@@ -98,9 +73,6 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             "`best_of` other than `n` is not supported; leave it out.",
         ));
     }
-    params::unsupported_zero("presence_penalty", req.presence_penalty)?;
-    params::unsupported_zero("frequency_penalty", req.frequency_penalty)?;
-    let logit_bias = params::logit_bias(req.logit_bias)?;
     let logprobs = match req.logprobs {
         None => None,
         Some(k) => Some(params::top_logprobs("logprobs", Some(k))?),
@@ -121,19 +93,16 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
     if req.suffix.is_some() && !state.model.has_fim {
         return Err(hexacoder_engine::Error::NoFim.into());
     }
-    let top_k = extension.top_k.map(|k| k as i64);
-    let sampling = params::sampling(req.temperature, req.top_p, top_k, req.seed)?;
-    let choice = TwoStepChoice::resolve(state, &extension, &adapter)?;
+    let sampling = common.openai_sampling()?;
+    let choice = TwoStepChoice::resolve(state, extension, adapter)?;
     let max_tokens = params::max_tokens(
         "max_tokens",
         req.max_tokens,
         choice.default_max_tokens(DEFAULT_MAX_TOKENS),
         state.model.context_length,
     )?;
-    let stop = params::stop(req.stop)?;
-    let _ = req.user;
-    let stream = req.stream.unwrap_or(false);
-    let verify = match verify::resolve(&extension, n, stream)? {
+    let stream = common.stream;
+    let verify = match verify::resolve(extension, n, stream)? {
         None => None,
         Some(settings) => {
             let languages = prompts
@@ -153,10 +122,10 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
             max_tokens,
             sampling: sampling.clone(),
             n: samples,
-            stop: stop.clone(),
+            stop: common.stop.clone(),
             top_logprobs: logprobs.unwrap_or(0),
             context_files: extension.context_files(),
-            logit_bias: logit_bias.clone(),
+            logit_bias: common.logit_bias.clone(),
             adapter: adapter.clone(),
             ignore_eos: extension.ignore_eos,
             indent_floor: params::indent_floor(extension.n_indent),
@@ -167,7 +136,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
         .collect();
     let two_step = jobs.iter().map(|j| matches!(j, Job::TwoStep(_))).collect();
     Ok(Plan {
-        adapter,
+        adapter: adapter.clone(),
         prompts,
         jobs,
         two_step,
@@ -175,7 +144,7 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
         logprobs,
         echo,
         stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        include_usage: common.include_usage,
         verify,
         suffix: req.suffix,
     })
@@ -183,9 +152,9 @@ fn plan(state: &AppState, req: CompletionRequest) -> Result<Plan, ApiError> {
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    ApiBody(common, req): ApiBody<CommonFields, CompletionFields>,
 ) -> Result<Response, ApiError> {
-    let mut plan = plan(&state, req)?;
+    let mut plan = plan(&state, common, req)?;
     let adapter = plan.adapter.clone();
     let run = Run::start_jobs(&state, "/v1/completions", std::mem::take(&mut plan.jobs))?;
     let id = response_id("cmpl");

@@ -174,33 +174,54 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            let status = rejection.status();
-            let mut err = ApiError::invalid(None, rejection.body_text());
-            err.status = status;
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                err.message =
-                    "The request body is larger than the server's limit (--max-body-bytes).".into();
-                err.code = Some("request_too_large");
-            }
-            err
-        })?;
-        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(deserializer) {
-            Ok(value) => Ok(ApiJson(value)),
-            Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner();
-                let (param, message) = if path == "." || path.is_empty() {
-                    (
-                        None,
-                        format!("The body is not valid JSON for this endpoint: {inner}"),
-                    )
-                } else {
-                    (Some(path.clone()), format!("Invalid `{path}`: {inner}"))
-                };
-                Err(ApiError::invalid(param, message))
-            }
-        }
+        let bytes = body_bytes(req, state).await?;
+        parse(&bytes).map(ApiJson)
     }
+}
+
+/// A completion route's body as two structs read from the same bytes: the fields every
+/// completion route shares (`C`, declared once) and the route's own (`T`). Two passes rather
+/// than `#[serde(flatten)]`, which would lose the path of a bad field in the error.
+pub struct ApiBody<C, T>(pub C, pub T);
+
+impl<C: DeserializeOwned, T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiBody<C, T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        // The route's own fields first: the `prompt` or `messages` a body lacks is the
+        // error a client most needs to see.
+        let own = parse(&bytes)?;
+        Ok(ApiBody(parse(&bytes)?, own))
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        let status = rejection.status();
+        let mut err = ApiError::invalid(None, rejection.body_text());
+        err.status = status;
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            err.message =
+                "The request body is larger than the server's limit (--max-body-bytes).".into();
+            err.code = Some("request_too_large");
+        }
+        err
+    })
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::invalid(
+                None,
+                format!("The body is not valid JSON for this endpoint: {inner}"),
+            )
+        } else {
+            ApiError::invalid(Some(path.clone()), format!("Invalid `{path}`: {inner}"))
+        }
+    })
 }

@@ -10,8 +10,8 @@ use hexacoder_engine::{ContextFile, FinishReason, GenerateRequest, Generation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, ApiJson};
-use super::params::{self, Extension, OneOrMany};
+use super::error::{ApiBody, ApiError};
+use super::params::{self, CommonFields, OneOrMany};
 use super::response::adapter_header;
 use super::run::{Run, RunEvent};
 use super::two_step::{self, TwoStepChoice};
@@ -25,12 +25,12 @@ const DEFAULT_TEMPERATURE: f64 = 0.8;
 const DEFAULT_TOP_P: f64 = 0.95;
 const DEFAULT_TOP_K: i64 = 40;
 
-/// llama-server's `/infill` body. Fields it has that this server does not act on
-/// (`t_max_prompt_ms`, `id_slot`, `cache_prompt`) are accepted and named in the README.
+/// llama-server's `/infill` body, beside [`CommonFields`] (`model`, `temperature`, `top_p`,
+/// `seed`, `stop`, `stream`, the penalties, `logit_bias` and the `hexacoder` extension). Fields
+/// it has that this server does not act on (`t_max_prompt_ms`, `id_slot`, `cache_prompt`)
+/// are accepted and named in the README.
 #[derive(Debug, Deserialize)]
-pub struct InfillRequest {
-    #[serde(default)]
-    pub model: Option<String>,
+pub struct InfillFields {
     #[serde(default)]
     pub input_prefix: String,
     #[serde(default)]
@@ -43,17 +43,7 @@ pub struct InfillRequest {
     #[serde(default)]
     pub n_predict: Option<i64>,
     #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
     pub top_k: Option<i64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    #[serde(default)]
-    pub stop: Option<OneOrMany>,
-    #[serde(default)]
-    pub stream: Option<bool>,
     #[serde(default)]
     pub n_probs: Option<i64>,
     /// End at the first generated line indented by fewer than this many spaces or tabs.
@@ -71,9 +61,6 @@ pub struct InfillRequest {
     /// Echoed back, as llama-server does; there is one pool of KV state, not slots.
     #[serde(default)]
     pub id_slot: Option<i64>,
-    /// HexaCoder's extension: two-step generation, adapter, `ignore_eos`, context files.
-    #[serde(default)]
-    pub hexacoder: Option<Extension>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,13 +152,25 @@ pub fn select_fields(fields: &[String], response: Value) -> Value {
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<InfillRequest>,
+    ApiBody(mut common, req): ApiBody<CommonFields, InfillFields>,
 ) -> Result<Response, ApiError> {
-    let extension = req.hexacoder.unwrap_or_default();
-    // llama.vim sends `"model": ""` unless one is configured; llama-server serves it.
-    let model = req.model.as_deref().filter(|m| !m.is_empty());
-    let adapter = state.resolve_model(model, extension.adapter.as_deref())?;
-    let choice = TwoStepChoice::resolve(&state, &extension, &adapter)?;
+    // As llama-server: llama.vim sends `"model": ""` unless one is configured, a negative
+    // seed means a random one, and empty stop strings are dropped rather than refused.
+    common.model = common.model.filter(|m| !m.is_empty());
+    common.seed = common.seed.filter(|&s| s >= 0);
+    if let Some(stop) = common.stop.take() {
+        let kept = stop.into_vec().into_iter().filter(|s| !s.is_empty());
+        common.stop = Some(OneOrMany::Many(kept.collect()));
+    }
+    let common = common.validate(&state)?;
+    if common.n != 1 {
+        return Err(ApiError::bad_param(
+            "n",
+            "`/infill` returns one completion; use `/v1/completions` with `suffix` for more.",
+        ));
+    }
+    let (extension, adapter) = (&common.extension, &common.adapter);
+    let choice = TwoStepChoice::resolve(&state, extension, adapter)?;
     let answered_by = adapter.clone();
     if !state.model.has_fim {
         return Err(hexacoder_engine::Error::NoFim.into());
@@ -190,12 +189,12 @@ pub async fn handle(
     let chain = SamplerChain::from_request(req.samplers.as_ref());
     let sampling = params::sampling(
         Some(if chain.temperature {
-            req.temperature.unwrap_or(DEFAULT_TEMPERATURE)
+            common.temperature.unwrap_or(DEFAULT_TEMPERATURE)
         } else {
             1.0
         }),
         Some(if chain.top_p {
-            req.top_p.unwrap_or(DEFAULT_TOP_P)
+            common.top_p.unwrap_or(DEFAULT_TOP_P)
         } else {
             1.0
         }),
@@ -206,25 +205,16 @@ pub async fn handle(
         } else {
             0
         }),
-        req.seed.filter(|&s| s >= 0),
+        common.seed,
     )?;
     let top_logprobs = params::top_logprobs("n_probs", req.n_probs)?;
-    // llama.cpp drops empty stop strings rather than refusing them.
-    let stop = req.stop.map(|stop| {
-        OneOrMany::Many(
-            stop.into_vec()
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
-    });
     let request = GenerateRequest {
         prompt: format!("{}{}", req.input_prefix, req.prompt),
         suffix: Some(req.input_suffix),
         max_tokens,
         sampling,
         n: 1,
-        stop: params::stop(stop)?,
+        stop: common.stop.clone(),
         top_logprobs,
         context_files: req
             .input_extra
@@ -235,8 +225,8 @@ pub async fn handle(
             })
             .chain(extension.context_files())
             .collect(),
-        logit_bias: vec![],
-        adapter,
+        logit_bias: common.logit_bias.clone(),
+        adapter: adapter.clone(),
         ignore_eos: extension.ignore_eos,
         indent_floor: params::indent_floor(req.n_indent.or(extension.n_indent)),
         newline_deadline: params::newline_deadline(
@@ -249,7 +239,7 @@ pub async fn handle(
         id_slot: req.id_slot.unwrap_or(0),
     };
     let run = Run::start_jobs(&state, "/infill", vec![choice.job(&state, request)])?;
-    if req.stream.unwrap_or(false) {
+    if common.stream {
         let translate = StreamTranslate {
             state: Arc::clone(&state),
             shape,

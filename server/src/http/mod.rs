@@ -5,6 +5,7 @@
 //! admission and cancellation lives in the engine's `Scheduler`.
 
 pub mod adapters;
+pub mod auth;
 pub mod chat;
 pub mod completions;
 pub mod error;
@@ -31,8 +32,6 @@ use axum::routing::{get, post};
 use hexacoder_api as api;
 use hexacoder_engine::tokenizer::Tokenizer;
 use hexacoder_engine::{Scheduler, SharedAdapter};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use crate::adapter_registry::AdapterRegistry;
@@ -74,13 +73,6 @@ pub struct AppState {
     /// In-flight requests per adapter, for `lora_requests_info`.
     pub adapter_requests: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }
-
-/// Samples per prompt at most.
-pub const MAX_N: usize = 16;
-/// Alternatives per token at most.
-pub const MAX_LOGPROBS: usize = 20;
-/// Stop strings at most.
-pub const MAX_STOP: usize = 16;
 
 impl AppState {
     /// Checks the `model` a client asked for (the base model or an adapter's name).
@@ -129,11 +121,6 @@ impl AppState {
     }
 }
 
-/// SHA-256 of an API key, as [`AppState::api_key_digest`] holds it.
-pub fn api_key_digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
 /// The application with every route and middleware.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -156,7 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
-            authorize,
+            auth::authorize,
         ))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .with_state(state)
@@ -194,30 +181,6 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         response.headers_mut().insert("x-request-id", value);
     }
     response
-}
-
-/// Requires the API key, when one is set, everywhere but `/health`.
-async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let Some(expected) = &state.api_key_digest else {
-        return next.run(request).await;
-    };
-    if request.uri().path() == "/health" {
-        return next.run(request).await;
-    }
-    let headers = request.headers();
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    let authorized = presented
-        .map(|key| api_key_digest(key.trim()).ct_eq(expected).into())
-        .unwrap_or(false);
-    if authorized {
-        next.run(request).await
-    } else {
-        ApiError::unauthorized().into_response()
-    }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -350,9 +313,4 @@ async fn method_not_allowed(request: Request) -> ApiError {
             ),
         )
     }
-}
-
-/// A fresh response id with this prefix.
-pub fn response_id(prefix: &str) -> String {
-    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 }

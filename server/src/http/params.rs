@@ -1,13 +1,21 @@
 //! Request fields shared by the completion routes, validated into engine parameters with
 //! errors that name the field and the accepted range.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use hexacoder_engine::{ContextFile, SamplingParams};
+use hexacoder_engine::{ContextFile, SamplingParams, SharedAdapter};
 use serde::Deserialize;
 
+use super::AppState;
 use super::error::ApiError;
-use super::{MAX_LOGPROBS, MAX_N, MAX_STOP};
+
+/// Samples per prompt at most.
+pub const MAX_N: usize = 16;
+/// Alternatives per token at most.
+pub const MAX_LOGPROBS: usize = 20;
+/// Stop strings at most.
+pub const MAX_STOP: usize = 16;
 
 /// A string or a list of strings (`prompt`, `stop`).
 #[derive(Clone, Debug, Deserialize)]
@@ -31,6 +39,82 @@ impl OneOrMany {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+}
+
+/// The body fields every completion route shares (`/v1/completions`, `/v1/chat/completions`,
+/// `/infill`), declared once; each route reads its own beside them ([`super::error::ApiBody`]).
+/// Penalties, `logit_bias` and `stop` are llama-server's names too.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CommonFields {
+    pub model: Option<String>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub n: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<OneOrMany>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Accepted and not used, as OpenAI's own abuse-tracking field.
+    pub user: Option<String>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<HashMap<String, f64>>,
+    pub hexacoder: Option<Extension>,
+}
+
+/// [`CommonFields`] checked: what every completion route needs before its own fields.
+pub struct Common {
+    pub extension: Extension,
+    /// The adapter `model` (or `hexacoder.adapter`) names; `None` for the base model.
+    pub adapter: Option<SharedAdapter>,
+    pub n: usize,
+    pub stop: Vec<String>,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Sampling as sent, checked by [`sampling`] with the route's defaults.
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<i64>,
+}
+
+impl CommonFields {
+    /// Resolves the model and checks every shared field, naming the first bad one.
+    pub fn validate(self, state: &AppState) -> Result<Common, ApiError> {
+        let extension = self.hexacoder.unwrap_or_default();
+        let adapter = state.resolve_model(self.model.as_deref(), extension.adapter.as_deref())?;
+        unsupported_zero("presence_penalty", self.presence_penalty)?;
+        unsupported_zero("frequency_penalty", self.frequency_penalty)?;
+        let common = Common {
+            adapter,
+            n: n(self.n)?,
+            stop: stop(self.stop)?,
+            logit_bias: logit_bias(self.logit_bias)?,
+            stream: self.stream.unwrap_or(false),
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            extension,
+        };
+        // Checked here too, so that a bad value is refused before any route-specific work.
+        common.openai_sampling()?;
+        Ok(common)
+    }
+}
+
+impl Common {
+    /// OpenAI's sampling: `temperature` and `top_p` default to 1, `top_k` (the extension's)
+    /// to off.
+    pub fn openai_sampling(&self) -> Result<SamplingParams, ApiError> {
+        sampling(
+            self.temperature,
+            self.top_p,
+            self.extension.top_k.map(|k| k as i64),
+            self.seed,
+        )
+    }
 }
 
 /// The `hexacoder` extension object (`extra_body={"hexacoder": {...}}` in the OpenAI client).
@@ -226,9 +310,7 @@ pub fn unsupported_zero(param: &str, value: Option<f64>) -> Result<(), ApiError>
 
 /// `logit_bias`: token ids (as strings, OpenAI's format) to biases in [-100, 100]; ids are
 /// checked against the vocabulary by the engine.
-pub fn logit_bias(
-    value: Option<std::collections::HashMap<String, f64>>,
-) -> Result<Vec<(u32, f32)>, ApiError> {
+pub fn logit_bias(value: Option<HashMap<String, f64>>) -> Result<Vec<(u32, f32)>, ApiError> {
     let mut biases = Vec::new();
     for (key, bias) in value.unwrap_or_default() {
         let id: u32 = key.parse().map_err(|_| {

@@ -116,3 +116,8 @@ pub fn logprobs(
     }
     wire
 }
+
+/// A fresh response id with this prefix.
+pub fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}

@@ -10,10 +10,11 @@ use hexacoder_api as api;
 use hexacoder_engine::{ContextFile, GenerateRequest};
 use serde::Deserialize;
 
+use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::params;
+use super::response::response_id;
 use super::run::Run;
-use super::{AppState, response_id};
 
 /// Tabby's defaults: `max_decoding_tokens` and `sampling_temperature`.
 const MAX_TOKENS: usize = 64;

@@ -10,9 +10,9 @@ use hexacoder_engine::{Generation, Sample};
 use hexacoder_oracle::{EmbeddedAnalyzer, Finding, Language};
 
 use super::AppState;
-use super::MAX_N;
 use super::error::ApiError;
 use super::params::Extension;
+use super::params::MAX_N;
 
 /// Candidates when a request asks for verification without saying how many.
 pub const DEFAULT_CANDIDATES: usize = 4;

@@ -504,6 +504,56 @@ async fn malformed_requests_get_openai_errors() {
     .await;
     assert_error(status, &body, 400, Some("hexacoder.bogus"));
 
+    // Each route reads the shared fields and its own from one body; a value of the wrong
+    // type is named by its path in either.
+    let chat = json!({"messages": [{"role": "user", "content": "x"}]});
+    let infill = json!({"input_prefix": "x", "input_suffix": ""});
+    for (route, base, own, bad_own) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "x"}),
+            "echo",
+            json!("yes"),
+        ),
+        (
+            "/v1/chat/completions",
+            chat,
+            "max_completion_tokens",
+            json!("ten"),
+        ),
+        ("/infill", infill, "n_predict", json!([1])),
+    ] {
+        for (field, value) in [
+            ("temperature", json!("hot")),
+            ("stop", json!(5)),
+            ("logit_bias", json!([1])),
+            ("seed", json!(1.5)),
+            ("stream", json!("no")),
+            (own, bad_own),
+        ] {
+            let mut request = base.clone();
+            request[field] = value;
+            let (status, body) = post(&client, &server.url(route), &request).await;
+            assert_error(status, &body, 400, Some(field));
+            let message = body["error"]["message"].as_str().expect("message");
+            assert!(
+                message.starts_with(&format!("Invalid `{field}`")),
+                "{route}: {body}"
+            );
+        }
+        let mut request = base.clone();
+        request["hexacoder"] = json!({"candidates": "four"});
+        let (status, body) = post(&client, &server.url(route), &request).await;
+        assert_error(status, &body, 400, Some("hexacoder.candidates"));
+    }
+    let (status, body) = post(
+        &client,
+        &server.url("/infill"),
+        &json!({"input_prefix": "x", "n": 2}),
+    )
+    .await;
+    assert_error(status, &body, 400, Some("n"));
+
     // The server is still healthy after all of that.
     let (status, _) = post(&client, &url, &greedy("x", 2)).await;
     assert_eq!(status, 200);

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Server, assert_driver_ok, free_port, lsp_binary};
+use super::harness::{assert_driver_ok, free_port, lsp_binary, scripted_server};
 
 /// The three parts the test needs, or `None` (a skip) outside the full suite.
 fn vscode_parts() -> Option<[PathBuf; 3]> {
@@ -50,7 +50,7 @@ fn vscode_shows_ghost_text_and_accepting_adds_the_import() {
     // Three lines in VS Code, as `import abc\n\n\n` is in Neovim: the cursor starts on the last.
     std::fs::write(workspace.join("app.py"), "import abc\n\n").expect("write app.py");
     let extension = Path::new(env!("CARGO_MANIFEST_DIR")).join("../editor-clients/vscode");
-    let server = Server::start(0, &[]);
+    let server = scripted_server(0, &[]);
     let output = Command::new("node")
         .arg(extension.join("e2e/drive.mjs"))
         .current_dir(&extension)
@@ -63,7 +63,7 @@ fn vscode_shows_ghost_text_and_accepting_adds_the_import() {
         .env("HEXACODER_E2E_PORT", free_port().to_string())
         .output()
         .expect("run the VS Code driver (node)");
-    let stdout = assert_driver_ok("VS Code", &output);
+    let stdout = assert_driver_ok("VS Code", &output, "e2e ok");
     eprintln!("{stdout}");
     // The extension's telemetry reached the server: shown (VS Code asks again after an
     // accept, so at least once) and accepted once in each mode, attributed to the model.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Server, assert_driver_ok, lsp_binary};
+use super::harness::{assert_driver_ok, lsp_binary, scripted_server};
 
 #[test]
 fn neovim_shows_ghost_text_and_accepting_adds_the_import() {
@@ -19,7 +19,7 @@ fn neovim_shows_ghost_text_and_accepting_adds_the_import() {
         return;
     };
     let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../editor-clients/neovim");
-    let server = Server::start(0, &[]);
+    let server = scripted_server(0, &[]);
     for (nvim, version) in neovims {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("app.py");
@@ -33,7 +33,11 @@ fn neovim_shows_ghost_text_and_accepting_adds_the_import() {
             .env("HOME", dir.path())
             .output()
             .expect("run the Neovim driver");
-        let stdout = assert_driver_ok(&format!("Neovim {version} ({})", nvim.display()), &output);
+        let stdout = assert_driver_ok(
+            &format!("Neovim {version} ({})", nvim.display()),
+            &output,
+            "e2e ok",
+        );
         eprintln!("{version}: {stdout}");
     }
 }

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Lsp, Server, WAIT, apply_edits, free_port, lsp_binary, scripted_text};
+use super::harness::{
+    Lsp, Server, WAIT, apply_edits, free_port, lsp_binary, scripted_server, scripted_text,
+    server_on,
+};
 
 const URI: &str = "file:///project/app.py";
 /// A file whose import block ends in `c`, so the scripted step 1 writes `\nimport gc`.
@@ -25,8 +28,8 @@ fn first_inline_item(result: &Value) -> &Value {
 
 #[test]
 fn inline_completion_with_the_two_step_imports_edit_applied_on_accept() {
-    let server = Server::start(0, &[]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &[]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     let init = lsp.initialize(options(&server, json!({"maxTokens": 40})));
     let capabilities = &init["capabilities"];
     assert_eq!(capabilities["inlineCompletionProvider"], json!(true));
@@ -120,8 +123,8 @@ fn inline_completion_with_the_two_step_imports_edit_applied_on_accept() {
 
 #[test]
 fn popup_completion_carries_the_imports_edit_in_additional_text_edits() {
-    let server = Server::start(0, &[]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &[]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(&server, json!({"maxTokens": 40})));
     let text = format!("{HEAD}x = g");
     lsp.open(URI, "python", &text);
@@ -162,8 +165,8 @@ fn popup_completion_carries_the_imports_edit_in_additional_text_edits() {
 
 #[test]
 fn changes_sent_just_before_a_request_are_applied_first() {
-    let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 6})));
     lsp.open(URI, "python", "y = 1\nx = i");
     // No waiting between the change and the request.
@@ -177,8 +180,8 @@ fn changes_sent_just_before_a_request_are_applied_first() {
 
 #[test]
 fn utf16_positions_after_multibyte_text_and_crlf() {
-    let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 4})));
     // `é` is one UTF-16 unit, `𝑥` two; lines end in CRLF.
     lsp.open(URI, "python", "s = 'é𝑥'\r\nt = ");
@@ -196,8 +199,8 @@ fn utf16_positions_after_multibyte_text_and_crlf() {
 
 #[test]
 fn cancelled_and_superseded_requests_stop_the_servers_generation() {
-    let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     // Thousands of tokens: only cancellation ends it early.
     lsp.initialize(options(
         &server,
@@ -260,8 +263,8 @@ fn cancelled_and_superseded_requests_stop_the_servers_generation() {
 
 #[test]
 fn configuration_changes_take_effect_and_bad_values_are_reported() {
-    let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 8})));
     // The bridge probes the server at start, so the status bar is right before any completion.
     lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
@@ -307,7 +310,7 @@ fn configuration_changes_take_effect_and_bad_values_are_reported() {
     });
     assert_eq!(shown["params"]["type"], json!(1));
     // Bad initialization options are an error response naming the field.
-    let mut other = Lsp::spawn(lsp_binary());
+    let mut other = Lsp::spawn(&lsp_binary());
     let id = other.request(
         "initialize",
         json!({"processId": null, "capabilities": {}, "initializationOptions": {"maxTokens": 0}}),
@@ -325,7 +328,7 @@ fn configuration_changes_take_effect_and_bad_values_are_reported() {
 #[test]
 fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
     let port = free_port();
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(
         json!({"serverUrl": format!("http://127.0.0.1:{port}"), "debounceMs": 0,
         "model": "scripted", "twoStep": false, "maxTokens": 4}),
@@ -349,7 +352,7 @@ fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
     assert_eq!((errors, shown), (1, 1), "{:?}", lsp.seen);
     // The server comes up on that port: the bridge's probes notice without anyone typing,
     // the user is told once, and completions resume.
-    let server = Server::start(port, &["--two-step", "off"]);
+    let server = scripted_server(port, &["--two-step", "off"]);
     lsp.wait_for("hexacoder/status", |p| p["state"] == "ready");
     let back = lsp.count("window/logMessage", |p| {
         p["message"]
@@ -365,8 +368,8 @@ fn a_server_that_is_down_gives_empty_answers_one_log_line_and_a_status() {
 
 #[test]
 fn a_model_the_server_does_not_serve_is_named_at_start() {
-    let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(
         &server,
         json!({"twoStep": false, "model": "no-such-model"}),
@@ -390,8 +393,8 @@ fn verified_suggestions_publish_the_oracles_findings_as_diagnostics() {
     const VERIFY_URI: &str = "file:///project/verify.py";
     let dir = tempfile::tempdir().expect("tempdir");
     let model = hexacoder_testkit::write_eval_or_int_hf_dir(&dir.path().join("eval-or-int"));
-    let server = Server::with_model(dir, &model, 0, &[]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = server_on(dir, &model, 0, &[]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     // Seeded sampling makes the candidates reproducible: this seed draws both branches.
     lsp.initialize(options(
         &server,
@@ -428,7 +431,7 @@ fn verified_suggestions_publish_the_oracles_findings_as_diagnostics() {
 
     // Greedy candidates are all the more probable eval: it comes back flagged, and accepting
     // it shows the finding on the inserted code.
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(
         &server,
         json!({"verify": true, "candidates": 2, "verifyTemperature": 0.0, "twoStep": false}),
@@ -488,8 +491,8 @@ fn verified_suggestions_publish_the_oracles_findings_as_diagnostics() {
 
 #[test]
 fn a_suggestion_inside_a_block_ends_with_the_block() {
-    let server = Server::start(0, &["--two-step", "off"]);
-    let mut lsp = Lsp::spawn(lsp_binary());
+    let server = scripted_server(0, &["--two-step", "off"]);
+    let mut lsp = Lsp::spawn(&lsp_binary());
     lsp.initialize(options(&server, json!({"twoStep": false, "maxTokens": 20})));
     // The cursor's line is indented by 4: the scripted `\nimport gc` lines at column 0 end
     // the suggestion after `gc`.
