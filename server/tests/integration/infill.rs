@@ -305,3 +305,30 @@ async fn two_step_imports_survive_the_indent_floor() {
     );
     assert_eq!(text(&body), "gc\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logit_bias_applies_on_infill_as_on_completions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&indented_lines_model(dir.path()), &[], &[]);
+    let client = client();
+    let (tokens, _) = hexacoder_testkit::vocab();
+    let a = tokens
+        .iter()
+        .position(|t| t == "a")
+        .expect("`a` in the vocabulary");
+    let request = |bias: Value| {
+        json!({"input_prefix": "def f():\n", "input_suffix": "\n", "n_predict": 2,
+               "temperature": 0, "logit_bias": bias})
+    };
+    let (status, body) = post(&client, &server.url("/infill"), &request(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(text(&body).starts_with('a'), "{body}");
+    let banned = json!({ a.to_string(): -100 });
+    let (status, body) = post(&client, &server.url("/infill"), &request(banned)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!text(&body).starts_with('a'), "{body}");
+    // A key that is not a token id is refused, naming the field.
+    let (status, body) = post(&client, &server.url("/infill"), &request(json!({"a": 1}))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "logit_bias");
+}
