@@ -1,5 +1,8 @@
 //! LoRA adapters over HTTP: startup loading, selection by `model`, vLLM's run-time routes
 //! with their guards, rejections that leave the server healthy, and hot-swap under load.
+//!
+//! Why one file of about 600 lines: every test here starts a server with adapters on disk and
+//! shares the helpers that write them; split, each part would re-import the same half.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
