@@ -85,13 +85,12 @@ pub fn start(
         let _ = child.kill();
         return Err(Error::Serve("the server has no stdout".into()));
     };
-    let (tx, rx) = mpsc::channel();
+    // Bounded, and never waited on: only the startup lines are read, and the server must
+    // never block on a full stdout pipe, so later lines are drained and dropped.
+    let (tx, rx) = mpsc::sync_channel(256);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                // Nobody listens any more; keep draining so the server never blocks.
-                continue;
-            }
+            let _ = tx.try_send(line);
         }
     });
     let mut served = Served {
