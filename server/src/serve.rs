@@ -22,6 +22,22 @@ use crate::model_source;
 
 /// Runs the server until it is told to stop.
 pub fn run(args: &ServeArgs) -> Result<()> {
+    let state = app_state(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hexacoder-http")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(Arc::clone(&state), args));
+    state.scheduler.cancel_all();
+    state.scheduler.join();
+    result
+}
+
+/// Everything `serve` builds before it listens: the model loaded, adapters loaded, the
+/// scheduler's thread started. [`http::router`] over it is the whole HTTP application, which
+/// the fuzz targets drive without a socket.
+pub fn app_state(args: &ServeArgs) -> Result<Arc<AppState>> {
     let api_key = secret(
         args.api_key.as_deref(),
         args.api_key_file.as_deref(),
@@ -152,15 +168,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         shutting_down: AtomicBool::new(false),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hexacoder-http")
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(Arc::clone(&state), args));
-    state.scheduler.cancel_all();
-    state.scheduler.join();
-    result
+    Ok(state)
 }
 
 async fn serve(state: Arc<AppState>, args: &ServeArgs) -> Result<()> {

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use super::gguf_check;
 use crate::config::{Arch, RopeStyle, TransformerConfig};
 use crate::models::WeightSource;
 use crate::nn::{Embedding, Linear, Q8Kernel};
@@ -25,9 +26,18 @@ pub struct GgufFile {
 impl GgufFile {
     /// Reads the header of `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = Content::read(&mut BufReader::new(file))
-            .map_err(|e| Error::invalid_model(path, format!("not a readable GGUF file: {e}")))?;
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let unreadable = |reason: String| {
+            Error::invalid_model(path, format!("not a readable GGUF file: {reason}"))
+        };
+        // Checked first: candle's reader divides by this.
+        gguf_check::declared_alignment(&mut file).map_err(unreadable)?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(path, e))?;
+        let content =
+            Content::read(&mut BufReader::new(file)).map_err(|e| unreadable(e.to_string()))?;
+        gguf_check::check_tensors(&content, size).map_err(unreadable)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,

@@ -1,6 +1,7 @@
 //! Turning files on disk into an [`Engine`](crate::Engine).
 
 pub mod gguf;
+mod gguf_check;
 pub mod safetensors;
 
 use std::path::Path;

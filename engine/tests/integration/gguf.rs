@@ -325,3 +325,47 @@ fn a_truncated_gguf_is_an_error_not_a_crash() {
     }
     let _ = Device::Cpu;
 }
+
+/// Inputs the `gguf` fuzz target (`fuzz/`) crashed on: each must be refused as a bad model.
+#[test]
+fn files_the_fuzzer_crashed_on_are_refused_as_bad_models() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let result = load::load(&ModelFiles::Gguf(path.clone()), &load::LoadOptions::cpu());
+        match result {
+            Err(hexacoder_engine::Error::InvalidModel { reason, .. }) => {
+                eprintln!("{}: {reason}", path.display());
+            }
+            Err(other) => panic!("{}: not refused as a bad model: {other}", path.display()),
+            Ok(_) => panic!("{} loaded", path.display()),
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no fixtures in {}", dir.display());
+}
+
+/// An alignment of 0 made candle's reader divide by zero; other non-powers of two are as wrong.
+#[test]
+fn a_gguf_alignment_that_is_not_a_power_of_two_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for alignment in [0u32, 3, 48] {
+        let path = dir.path().join(format!("align-{alignment}.gguf"));
+        let metadata = [
+            ("general.architecture", Value::String("qwen2".into())),
+            ("general.alignment", Value::U32(alignment)),
+        ];
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let mut file = std::fs::File::create(&path).expect("create");
+        gguf_file::write(&mut file, &metadata, &[]).expect("write gguf");
+        drop(file);
+        let error = hexacoder_engine::load::gguf::GgufFile::open(&path)
+            .err()
+            .unwrap_or_else(|| panic!("alignment {alignment} was accepted"));
+        assert!(
+            error.to_string().contains("power of two"),
+            "alignment {alignment}: {error}"
+        );
+    }
+}
