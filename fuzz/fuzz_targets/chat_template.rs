@@ -17,7 +17,7 @@ fn tokenizer() -> &'static Tokenizer {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: { tokenizer(); }, |data: &[u8]| {
     let (template, messages) = hexacoder_fuzz::split(data);
     let template = String::from_utf8_lossy(template);
     let messages: Vec<Message> = serde_json::from_slice::<Vec<(String, String)>>(messages)

@@ -12,7 +12,7 @@ fn analyzer() -> &'static EmbeddedAnalyzer {
     ANALYZER.get_or_init(|| EmbeddedAnalyzer::builtin().expect("the built-in rules"))
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: { analyzer(); }, |data: &[u8]| {
     let Some((&language, source)) = data.split_first() else {
         return;
     };

@@ -68,7 +68,7 @@ fn app() -> &'static (tokio::runtime::Runtime, Router) {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: { app(); }, |data: &[u8]| {
     let Some((&route, body)) = data.split_first() else {
         return;
     };

@@ -93,18 +93,32 @@ pub fn verifiable(language_id: &str) -> bool {
     matches!(language_id, "python" | "c" | "cpp")
 }
 
+/// How long an unused keep-alive connection is kept (see [`ServerClient::new`]).
+pub const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// An HTTP client for one server (connections are pooled).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ServerClient {
     http: reqwest::Client,
 }
 
+impl Default for ServerClient {
+    fn default() -> Self {
+        ServerClient::new()
+    }
+}
+
 impl ServerClient {
-    /// A client with a pool of keep-alive connections.
+    /// A client with a pool of keep-alive connections, each dropped after
+    /// [`POOL_IDLE_TIMEOUT`] unused: before the server's own idle timeout (10 s by default)
+    /// closes it, so that a request after a pause never goes out on a connection the server
+    /// is closing.
     pub fn new() -> Self {
-        ServerClient {
-            http: reqwest::Client::new(),
-        }
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        ServerClient { http }
     }
 
     fn post(&self, settings: &Settings, path: &str) -> reqwest::RequestBuilder {

@@ -16,8 +16,18 @@ struct Cli {
     stdio: bool,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())?;
+    // Without waiting for the read of stdin still in flight: tokio reads stdin on a blocking
+    // thread that cannot be cancelled, and an editor need not close the pipe after `exit`.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .map_err(|e| anyhow::anyhow!("invalid --log {:?}: {e}", cli.log))?;

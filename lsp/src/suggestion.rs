@@ -8,6 +8,9 @@ use hexacoder_imports::{ImportBlock, Language};
 const CHARS_PER_TOKEN: usize = 3;
 /// The share of the budget that goes to the text before the cursor.
 const PREFIX_SHARE: f64 = 0.75;
+/// How far into a file its import block is looked for: imports sit at the top, and parsing a
+/// 100 MB file whole to find them would hold the bridge for seconds.
+const HEAD_SCAN_BYTES: usize = 256 << 10;
 
 /// What is sent to the server for one cursor position.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +51,9 @@ pub fn build_prompt(
             head_len: before.len(),
         };
     }
+    let scanned = &before[..line_end(before, HEAD_SCAN_BYTES)];
     let head_end = language
-        .map(|language| ImportBlock::find(language, before))
+        .map(|language| ImportBlock::find(language, scanned))
         .map_or(0, |block| {
             line_end(before, block.range.end.max(block.insert_at))
         });
@@ -68,13 +72,15 @@ pub fn build_prompt(
 }
 
 /// `offset` if it starts a line, else the end of its line (after the `\n`) or of the text.
+/// `offset` need not be on a character boundary; the result always is.
 fn line_end(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
     if offset == 0 || text.as_bytes()[offset - 1] == b'\n' {
         return offset;
     }
-    text[offset..]
-        .find('\n')
+    text.as_bytes()[offset..]
+        .iter()
+        .position(|&b| b == b'\n')
         .map_or(text.len(), |i| offset + i + 1)
 }
 

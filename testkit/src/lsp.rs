@@ -62,6 +62,17 @@ impl Lsp {
         self.stdin.flush().expect("flush");
     }
 
+    /// Writes `bytes` to the bridge's stdin as they are: frames a real editor would never send.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// Whether the bridge's process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends a request and returns its id.
     pub fn request(&mut self, method: &str, params: Value) -> i64 {
         let id = self.next_id;

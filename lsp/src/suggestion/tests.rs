@@ -87,3 +87,19 @@ fn text_already_after_the_cursor_is_not_repeated() {
     assert_eq!(clean_completion("a + b", "b"), "a + b");
     assert_eq!(clean_completion("f(x)", ""), "f(x)");
 }
+
+#[test]
+fn a_huge_file_is_cut_to_the_budget_without_parsing_it_whole() {
+    // 8 MB after a multi-byte head, so that the scan limit falls inside a character.
+    let head = "import os\n# é漢字\n".repeat(20_000);
+    let text = format!("{head}{}x = ", "y = compute(y)\n".repeat(500_000));
+    let started = std::time::Instant::now();
+    let prompt = build_prompt(&text, text.len(), 2048, Some(Language::Python));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(prompt.prefix.ends_with("x = "));
+    assert!(prompt.prefix.len() <= 2048 * 3, "{}", prompt.prefix.len());
+}

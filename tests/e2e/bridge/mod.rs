@@ -2,6 +2,7 @@
 //! editor speaks it, and inside the real editors (Neovim, VS Code) with their plugins.
 
 mod harness;
+mod hostile;
 mod lsp;
 mod neovim;
 mod vscode;
