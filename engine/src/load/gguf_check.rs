@@ -1,7 +1,8 @@
 //! What candle's GGUF reader takes on trust, checked before it runs: a `general.alignment`
 //! of 0 (a division by zero inside the reader) and tensors whose element count or byte size
 //! overflows or runs past the end of the file (a multiplication that overflows while the
-//! tensor is read). Found by the `gguf` fuzz target; see `fuzz/`.
+//! tensor is read) or that have no elements (an unaligned view of an empty buffer). Found by
+//! the `gguf` fuzz target; see `fuzz/`.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -76,6 +77,11 @@ pub fn check_tensors(content: &Content, file_size: u64) -> Result<(), String> {
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .ok_or_else(|| format!("tensor {name}: its shape {:?} overflows", info.shape.dims()))?;
+        // Zero elements: candle views the empty buffer's dangling pointer as blocks, which
+        // need not be aligned for them (undefined behaviour, caught by debug assertions).
+        if elements == 0 {
+            return Err(format!("tensor {name} has no elements"));
+        }
         let block = info.ggml_dtype.block_size();
         if elements % block != 0 {
             return Err(format!(
