@@ -66,7 +66,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build it first (`cargo build -p {name}`; `cargo test --workspace` does), or set {variable}",
+        "{} is missing: build it first (`cargo build -p {name}`; `scripts/test` does), or set {variable}",
         path.display()
     );
     path
