@@ -75,14 +75,13 @@ struct Branch {
     a_t: Tensor,
     /// `s·Bᵀ`, `[r, out]`.
     b_t: Tensor,
-    /// `A` and `s·B` row-major on the host, for few rows on the CPU.
+    /// `A` and `s·Bᵀ` row-major on the host, on the CPU.
     host: Option<(Vec<f32>, Vec<f32>)>,
     rank: usize,
 }
 
-/// Up to this many rows (decode steps), the branch is two loops of dot products on the host:
-/// a tensor matmul's dispatch costs more than these tiny products themselves.
-const HOST_ROWS: usize = 16;
+/// Rows per work item when a prompt chunk's branch is spread over the threads.
+const HOST_ROW_TILE: usize = 16;
 
 /// A dot product with eight independent accumulators, which the compiler vectorizes.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -103,18 +102,52 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 impl Branch {
-    /// `s·B(A·x)` for each row of `xs` (`rows × in`, row-major).
-    fn host_delta(&self, xs: &[f32], rows: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
-        let n_in = xs.len() / rows.max(1);
-        let n_out = b.len() / self.rank;
-        let mut out = Vec::with_capacity(rows * n_out);
-        let mut hidden = vec![0f32; self.rank];
-        for x in xs.chunks_exact(n_in) {
-            for (h, a_row) in hidden.iter_mut().zip(a.chunks_exact(n_in)) {
-                *h = dot(x, a_row);
-            }
-            out.extend(b.chunks_exact(self.rank).map(|b_row| dot(&hidden, b_row)));
+    /// `s·B(A·x)` for one row `x` into `out`: `r` dot products, then `r` scaled rows of
+    /// `s·Bᵀ` added in order, so each output sums over the rank in one fixed order.
+    fn host_row(&self, x: &[f32], a: &[f32], b_t: &[f32], hidden: &mut [f32], out: &mut [f32]) {
+        let n_in = x.len();
+        for (h, a_row) in hidden.iter_mut().zip(a.chunks_exact(n_in)) {
+            *h = dot(x, a_row);
         }
+        out.fill(0.0);
+        for (&h, b_row) in hidden.iter().zip(b_t.chunks_exact(out.len())) {
+            for (o, &b) in out.iter_mut().zip(b_row) {
+                *o += h * b;
+            }
+        }
+    }
+
+    /// [`Branch::host_row`] for each row of `xs` (`rows × in`, row-major), spread over
+    /// candle's threads for a prompt chunk. A row's result is the same however many rows
+    /// come with it, so a token's delta does not depend on how its prompt was split.
+    fn host_delta(&self, xs: &[f32], rows: usize, a: &[f32], b_t: &[f32]) -> Vec<f32> {
+        let n_in = xs.len() / rows.max(1);
+        let n_out = b_t.len() / self.rank.max(1);
+        let mut out = vec![0f32; rows * n_out];
+        if rows <= HOST_ROW_TILE {
+            let mut hidden = vec![0f32; self.rank];
+            for (x, dst) in xs.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+                self.host_row(x, a, b_t, &mut hidden, dst);
+            }
+            return out;
+        }
+        let out_ptr = out.as_mut_ptr() as usize;
+        candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(HOST_ROW_TILE), |tiles| {
+            let mut hidden = vec![0f32; self.rank];
+            for tile in tiles {
+                for row in tile * HOST_ROW_TILE..((tile + 1) * HOST_ROW_TILE).min(rows) {
+                    // SAFETY: each row of `out` is written by exactly one work item, and
+                    // `out` outlives the pool's call.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (out_ptr as *mut f32).add(row * n_out),
+                            n_out,
+                        )
+                    };
+                    self.host_row(&xs[row * n_in..(row + 1) * n_in], a, b_t, &mut hidden, dst);
+                }
+            }
+        });
         out
     }
 }
@@ -158,16 +191,16 @@ impl LoadedAdapter {
             let b = in_model_rows(model, proj, &module.b.to_dtype(DType::F32)?)?;
             let b = (b.to_device(device)? * module.scale)?;
             let rank = a.dims()[0];
+            let a_t = a.t()?.contiguous()?;
+            let b_t = b.t()?.contiguous()?;
             let host = if device.is_cpu() {
                 Some((
                     a.flatten_all()?.to_vec1::<f32>()?,
-                    b.flatten_all()?.to_vec1::<f32>()?,
+                    b_t.flatten_all()?.to_vec1::<f32>()?,
                 ))
             } else {
                 None
             };
-            let a_t = a.t()?.contiguous()?;
-            let b_t = b.t()?.contiguous()?;
             branches.insert(
                 (key.layer, proj),
                 Branch {
@@ -218,12 +251,11 @@ impl LoadedAdapter {
             return Ok(None);
         };
         let rows = xs.dims()[0];
-        if let Some((a, b)) = &branch.host
-            && rows <= HOST_ROWS
+        if let Some((a, b_t)) = &branch.host
             && xs.dtype() == DType::F32
         {
             let flat = xs.flatten_all()?.to_vec1::<f32>()?;
-            let delta = branch.host_delta(&flat, rows, a, b);
+            let delta = branch.host_delta(&flat, rows, a, b_t);
             let n_out = branch.b_t.dims()[1];
             return Ok(Some(Tensor::from_vec(delta, (rows, n_out), xs.device())?));
         }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hexacoder_adapters::{Adapter, BaseModel, LoraConfig, LoraModule, ModuleKey, TargetModules};
+use hexacoder_benches::median;
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::batch::{Event, Sink};
 use hexacoder_engine::load::{self, LoadOptions};
@@ -105,11 +106,6 @@ fn decode_rate(engine: &mut Engine, adapter: Option<Arc<LoadedAdapter>>) -> Resu
         rates.push((generation.completion_tokens() - 1) as f64 / decode.as_secs_f64());
     }
     Ok(median(rates))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 struct Done(mpsc::Sender<usize>);

@@ -11,14 +11,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use hexacoder_benches::{cpu_name, median};
 use hexacoder_trainer::train::data::{self, Example};
 use hexacoder_trainer::train::model::{self, Lora, LoraSettings, TrainModel};
 use serde_json::json;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 /// GFLOP/s of `[m, k] × [n, k]ᵀ` in f32, median of 7 after a warm-up.
 fn matmul_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
@@ -33,17 +29,6 @@ fn matmul_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(2.0 * (m * k * n) as f64 / median(times) / 1e9)
-}
-
-fn cpu_name() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let name = info
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let avx512 = info.contains(" avx512f");
-    format!("{name} ({})", if avx512 { "AVX-512" } else { "AVX2" })
 }
 
 fn peak_rss_mb() -> f64 {

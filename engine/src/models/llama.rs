@@ -389,7 +389,6 @@ impl Model {
                 seqs.iter().map(|s| s.n_tokens).collect::<Vec<_>>()
             )));
         }
-        let mut masks = Vec::with_capacity(seqs.len());
         for seq in seqs.iter_mut() {
             let end = seq.cache.len() + seq.n_tokens;
             if end > self.max_positions() {
@@ -399,11 +398,6 @@ impl Model {
                 )));
             }
             seq.cache.reserve(seq.n_tokens)?;
-            masks.push(nn::causal_mask(
-                seq.n_tokens,
-                seq.cache.len(),
-                &self.device,
-            )?);
         }
         let c = &self.config;
         let mut xs = self.embed_tokens.forward(tokens, &self.device)?;
@@ -416,7 +410,7 @@ impl Model {
             let v = attn.v_proj.forward_hooked(&hs, hook, layer_idx, Proj::V)?;
             let mut per_seq = Vec::with_capacity(seqs.len());
             let mut offset = 0;
-            for (seq, mask) in seqs.iter_mut().zip(&masks) {
+            for seq in seqs.iter_mut() {
                 let n = seq.n_tokens;
                 let past = seq.cache.len();
                 let heads = |xs: &Tensor, n_heads: usize| -> Result<Tensor> {
@@ -429,7 +423,7 @@ impl Model {
                 let k = self.rope.apply(&heads(&k, c.num_key_value_heads)?, past)?;
                 let v = heads(&v, c.num_key_value_heads)?;
                 let (k, v) = seq.cache.write(layer_idx, &k, &v)?;
-                per_seq.push(nn::attend(&q, &k, &v, mask.as_ref())?);
+                per_seq.push(nn::attend(&q, &k, &v)?);
                 offset += n;
             }
             let attn_out = if per_seq.len() == 1 {

@@ -3,6 +3,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::Result;
 use crate::config::RopeStyle;
 
+mod cpu;
+
 /// Precomputed rotary-embedding tables.
 #[derive(Clone, Debug)]
 pub struct Rope {
@@ -63,7 +65,7 @@ impl Rope {
 
 /// The additive causal mask for `n` new queries after `past` cached positions: `[n, past + n]`.
 /// `None` for a single query, which may see everything.
-pub fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Option<Tensor>> {
+fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Option<Tensor>> {
     if n <= 1 {
         return Ok(None);
     }
@@ -84,11 +86,27 @@ pub fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Option<Tens
 
 /// Causal scaled-dot-product attention of one sequence's `n` new queries over all its keys.
 ///
-/// `queries` is `[heads, n, head_dim]`; `keys`/`values` are `[kv_heads, past + n, head_dim]`;
-/// `mask` comes from [`causal_mask`]. Grouped-query attention folds the query heads of a group
-/// into the row dimension, so the shared keys are used in place rather than repeated per
-/// head. Returns `[n, heads * head_dim]`.
-pub fn attend(
+/// `queries` is `[heads, n, head_dim]` for positions `past..past + n`; `keys`/`values` are
+/// `[kv_heads, past + n, head_dim]`. Returns `[n, heads * head_dim]`. On the CPU a query's
+/// result does not depend on `n` ([`cpu`]); elsewhere it is matmuls with a mask.
+pub fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    if keys.device().is_cpu() && keys.dtype() == DType::F32 && values.dtype() == DType::F32 {
+        return cpu::attend(queries, keys, values);
+    }
+    attend_with_matmuls(queries, keys, values)
+}
+
+/// [`attend`] as candle matmuls with an additive causal mask: how devices other than the CPU
+/// run it (and the reference the CPU kernel is tested and benchmarked against). Grouped-query
+/// attention folds the query heads of a group into the row dimension, so the shared keys are
+/// used in place rather than repeated per head.
+pub fn attend_with_matmuls(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let (n, total) = (queries.dim(1)?, keys.dim(1)?);
+    let mask = causal_mask(n, total.saturating_sub(n), queries.device())?;
+    attend_masked(queries, keys, values, mask.as_ref())
+}
+
+fn attend_masked(
     queries: &Tensor,
     keys: &Tensor,
     values: &Tensor,
@@ -115,3 +133,6 @@ pub fn attend(
         .transpose(0, 1)?
         .reshape((n, n_heads * head_dim))?)
 }
+
+#[cfg(test)]
+mod tests;

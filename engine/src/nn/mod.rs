@@ -2,17 +2,24 @@
 //! RMSNorm, rotary embeddings, the KV cache and ragged-batch attention.
 
 mod attention;
+mod dense;
 mod kv_cache;
 mod q8;
+mod simd;
+mod tiles;
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-pub use attention::{Rope, attend, causal_mask};
+pub use attention::{Rope, attend, attend_with_matmuls};
+pub use dense::DenseMatrix;
 pub use kv_cache::KvCache;
 pub use q8::Q8Matrix;
+
+#[cfg(test)]
+mod tests;
 
 use crate::Result;
 
@@ -92,6 +99,7 @@ pub struct Linear {
 enum Weight {
     Candle(QMatMul),
     Q8(Arc<Q8Matrix>),
+    Dense(Arc<DenseMatrix>),
 }
 
 /// Which CPU kernel multiplies Q8_0 weights.
@@ -104,11 +112,17 @@ pub enum Q8Kernel {
 }
 
 impl Linear {
-    /// A dense f32 weight of shape `[out, in]`.
+    /// A dense f32 weight of shape `[out, in]`: [`DenseMatrix`] on a CPU that runs it,
+    /// candle's matmul elsewhere.
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
+        let weight = if weight.device().is_cpu() && DenseMatrix::supported() {
+            Weight::Dense(Arc::new(DenseMatrix::new(&weight)?))
+        } else {
+            Weight::Candle(QMatMul::Tensor(weight))
+        };
         Ok(Linear {
-            weight: Weight::Candle(QMatMul::Tensor(weight)),
+            weight,
             bias,
             out_features,
             in_features,
@@ -117,6 +131,14 @@ impl Linear {
 
     /// A quantized weight of shape `[out, in]`.
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>, kernel: Q8Kernel) -> Result<Self> {
+        use candle_core::quantized::GgmlDType;
+        if matches!(
+            weight.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
+            // A float tensor in a GGUF: candle would dequantize it into its own dense matmul.
+            return Linear::dense(weight.dequantize(&weight.device())?, bias);
+        }
         let (out_features, in_features) = weight.shape().dims2()?;
         let own = match kernel {
             Q8Kernel::Fastest if Q8Matrix::supported() => Q8Matrix::from_qtensor(&weight)?,
@@ -156,6 +178,7 @@ impl Linear {
             Weight::Candle(QMatMul::Tensor(t)) => t.clone(),
             Weight::Candle(QMatMul::TensorF16(t)) => t.to_dtype(candle_core::DType::F32)?,
             Weight::Q8(matrix) => matrix.dequantize(&Device::Cpu)?,
+            Weight::Dense(matrix) => matrix.to_tensor()?,
         })
     }
 
@@ -164,9 +187,9 @@ impl Linear {
     pub fn with_weight_delta(&self, delta: &Tensor, kernel: Q8Kernel) -> Result<Linear> {
         let merged = (self.dequantized_weight()? + delta.to_device(&self.device())?)?;
         match &self.weight {
-            Weight::Candle(QMatMul::Tensor(_)) | Weight::Candle(QMatMul::TensorF16(_)) => {
-                Linear::dense(merged, self.bias.clone())
-            }
+            Weight::Candle(QMatMul::Tensor(_))
+            | Weight::Candle(QMatMul::TensorF16(_))
+            | Weight::Dense(_) => Linear::dense(merged, self.bias.clone()),
             _ => {
                 let q = QTensor::quantize(&merged, candle_core::quantized::GgmlDType::Q8_0)?;
                 Linear::quantized(Arc::new(q), self.bias.clone(), kernel)
@@ -180,15 +203,16 @@ impl Linear {
             Weight::Candle(QMatMul::Tensor(t)) | Weight::Candle(QMatMul::TensorF16(t)) => {
                 t.device().clone()
             }
-            Weight::Q8(_) => Device::Cpu,
+            Weight::Q8(_) | Weight::Dense(_) => Device::Cpu,
         }
     }
 
     /// `xs` is `[tokens, in]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = match &self.weight {
-            Weight::Candle(weight) => weight.forward(xs)?,
+            Weight::Candle(weight) => candle_forward(weight, xs)?,
             Weight::Q8(matrix) => matrix.matmul(xs)?,
+            Weight::Dense(matrix) => matrix.matmul(xs)?,
         };
         Ok(match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
@@ -214,6 +238,22 @@ impl Linear {
             None => Ok(ys),
         }
     }
+}
+
+/// `xs · Wᵀ` through candle, with a row's result independent of the other rows.
+///
+/// For a single row candle takes its own path on the CPU for Q6_K (the compact GEMV), which
+/// rounds differently from its tiled path for several rows: a decode step would not reproduce
+/// the prefill of the same token. A single row goes through as two; the cost is one extra
+/// row's arithmetic on a step that is bound by reading the weights. (Every other type candle
+/// multiplies the same way for any row count: `tests::a_rows_projection_…`.)
+fn candle_forward(weight: &QMatMul, xs: &Tensor) -> Result<Tensor> {
+    let single_row_path = matches!(weight, QMatMul::QTensor(q) if q.dtype() == candle_core::quantized::GgmlDType::Q6K);
+    if single_row_path && xs.device().is_cpu() && xs.dims().first() == Some(&1) {
+        let twice = Tensor::cat(&[xs, xs], 0)?;
+        return Ok(weight.forward(&twice)?.narrow(0, 0, 1)?);
+    }
+    Ok(weight.forward(xs)?)
 }
 
 /// Root-mean-square layer norm with a learned scale.

@@ -31,14 +31,7 @@ pub struct Q8Matrix {
 impl Q8Matrix {
     /// Whether this CPU can run the kernel.
     pub fn supported() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        super::simd::avx2_fma()
     }
 
     /// Re-lays out a CPU Q8_0 tensor; `None` for other types or devices.
@@ -103,47 +96,29 @@ impl Q8Matrix {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let (x_quants, x_scales) = quantize_rows(&xs);
-        let n = self.rows;
-        let mut out = vec![0f32; m * n];
-        let out_ptr = out.as_mut_ptr() as usize;
-        let row_tiles = m.div_ceil(ROW_TILE);
-        let col_tiles = n.div_ceil(COL_TILE);
         let kb = k / BLOCK;
-        candle_core::utils::barrier_pool().execute_chunked(row_tiles * col_tiles, |items| {
-            for item in items {
-                let (row_tile, col_tile) = (item / col_tiles, item % col_tiles);
-                let rows = row_tile * ROW_TILE..((row_tile + 1) * ROW_TILE).min(m);
-                let cols = col_tile * COL_TILE..((col_tile + 1) * COL_TILE).min(n);
-                for col in cols {
-                    let w_quants = &self.quants[col * k..(col + 1) * k];
-                    let w_scales = &self.scales[col * kb..(col + 1) * kb];
-                    let mut row = rows.start;
-                    while row < rows.end {
-                        let n_rows = (rows.end - row).min(4);
-                        let mut sums = [0f32; 4];
-                        // SAFETY: `supported()` was checked when this matrix was chosen, and
-                        // every slice below holds `kb` whole blocks.
-                        unsafe {
-                            dot_rows(
-                                w_quants,
-                                w_scales,
-                                &x_quants[row * k..(row + n_rows) * k],
-                                &x_scales[row * kb..(row + n_rows) * kb],
-                                n_rows,
-                                kb,
-                                &mut sums,
-                            )
-                        };
-                        for (j, sum) in sums.iter().take(n_rows).enumerate() {
-                            // SAFETY: each (row, col) is written by exactly one work item.
-                            unsafe { *(out_ptr as *mut f32).add((row + j) * n + col) = *sum };
-                        }
-                        row += n_rows;
-                    }
+        let out = super::tiles::tiled_product(
+            m,
+            self.rows,
+            ROW_TILE,
+            COL_TILE,
+            |col, row, n_rows, sums| {
+                // SAFETY: `supported()` was checked when this matrix was chosen, and every slice
+                // below holds `kb` whole blocks.
+                unsafe {
+                    dot_rows(
+                        &self.quants[col * k..(col + 1) * k],
+                        &self.scales[col * kb..(col + 1) * kb],
+                        &x_quants[row * k..(row + n_rows) * k],
+                        &x_scales[row * kb..(row + n_rows) * kb],
+                        n_rows,
+                        kb,
+                        sums,
+                    )
                 }
-            }
-        });
-        Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
+            },
+        );
+        Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
     }
 }
 
@@ -200,12 +175,7 @@ unsafe fn dot_rows(
         }
     }
     for j in 0..n_rows {
-        let hi = _mm256_extractf128_ps(acc[j], 1);
-        let lo = _mm256_castps256_ps128(acc[j]);
-        let sum4 = _mm_add_ps(hi, lo);
-        let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-        let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
-        sums[j] = _mm_cvtss_f32(sum1);
+        sums[j] = super::simd::lane_sum(acc[j]);
     }
 }
 

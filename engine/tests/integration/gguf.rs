@@ -29,7 +29,7 @@ fn permute_for_interleaved_rope(w: &Tensor, n_heads: usize) -> Tensor {
 }
 
 /// Every 2-D weight gets one of these types in turn, so each type is exercised.
-const TYPES: &[GgmlDType] = &[
+pub(crate) const TYPES: &[GgmlDType] = &[
     GgmlDType::Q8_0,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
@@ -42,7 +42,7 @@ const TYPES: &[GgmlDType] = &[
 ];
 
 /// Writes the GGUF and returns the weights as the file holds them (dequantized, HF order).
-fn write_gguf(
+pub(crate) fn write_gguf(
     tiny: Tiny,
     weights: &HashMap<String, Tensor>,
     types: &[GgmlDType],

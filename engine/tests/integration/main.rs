@@ -2,6 +2,7 @@
 
 mod generation;
 mod gguf;
+mod invariance;
 mod lora;
 mod parity;
 mod peft;

@@ -2,8 +2,9 @@
 
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
-use hexacoder_engine::{FinishReason, GenerateRequest, SamplingParams};
+use hexacoder_engine::{FinishReason, GenerateRequest, Generation, SamplingParams, Scheduler};
 
+use crate::invariance::same_output;
 use crate::support;
 
 fn greedy(prompt: &str, suffix: Option<&str>, max_tokens: usize) -> GenerateRequest {
@@ -78,17 +79,67 @@ fn qwen_coder_fills_in_the_middle_and_reuses_the_prefix_cache() {
         sample.text
     );
     assert_ne!(sample.finish_reason, FinishReason::Cancelled);
-    // The same request again reuses all but one prompt token and gives the same tokens.
-    let again = engine
-        .generate(&greedy(prefix, Some(suffix), 24), &mut |_, _| true)
-        .expect("generate");
-    assert_eq!(again.cached_prompt_tokens, again.prompt_tokens.len() - 1);
-    assert_eq!(
-        again.samples[0]
-            .tokens
-            .iter()
-            .map(|t| t.id)
-            .collect::<Vec<_>>(),
-        sample.tokens.iter().map(|t| t.id).collect::<Vec<_>>()
+    // The same request again reuses all but one prompt token and gives the same tokens and
+    // logprobs to the bit (Q5_0 re-quantized, Q4_K, Q6_K and Q8_0 weights all take part).
+    for _ in 0..2 {
+        let again = engine
+            .generate(&greedy(prefix, Some(suffix), 24), &mut |_, _| true)
+            .expect("generate");
+        assert_eq!(again.cached_prompt_tokens, again.prompt_tokens.len() - 1);
+        if let Err(diff) = same_output(&generation, &again) {
+            panic!("after a prefix-cache hit: {diff}");
+        }
+    }
+}
+
+/// The example of issue 20: this prompt used to answer `…os.path.join(os.` the first time and
+/// `…"*.py")…` once it was in the prefix cache. Now five sends give the same text and
+/// logprobs, and so does the request inside a batch of eight others.
+#[test]
+fn smollm2_repeats_a_greedy_request_exactly_cold_cached_and_batched() {
+    let Some(path) = support::real_model("smollm2-135m") else {
+        return;
+    };
+    let prompt = "import os\n\ndef list_files(path):\n";
+    let mut engine =
+        load::load(&ModelFiles::Gguf(path.clone()), &LoadOptions::cpu()).expect("load");
+    let cold = engine
+        .generate(&greedy(prompt, None, 32), &mut |_, _| true)
+        .expect("cold");
+    assert_eq!(cold.cached_prompt_tokens, 0);
+    for attempt in 1..5 {
+        let again = engine
+            .generate(&greedy(prompt, None, 32), &mut |_, _| true)
+            .expect("again");
+        assert!(again.cached_prompt_tokens > 0);
+        if let Err(diff) = same_output(&cold, &again) {
+            panic!("send {} after a cache hit: {diff}", attempt + 1);
+        }
+    }
+    let scheduler = Scheduler::start(engine, crate::scheduler::options(9, 0)).expect("start");
+    let others = [
+        "def add(a, b):\n",
+        "class Config:\n    def __init__(self):\n",
+        "# Read a CSV file\n",
+        "import sys\nimport re\n\n",
+        "for i in range(10):\n",
+        "def main():\n    args = ",
+        "def total(xs):\n    s = 0\n    for x in xs:\n",
+        "while True:\n    line = input()\n",
+    ];
+    let mut receivers: Vec<_> = others
+        .iter()
+        .map(|p| crate::scheduler::submit(&scheduler, greedy(p, None, 16)))
+        .collect();
+    receivers.insert(
+        4,
+        crate::scheduler::submit(&scheduler, greedy(prompt, None, 32)),
     );
+    let batched: Vec<Generation> = receivers
+        .iter()
+        .map(|r| crate::scheduler::finish(r, 1))
+        .collect();
+    if let Err(diff) = same_output(&cold, &batched[4]) {
+        panic!("alone and in a batch of nine: {diff}");
+    }
 }

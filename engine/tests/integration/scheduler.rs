@@ -15,7 +15,7 @@ use hexacoder_testkit::Arch;
 
 use crate::support::{self, Tiny, request};
 
-fn options(max_running: usize, max_waiting: usize) -> SchedulerOptions {
+pub(crate) fn options(max_running: usize, max_waiting: usize) -> SchedulerOptions {
     SchedulerOptions {
         max_running,
         max_waiting,
@@ -43,7 +43,7 @@ impl Sink for ChannelSink {
     }
 }
 
-fn submit(scheduler: &Scheduler, request: GenerateRequest) -> mpsc::Receiver<Event> {
+pub(crate) fn submit(scheduler: &Scheduler, request: GenerateRequest) -> mpsc::Receiver<Event> {
     let (events, receiver) = mpsc::channel();
     let sink = ChannelSink {
         events,
@@ -54,7 +54,7 @@ fn submit(scheduler: &Scheduler, request: GenerateRequest) -> mpsc::Receiver<Eve
 }
 
 /// Waits for `Finished`, checking that streamed text adds up to each sample's text.
-fn finish(receiver: &mpsc::Receiver<Event>, n: usize) -> Generation {
+pub(crate) fn finish(receiver: &mpsc::Receiver<Event>, n: usize) -> Generation {
     let mut streamed = vec![String::new(); n];
     loop {
         match receiver

@@ -4,7 +4,9 @@
 use hexacoder_engine::load::gguf::GgufFile;
 use hexacoder_engine::tokenizer::Tokenizer;
 
-use crate::support;
+use hexacoder_testkit::Arch;
+
+use crate::support::{self, Tiny};
 
 fn prompts() -> Vec<String> {
     let mut prompts: Vec<String> = hexacoder_testkit::codelmsec_prompts()
@@ -107,4 +109,63 @@ fn qwen2_special_tokens_and_end_of_generation() {
             .expect("encode")
             .contains(&151660)
     );
+}
+
+/// `tokenizers` keeps BPE results in a thread-local map keyed by tokenizer instance and never
+/// frees an instance's entries when it is dropped, so every tokenizer built and used on a
+/// thread left up to 10,000 words behind there (the `gguf_tokenizer` fuzzer ran out of memory
+/// on it). Ours are built without that cache. A child process (alone, so that other tests do
+/// not move its RSS) builds 200 tokenizers, encodes 10,000 distinct words with each, and
+/// checks how much its resident memory grew.
+#[test]
+fn building_and_dropping_tokenizers_does_not_leak_memory() {
+    const CHILD: &str = "HEXACODER_TOKENIZER_LEAK_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "tokenizer::building_and_dropping_tokenizers_does_not_leak_memory",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        eprint!("{stderr}");
+        return;
+    }
+    let rss_mb = || -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .expect("VmRSS")
+            / 1024.0
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = Tiny::small(Arch::Qwen2).write_hf_dir(&dir.path().join("model"), 1);
+    // Letters only, so that the pre-tokenizer keeps each word whole.
+    let word = |mut i: usize| -> String {
+        let mut w = String::from("z");
+        for _ in 0..4 {
+            w.push((b'a' + (i % 26) as u8) as char);
+            i /= 26;
+        }
+        w
+    };
+    let text: String = (0..10_000).map(|i| word(i) + " ").collect();
+    let build_and_encode = || {
+        let tokenizer = Tokenizer::from_hf_dir(&model).expect("tokenizer");
+        assert!(!tokenizer.encode(&text).expect("encode").is_empty());
+    };
+    build_and_encode();
+    let before = rss_mb();
+    for _ in 0..200 {
+        build_and_encode();
+    }
+    let grown = rss_mb() - before;
+    eprintln!("RSS grew {grown:.1} MB over 200 tokenizers");
+    assert!(grown < 50.0, "RSS grew {grown:.1} MB over 200 tokenizers");
 }

@@ -1,0 +1,131 @@
+use candle_core::{Device, IndexOp, Tensor};
+
+use super::*;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor")
+}
+
+/// Keys or values as the KV cache hands them over: the first `len` positions of a larger
+/// buffer, so rows are contiguous but heads are not.
+fn cache_view(kv_heads: usize, len: usize, head_dim: usize, seed: u64) -> Tensor {
+    random(&[kv_heads, len + 13, head_dim], seed)
+        .narrow(1, 0, len)
+        .expect("narrow")
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff")
+}
+
+#[test]
+fn matches_masked_matmul_attention() {
+    // (heads, kv_heads, head_dim, past, n): grouped and plain, decode and chunks, and a head
+    // size (36) that is not a multiple of 8, which takes the portable kernel.
+    for &(heads, kv_heads, head_dim, past, n) in &[
+        (4, 2, 16, 0, 1),
+        (4, 2, 16, 0, 9),
+        (9, 3, 64, 5, 1),
+        (9, 3, 64, 17, 12),
+        (14, 2, 64, 40, 30),
+        (4, 4, 128, 3, 5),
+        (6, 2, 36, 7, 6),
+    ] {
+        let total = past + n;
+        let q = random(&[heads, n, head_dim], 1);
+        let k = cache_view(kv_heads, total, head_dim, 2);
+        let v = cache_view(kv_heads, total, head_dim, 3);
+        let ours = attend(&q, &k, &v).expect("attend");
+        let mask = causal_mask(n, past, &Device::Cpu).expect("mask");
+        let reference = attend_masked(&q, &k, &v, mask.as_ref()).expect("reference");
+        assert_eq!(ours.dims(), &[n, heads * head_dim]);
+        let diff = max_diff(&ours, &reference);
+        assert!(
+            diff < 1e-5,
+            "{heads}/{kv_heads} heads of {head_dim}, {past}+{n}: {diff}"
+        );
+    }
+}
+
+/// A query's output is the same to the bit whether its prompt came in one chunk, in several,
+/// or one token at a time: what makes a greedy request repeat after a prefix-cache hit.
+#[test]
+fn a_querys_result_does_not_depend_on_how_the_prompt_was_split() {
+    for &(heads, kv_heads, head_dim) in &[(14, 2, 64), (9, 3, 64), (6, 2, 36), (8, 8, 128)] {
+        let total = 75;
+        let q = random(&[heads, total, head_dim], 11);
+        let k = cache_view(kv_heads, total, head_dim, 12);
+        let v = cache_view(kv_heads, total, head_dim, 13);
+        let whole = attend(&q, &k, &v).expect("whole");
+        for chunks in [&[1usize; 75][..], &[40, 35], &[7, 1, 60, 7], &[74, 1]] {
+            let mut start = 0;
+            let mut rows = Vec::new();
+            for &len in chunks {
+                let end = start + len;
+                let part = attend(
+                    &q.narrow(1, start, len).expect("q"),
+                    &k.narrow(1, 0, end).expect("k"),
+                    &v.narrow(1, 0, end).expect("v"),
+                )
+                .expect("part");
+                rows.push(part);
+                start = end;
+            }
+            let split = Tensor::cat(&rows, 0).expect("cat");
+            let same = whole
+                .eq(&split)
+                .and_then(|e| e.to_dtype(candle_core::DType::F32))
+                .and_then(|e| e.min_all())
+                .and_then(|e| e.to_scalar::<f32>())
+                .expect("eq");
+            assert_eq!(
+                same,
+                1.0,
+                "{heads}/{kv_heads} heads of {head_dim}, chunks {:?}: max diff {}",
+                &chunks[..chunks.len().min(4)],
+                max_diff(&whole, &split)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_query_never_sees_a_later_position() {
+    // The first position's value is 1, every later one a million: the first query must
+    // come out as exactly 1, whatever its scores.
+    let (heads, head_dim, total) = (2, 8, 6);
+    let q = random(&[heads, total, head_dim], 5);
+    let k = random(&[1, total, head_dim], 6);
+    let mut values = vec![1e6f32; total * head_dim];
+    values[..head_dim].fill(1.0);
+    let v = Tensor::from_vec(values, (1, total, head_dim), &Device::Cpu).expect("v");
+    let first = attend(&q, &k, &v).expect("attend").i(0).expect("row");
+    assert_eq!(
+        first.to_vec1::<f32>().expect("vec"),
+        vec![1.0; heads * head_dim]
+    );
+}
+
+#[test]
+fn mismatched_shapes_are_an_error() {
+    let q = random(&[4, 2, 16], 1);
+    let k = random(&[3, 2, 16], 2);
+    assert!(attend(&q, &k, &k).is_err(), "4 heads over 3 kv heads");
+    let k = random(&[2, 1, 16], 2);
+    assert!(attend(&q, &k, &k).is_err(), "2 queries over 1 key");
+}

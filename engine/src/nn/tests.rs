@@ -1,0 +1,75 @@
+use candle_core::quantized::GgmlDType;
+
+use super::*;
+
+fn random(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Every weight type a catalogue GGUF brings, through both Q8_0 kernels: row `i` of a
+/// projection is the same to the bit whether it is multiplied alone (a decode step), with a
+/// few other rows (a batch of decode steps) or in a long prefill chunk.
+#[test]
+fn a_rows_projection_does_not_depend_on_the_other_rows() {
+    let check = |name: &str, linear: &Linear, k: usize| {
+        let m = 80;
+        let xs = Tensor::from_vec(random(m * k, 9 + k as u32), (m, k), &Device::Cpu).expect("xs");
+        let all = linear
+            .forward(&xs)
+            .expect("all")
+            .to_vec2::<f32>()
+            .expect("vec");
+        for (start, len) in [(0, 1), (5, 1), (79, 1), (3, 2), (10, 7), (0, 33), (40, 40)] {
+            let part = linear
+                .forward(&xs.narrow(0, start, len).expect("rows"))
+                .expect("part")
+                .to_vec2::<f32>()
+                .expect("vec");
+            for (i, row) in part.iter().enumerate() {
+                assert!(
+                    row == &all[start + i],
+                    "{name}: row {} alone among {len} differs from the {m}-row product",
+                    start + i
+                );
+            }
+        }
+    };
+    for (k, n) in [
+        (36, 20),
+        (64, 128),
+        (128, 64),
+        (256, 512),
+        (512, 256),
+        (1024, 1536),
+    ] {
+        let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).expect("w");
+        check("f32", &Linear::dense(w.clone(), None).expect("dense"), k);
+        for dtype in [
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+        ] {
+            if !k.is_multiple_of(dtype.block_size()) {
+                continue;
+            }
+            let q = Arc::new(QTensor::quantize(&w, dtype).expect("quantize"));
+            for kernel in [Q8Kernel::Fastest, Q8Kernel::Candle] {
+                let linear = Linear::quantized(q.clone(), None, kernel).expect("linear");
+                check(&format!("{dtype:?} ({kernel:?})"), &linear, k);
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The work split our CPU matmul kernels share: tiles of (activation rows × weight rows) on
+//! candle's thread pool, each output written by exactly one work item.
+
+/// Computes the `[m, n]` product whose `(row, col)` entry `dot` yields: `dot(col, row, rows,
+/// sums)` fills `sums[..rows]` with the entries of weight row `col` against activation rows
+/// `row..row + rows` (at most four, so that a weight block is reused from registers).
+///
+/// Tiles are `row_tile` activation rows by `col_tile` weight rows, so that a tile of
+/// activations stays in cache while weight rows stream through. An entry's value depends on
+/// `dot` alone, never on the tiling or on `m`: a row gives the same result alone as in a batch.
+pub(crate) fn tiled_product(
+    m: usize,
+    n: usize,
+    row_tile: usize,
+    col_tile: usize,
+    dot: impl Fn(usize, usize, usize, &mut [f32; 4]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let out_ptr = out.as_mut_ptr() as usize;
+    let row_tiles = m.div_ceil(row_tile);
+    let col_tiles = n.div_ceil(col_tile);
+    candle_core::utils::barrier_pool().execute_chunked(row_tiles * col_tiles, |items| {
+        for item in items {
+            let (row_tile_idx, col_tile_idx) = (item / col_tiles, item % col_tiles);
+            let rows = row_tile_idx * row_tile..((row_tile_idx + 1) * row_tile).min(m);
+            let cols = col_tile_idx * col_tile..((col_tile_idx + 1) * col_tile).min(n);
+            for col in cols {
+                let mut row = rows.start;
+                while row < rows.end {
+                    let n_rows = (rows.end - row).min(4);
+                    let mut sums = [0f32; 4];
+                    dot(col, row, n_rows, &mut sums);
+                    for (j, sum) in sums.iter().take(n_rows).enumerate() {
+                        // SAFETY: each (row, col) is written by exactly one work item, and
+                        // `out` outlives the pool's call.
+                        unsafe { *(out_ptr as *mut f32).add((row + j) * n + col) = *sum };
+                    }
+                    row += n_rows;
+                }
+            }
+        }
+    });
+    out
+}
