@@ -56,7 +56,11 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
         } else if args.keep_legacy_quants {
             Requantize::Keep
         } else {
-            Requantize::LegacyToQ8_0
+            Requantize::cpu_default(if args.candle_q8_kernel {
+                Q8Kernel::Candle
+            } else {
+                Q8Kernel::Fastest
+            })
         },
         device,
         max_context: args.max_context,

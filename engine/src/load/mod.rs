@@ -32,17 +32,18 @@ pub struct LoadOptions {
     pub prefix_cache_bytes: usize,
     /// Prompt tokens per prefill forward pass (bounds attention memory).
     pub prefill_chunk: usize,
-    /// The CPU kernel for Q8_0 weights.
+    /// The CPU kernels for Q8_0 and the legacy 4/5-bit weights.
     pub q8_kernel: Q8Kernel,
 }
 
 impl LoadOptions {
-    /// Defaults for a CPU server: legacy quants to Q8_0, FIM auto, 512 MiB prefix cache.
+    /// Defaults for a CPU server: quantized weights as stored (legacy quants to Q8_0 where
+    /// our kernels for them cannot run), FIM auto, 512 MiB prefix cache.
     pub fn cpu() -> Self {
         LoadOptions {
             device: Device::Cpu,
             max_context: None,
-            requantize: Requantize::LegacyToQ8_0,
+            requantize: Requantize::cpu_default(Q8Kernel::Fastest),
             fim: FimSetting::Auto,
             prefix_cache_bytes: 512 << 20,
             prefill_chunk: 512,

@@ -55,23 +55,10 @@ impl DenseMatrix {
 
     /// `xs · Wᵀ` for `xs` of shape `[m, cols]`: `[m, rows]`.
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
-        let (m, k) = xs.dims2()?;
-        if k != self.cols {
-            return Err(candle_core::Error::ShapeMismatchBinaryOp {
-                lhs: xs.shape().clone(),
-                rhs: (self.rows, self.cols).into(),
-                op: "dense_matmul",
-            }
-            .into());
-        }
-        let xs = xs
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (m, xs) = super::tiles::activations(xs, self.rows, self.cols, "dense_matmul")?;
+        let k = self.cols;
         let out = super::tiles::tiled_product(
-            m,
-            self.rows,
+            (m, self.rows, k),
             ROW_TILE,
             COL_TILE,
             |col, row, n_rows, sums| {

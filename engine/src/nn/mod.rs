@@ -4,6 +4,7 @@
 mod attention;
 mod dense;
 mod kv_cache;
+mod legacy;
 mod q8;
 mod simd;
 mod tiles;
@@ -16,6 +17,7 @@ use candle_core::{DType, Device, Module, Tensor};
 pub use attention::{Rope, attend, attend_with_matmuls};
 pub use dense::DenseMatrix;
 pub use kv_cache::KvCache;
+pub use legacy::LegacyMatrix;
 pub use q8::Q8Matrix;
 
 #[cfg(test)]
@@ -100,6 +102,7 @@ enum Weight {
     Candle(QMatMul),
     Q8(Arc<Q8Matrix>),
     Dense(Arc<DenseMatrix>),
+    Legacy(Arc<LegacyMatrix>),
 }
 
 /// Which CPU kernel multiplies Q8_0 weights.
@@ -140,13 +143,17 @@ impl Linear {
             return Linear::dense(weight.dequantize(&weight.device())?, bias);
         }
         let (out_features, in_features) = weight.shape().dims2()?;
-        let own = match kernel {
-            Q8Kernel::Fastest if Q8Matrix::supported() => Q8Matrix::from_qtensor(&weight)?,
-            _ => None,
-        };
-        let weight = match own {
-            Some(matrix) => Weight::Q8(Arc::new(matrix)),
-            None => Weight::Candle(QMatMul::from_arc(weight)?),
+        let weight = match kernel {
+            Q8Kernel::Fastest if Q8Matrix::supported() => {
+                if let Some(matrix) = Q8Matrix::from_qtensor(&weight)? {
+                    Weight::Q8(Arc::new(matrix))
+                } else if let Some(matrix) = LegacyMatrix::from_qtensor(&weight)? {
+                    Weight::Legacy(Arc::new(matrix))
+                } else {
+                    Weight::Candle(QMatMul::from_arc(weight)?)
+                }
+            }
+            _ => Weight::Candle(QMatMul::from_arc(weight)?),
         };
         Ok(Linear {
             weight,
@@ -179,6 +186,7 @@ impl Linear {
             Weight::Candle(QMatMul::TensorF16(t)) => t.to_dtype(candle_core::DType::F32)?,
             Weight::Q8(matrix) => matrix.dequantize(&Device::Cpu)?,
             Weight::Dense(matrix) => matrix.to_tensor()?,
+            Weight::Legacy(matrix) => matrix.dequantize(&Device::Cpu)?,
         })
     }
 
@@ -203,7 +211,7 @@ impl Linear {
             Weight::Candle(QMatMul::Tensor(t)) | Weight::Candle(QMatMul::TensorF16(t)) => {
                 t.device().clone()
             }
-            Weight::Q8(_) | Weight::Dense(_) => Device::Cpu,
+            Weight::Q8(_) | Weight::Dense(_) | Weight::Legacy(_) => Device::Cpu,
         }
     }
 
@@ -213,6 +221,7 @@ impl Linear {
             Weight::Candle(weight) => candle_forward(weight, xs)?,
             Weight::Q8(matrix) => matrix.matmul(xs)?,
             Weight::Dense(matrix) => matrix.matmul(xs)?,
+            Weight::Legacy(matrix) => matrix.matmul(xs)?,
         };
         Ok(match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,

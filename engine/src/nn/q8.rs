@@ -81,25 +81,12 @@ impl Q8Matrix {
 
     /// `xs · Wᵀ` for `xs` of shape `[m, cols]` (f32): `[m, rows]`.
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
-        let (m, k) = xs.dims2()?;
-        if k != self.cols {
-            return Err(candle_core::Error::ShapeMismatchBinaryOp {
-                lhs: xs.shape().clone(),
-                rhs: (self.rows, self.cols).into(),
-                op: "q8_matmul",
-            }
-            .into());
-        }
-        let xs = xs
-            .to_dtype(candle_core::DType::F32)?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (m, xs) = super::tiles::activations(xs, self.rows, self.cols, "q8_matmul")?;
+        let k = self.cols;
         let (x_quants, x_scales) = quantize_rows(&xs);
         let kb = k / BLOCK;
         let out = super::tiles::tiled_product(
-            m,
-            self.rows,
+            (m, self.rows, k),
             ROW_TILE,
             COL_TILE,
             |col, row, n_rows, sums| {
@@ -123,7 +110,7 @@ impl Q8Matrix {
 }
 
 /// Q8_0-quantizes each 32-value block: scale `amax / 127`, values rounded to [-127, 127].
-fn quantize_rows(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
+pub(super) fn quantize_rows(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut quants = vec![0i8; xs.len()];
     let mut scales = Vec::with_capacity(xs.len() / BLOCK);
     for (block, out) in xs.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)) {

@@ -1,7 +1,37 @@
-//! The work split our CPU matmul kernels share: tiles of (activation rows × weight rows) on
-//! candle's thread pool, each output written by exactly one work item.
+//! What our CPU matmul kernels share: the activations as f32 rows, and the work split into
+//! tiles of (activation rows × weight rows) on candle's thread pool, each output written by
+//! exactly one work item.
 
-/// Computes the `[m, n]` product whose `(row, col)` entry `dot` yields: `dot(col, row, rows,
+use candle_core::{DType, Tensor};
+
+use crate::Result;
+
+/// `xs` (`[m, cols]`) as `m` and its f32 values row-major, or a shape error naming `op`
+/// against a `[rows, cols]` weight.
+pub(crate) fn activations(
+    xs: &Tensor,
+    rows: usize,
+    cols: usize,
+    op: &'static str,
+) -> Result<(usize, Vec<f32>)> {
+    let (m, k) = xs.dims2()?;
+    if k != cols {
+        return Err(candle_core::Error::ShapeMismatchBinaryOp {
+            lhs: xs.shape().clone(),
+            rhs: (rows, cols).into(),
+            op,
+        }
+        .into());
+    }
+    let values = xs
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok((m, values))
+}
+
+/// Computes the `[m, n]` product (over `k` values) whose `(row, col)` entry `dot` yields: `dot(col, row, rows,
 /// sums)` fills `sums[..rows]` with the entries of weight row `col` against activation rows
 /// `row..row + rows` (at most four, so that a weight block is reused from registers).
 ///
@@ -9,8 +39,7 @@
 /// activations stays in cache while weight rows stream through. An entry's value depends on
 /// `dot` alone, never on the tiling or on `m`: a row gives the same result alone as in a batch.
 pub(crate) fn tiled_product(
-    m: usize,
-    n: usize,
+    (m, n, k): (usize, usize, usize),
     row_tile: usize,
     col_tile: usize,
     dot: impl Fn(usize, usize, usize, &mut [f32; 4]) + Sync,
@@ -19,7 +48,7 @@ pub(crate) fn tiled_product(
     let out_ptr = out.as_mut_ptr() as usize;
     let row_tiles = m.div_ceil(row_tile);
     let col_tiles = n.div_ceil(col_tile);
-    candle_core::utils::barrier_pool().execute_chunked(row_tiles * col_tiles, |items| {
+    let run = |items: std::ops::Range<usize>| {
         for item in items {
             let (row_tile_idx, col_tile_idx) = (item / col_tiles, item % col_tiles);
             let rows = row_tile_idx * row_tile..((row_tile_idx + 1) * row_tile).min(m);
@@ -39,6 +68,15 @@ pub(crate) fn tiled_product(
                 }
             }
         }
-    });
+    };
+    if m * n * k < INLINE_WORK {
+        run(0..row_tiles * col_tiles);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(row_tiles * col_tiles, run);
+    }
     out
 }
+
+/// Products with fewer multiply-adds than this run on the calling thread: waking the pool
+/// costs more than they do, and far more when other processes hold the cores.
+const INLINE_WORK: usize = 1 << 17;
