@@ -56,11 +56,7 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
         } else if args.keep_legacy_quants {
             Requantize::Keep
         } else {
-            Requantize::cpu_default(if args.candle_q8_kernel {
-                Q8Kernel::Candle
-            } else {
-                Q8Kernel::Fastest
-            })
+            Requantize::LegacyToQ8_0
         },
         device,
         max_context: args.max_context,

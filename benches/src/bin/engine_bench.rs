@@ -102,8 +102,7 @@ fn main() -> Result<()> {
     let requantize = match std::env::var("HEXACODER_REQUANTIZE").as_deref() {
         Ok("all") => load::Requantize::AllToQ8_0,
         Ok("keep") => load::Requantize::Keep,
-        Ok("legacy") => load::Requantize::LegacyToQ8_0,
-        _ => LoadOptions::cpu().requantize,
+        _ => load::Requantize::LegacyToQ8_0,
     };
     let options = LoadOptions {
         requantize,

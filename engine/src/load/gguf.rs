@@ -227,11 +227,13 @@ impl GgufFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requantize {
     /// Keep every tensor as stored. The legacy 4/5-bit types are multiplied by
-    /// [`crate::nn::LegacyMatrix`] where the CPU has AVX2 and FMA (the CPU default there).
+    /// [`crate::nn::LegacyMatrix`] where the CPU has AVX2 and FMA: about 30% less memory and
+    /// half the load time of `LegacyToQ8_0`, but 3-13% slower decoding and prefill on the
+    /// machines measured (`benches/RESULTS.md`). Elsewhere candle's kernels, which are slow.
     Keep,
-    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 to Q8_0 at load: for CPUs our legacy kernels cannot run
-    /// on, where candle's batched (prefill) path for them is 50-70x slower than for Q8_0.
-    /// Q8_0 holds them almost exactly, at 8.5 bits a weight instead of 5-6.
+    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 to Q8_0 at load (the CPU default): multiplied by
+    /// [`crate::nn::Q8Matrix`], the fastest path measured, at 8.5 bits a weight instead of
+    /// 5-6. Q8_0 holds them almost exactly.
     LegacyToQ8_0,
     /// Convert every quantized matrix (k-quants too) to Q8_0, so that all projections use
     /// HexaCoder's AVX2 Q8_0 kernel. Costs memory bandwidth in decoding, saves prefill time.
@@ -240,18 +242,6 @@ pub enum Requantize {
     /// and the bandwidth, cuBLAS multiplies the exact weights (parity with f32 references),
     /// and candle 0.11's quantized CUDA kernels gave NaN logits for 9 to 16 rows on an H200.
     Dequantize,
-}
-
-impl Requantize {
-    /// The CPU default: keep the legacy types where our kernels multiply them, else
-    /// convert them to Q8_0.
-    pub fn cpu_default(q8_kernel: Q8Kernel) -> Requantize {
-        if q8_kernel == Q8Kernel::Fastest && crate::nn::LegacyMatrix::supported() {
-            Requantize::Keep
-        } else {
-            Requantize::LegacyToQ8_0
-        }
-    }
 }
 
 fn is_quantized_not_q8_0(dtype: GgmlDType) -> bool {

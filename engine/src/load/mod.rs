@@ -37,13 +37,12 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Defaults for a CPU server: quantized weights as stored (legacy quants to Q8_0 where
-    /// our kernels for them cannot run), FIM auto, 512 MiB prefix cache.
+    /// Defaults for a CPU server: legacy quants to Q8_0, FIM auto, 512 MiB prefix cache.
     pub fn cpu() -> Self {
         LoadOptions {
             device: Device::Cpu,
             max_context: None,
-            requantize: Requantize::cpu_default(Q8Kernel::Fastest),
+            requantize: Requantize::LegacyToQ8_0,
             fim: FimSetting::Auto,
             prefix_cache_bytes: 512 << 20,
             prefill_chunk: 512,

@@ -5,9 +5,9 @@
 //! Q8_0), and they make up most of the catalogue's default GGUFs: Qwen2.5-Coder-0.5B's
 //! "Q4_K_M" is mostly Q5_0, SmolLM2-135M is Q4_1. They used to be re-quantized to Q8_0 at
 //! load, which took seconds and made every decoded token read 8.5 bits per weight instead of
-//! 5.5 or 5. Here the nibbles stay as the file holds them; each block is widened to 32 bytes
-//! in registers, reused across four activation rows, and multiplied against Q8_0-quantized
-//! activations as in [`super::Q8Matrix`].
+//! 5.5 or 5. Here the nibbles stay as the file holds them; a weight row is widened to a byte
+//! per value when a thread first needs it (once per prefill tile of 64 activation rows) and
+//! multiplied against Q8_0-quantized activations as in [`super::Q8Matrix`].
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -19,6 +19,19 @@ const BLOCK: usize = 32;
 const ROW_TILE: usize = 64;
 /// Weight rows per work item.
 const COL_TILE: usize = 16;
+/// From this many activation rows on, the whole weight is widened once per call instead of
+/// row by row in each tile: a prefill chunk then multiplies at the speed of Q8_0.
+const WIDEN_ALL_ROWS: usize = 16;
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// The weight row this thread widened last, `((matrix, row), bytes)`: a prefill tile
+    /// multiplies one weight row against up to 64 activation rows in groups of four, and
+    /// widens it once instead of once per group.
+    static WIDENED: std::cell::RefCell<((u64, usize), Vec<i8>)> =
+        const { std::cell::RefCell::new(((0, 0), Vec::new())) };
+}
 
 /// Which legacy type a [`LegacyMatrix`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +85,8 @@ impl Kind {
 /// bits (5-bit types), and its scale and minimum (`_1` types) as f32.
 #[derive(Debug)]
 pub struct LegacyMatrix {
+    /// Never reused: names this matrix in a thread's cache of its last widened row.
+    id: u64,
     kind: Kind,
     rows: usize,
     cols: usize,
@@ -107,6 +122,7 @@ impl LegacyMatrix {
             return Ok(None);
         }
         let mut matrix = LegacyMatrix {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             kind,
             rows,
             cols,
@@ -188,41 +204,120 @@ impl LegacyMatrix {
         } else {
             Vec::new()
         };
-        let out = super::tiles::tiled_product(
-            (m, self.rows, k),
-            ROW_TILE,
-            COL_TILE,
-            |col, row, n_rows, sums| {
-                let rows = row..row + n_rows;
-                // SAFETY: `supported()` was checked when this matrix was chosen; the slices hold
-                // `kb` blocks of the weight row and of each activation row.
-                unsafe {
-                    self.dot_rows(
-                        col,
-                        &x_quants[rows.start * k..rows.end * k],
-                        &x_scales[rows.start * kb..rows.end * kb],
-                        x_sums.get(rows.start * kb..rows.end * kb),
-                        n_rows,
-                        sums,
-                    )
+        let dot = |col: usize, widened: &[i8], row: usize, n_rows: usize, sums: &mut [f32; 4]| {
+            let rows = row..row + n_rows;
+            // SAFETY: `supported()` was checked when this matrix was chosen; `widened` holds
+            // one row and the activation slices `kb` blocks per row.
+            unsafe {
+                self.dot_rows(
+                    col,
+                    widened,
+                    &x_quants[rows.start * k..rows.end * k],
+                    &x_scales[rows.start * kb..rows.end * kb],
+                    x_sums.get(rows.start * kb..rows.end * kb),
+                    n_rows,
+                    sums,
+                )
+            }
+        };
+        let out = if m >= WIDEN_ALL_ROWS {
+            // A prefill chunk: widen every weight row once, on all threads, then multiply.
+            let mut widened = vec![0i8; self.rows * k];
+            let widened_ptr = widened.as_mut_ptr() as usize;
+            candle_core::utils::barrier_pool().execute_chunked(self.rows, |cols| {
+                for col in cols {
+                    // SAFETY: as above; each row of `widened` is written by one work item.
+                    unsafe {
+                        let row = std::slice::from_raw_parts_mut(
+                            (widened_ptr as *mut i8).add(col * k),
+                            k,
+                        );
+                        self.widen_row(col, row)
+                    }
                 }
-            },
-        );
+            });
+            super::tiles::tiled_product(
+                (m, self.rows, k),
+                ROW_TILE,
+                COL_TILE,
+                |col, row, n_rows, sums| {
+                    dot(col, &widened[col * k..(col + 1) * k], row, n_rows, sums)
+                },
+            )
+        } else {
+            super::tiles::tiled_product(
+                (m, self.rows, k),
+                ROW_TILE,
+                COL_TILE,
+                |col, row, n_rows, sums| {
+                    WIDENED.with(|cell| {
+                        let (key, widened) = &mut *cell.borrow_mut();
+                        if *key != (self.id, col) || widened.len() != k {
+                            widened.resize(k, 0);
+                            // SAFETY: as above.
+                            unsafe { self.widen_row(col, widened) };
+                            *key = (self.id, col);
+                        }
+                        dot(col, widened, row, n_rows, sums)
+                    })
+                },
+            )
+        };
         Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
     }
 
-    /// Dot products of weight row `col` with up to four Q8_0-quantized activation rows:
-    /// per block, eight lanes of integer products scaled and added with FMA, the lanes summed
-    /// in a fixed tree at the end, then (`_1` types) the minimum terms added in block order.
+    /// Widens weight row `col` into one byte per value: `q - 8` or `q - 16` for the `_0`
+    /// types, the unsigned `q` for the `_1` types.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `x` holds `n_rows` rows of `cols` quants, `x_scales`
-    /// (and `x_sums`, for the `_1` types) `n_rows` rows of `cols / 32` values.
+    /// The CPU must support AVX2; `out` holds `cols` bytes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen_row(&self, col: usize, out: &mut [i8]) {
+        use std::arch::x86_64::*;
+        let kb = self.cols / BLOCK;
+        let low_nibble = _mm256_set1_epi8(0x0F);
+        for b in 0..kb {
+            let block = col * kb + b;
+            // SAFETY: block `block` has 16 bytes of nibbles, and `out` 32 bytes at `b * 32`.
+            let packed =
+                unsafe { _mm_loadu_si128(self.nibbles.as_ptr().add(block * 16) as *const __m128i) };
+            let wide = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+            // Bytes 0..16: elements 0..16 (low nibbles); bytes 16..32: elements 16..32.
+            let mut w = _mm256_and_si256(wide, low_nibble);
+            if self.kind.five_bits() {
+                let high = expand_bits(self.high_bits[block]);
+                w = match self.kind {
+                    // q - 16 as a signed byte: the top bits set where the fifth bit is clear.
+                    Kind::Q5_0 => _mm256_or_si256(
+                        w,
+                        _mm256_andnot_si256(high, _mm256_set1_epi8(0xF0u8 as i8)),
+                    ),
+                    _ => _mm256_or_si256(w, _mm256_and_si256(high, _mm256_set1_epi8(0x10))),
+                };
+            } else if self.kind == Kind::Q4_0 {
+                w = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
+            }
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(b * BLOCK) as *mut __m256i, w) };
+        }
+    }
+
+    /// Dot products of widened weight row `col` with up to four Q8_0-quantized activation
+    /// rows: per block, eight lanes of integer products scaled and added with FMA, the lanes
+    /// summed in a fixed tree at the end, then (`_1` types) the minimum terms as one dot
+    /// product over the blocks. A row's result does not depend on how many rows come with it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `w` holds `cols` bytes, `x` holds `n_rows` rows of
+    /// `cols` quants, `x_scales` (and `x_sums`, for the `_1` types) `n_rows` rows of
+    /// `cols / 32` values.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn dot_rows(
         &self,
         col: usize,
+        w: &[i8],
         x: &[i8],
         x_scales: &[f32],
         x_sums: Option<&[f32]>,
@@ -233,34 +328,15 @@ impl LegacyMatrix {
         let kb = self.cols / BLOCK;
         let k = self.cols;
         let ones = _mm256_set1_epi16(1);
-        let low_nibble = _mm256_set1_epi8(0x0F);
+        let signed = !self.kind.has_min();
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut min_terms = [0f32; 4];
         for b in 0..kb {
             let block = col * kb + b;
-            // SAFETY: block `block` has 16 bytes of nibbles.
-            let packed =
-                unsafe { _mm_loadu_si128(self.nibbles.as_ptr().add(block * 16) as *const __m128i) };
-            let wide = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-            // Bytes 0..16: elements 0..16 (low nibbles); bytes 16..32: elements 16..32.
-            let mut w = _mm256_and_si256(wide, low_nibble);
-            if self.kind.five_bits() {
-                let high = expand_bits(self.high_bits[block]);
-                w = match self.kind {
-                    // q - 16 as a signed byte: set the top bits where the fifth bit is clear.
-                    Kind::Q5_0 => _mm256_or_si256(
-                        w,
-                        _mm256_andnot_si256(high, _mm256_set1_epi8(0xF0u8 as i8)),
-                    ),
-                    _ => _mm256_or_si256(w, _mm256_and_si256(high, _mm256_set1_epi8(0x10))),
-                };
-            } else if self.kind == Kind::Q4_0 {
-                w = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
-            }
-            let signed = !self.kind.has_min();
-            // maddubs multiplies unsigned by signed bytes: for signed weights, move their sign
-            // onto the activations and use their magnitude.
-            let w_unsigned = if signed { _mm256_sign_epi8(w, w) } else { w };
+            // SAFETY: `w` has 32 bytes at `b * 32`.
+            let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add(b * BLOCK) as *const __m256i) };
+            // maddubs multiplies unsigned by signed bytes: for signed weights, move their
+            // sign onto the activations and use their magnitude.
+            let w_unsigned = if signed { _mm256_sign_epi8(wv, wv) } else { wv };
             let d = self.scales[block];
             for j in 0..4 {
                 if j < n_rows {
@@ -268,25 +344,38 @@ impl LegacyMatrix {
                     let xv = unsafe {
                         _mm256_loadu_si256(x.as_ptr().add(j * k + b * BLOCK) as *const __m256i)
                     };
-                    let xv = if signed { _mm256_sign_epi8(xv, w) } else { xv };
+                    let xv = if signed { _mm256_sign_epi8(xv, wv) } else { xv };
                     let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w_unsigned, xv), ones);
                     let scale = _mm256_set1_ps(d * x_scales[j * kb + b]);
                     acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, acc[j]);
-                    if let Some(x_sums) = x_sums {
-                        min_terms[j] += self.mins[block] * x_sums[j * kb + b];
-                    }
                 }
             }
         }
+        let mins = x_sums.map(|_| &self.mins[col * kb..(col + 1) * kb]);
         for j in 0..n_rows {
-            sums[j] = super::simd::lane_sum(acc[j]) + min_terms[j];
+            // The `_1` types' minimum terms: `Σ_b m_b · d_x · Σx` over the blocks.
+            let min_term = match (mins, x_sums) {
+                // SAFETY: both hold `kb` values for this row.
+                (Some(mins), Some(x_sums)) => unsafe {
+                    super::simd::dot(mins, &x_sums[j * kb..(j + 1) * kb])
+                },
+                _ => 0.0,
+            };
+            sums[j] = super::simd::lane_sum(acc[j]) + min_term;
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn widen_row(&self, _: usize, _: &mut [i8]) {
+        unreachable!("LegacyMatrix is only built where supported() holds")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn dot_rows(
         &self,
         _: usize,
+        _: &[i8],
         _: &[i8],
         _: &[f32],
         _: Option<&[f32]>,
