@@ -21,6 +21,8 @@ pub use legacy::LegacyMatrix;
 pub use q8::Q8Matrix;
 
 #[cfg(test)]
+mod test_util;
+#[cfg(test)]
 mod tests;
 
 use crate::Result;

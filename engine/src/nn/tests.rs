@@ -1,18 +1,7 @@
 use candle_core::quantized::GgmlDType;
 
 use super::*;
-
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::nn::test_util::random;
 
 /// Every weight type a catalogue GGUF brings, through both Q8_0 kernels: row `i` of a
 /// projection is the same to the bit whether it is multiplied alone (a decode step), with a

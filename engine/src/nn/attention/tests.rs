@@ -25,12 +25,7 @@ fn cache_view(kv_heads: usize, len: usize, head_dim: usize, seed: u64) -> Tensor
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("diff")
+    crate::nn::test_util::max_abs(&(a - b).expect("sub"))
 }
 
 #[test]

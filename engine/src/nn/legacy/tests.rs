@@ -2,20 +2,7 @@ use candle_core::Module;
 use candle_core::quantized::QMatMul;
 
 use super::*;
-
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    // Values in [-1, 1) with some outliers, so that block scales vary.
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            let v = (state as f32 / u32::MAX as f32) * 2.0 - 1.0;
-            if i % 97 == 0 { v * 8.0 } else { v }
-        })
-        .collect()
-}
+use crate::nn::test_util::{assert_close_to_exact, max_abs, random};
 
 const TYPES: [GgmlDType; 4] = [
     GgmlDType::Q4_0,
@@ -23,13 +10,6 @@ const TYPES: [GgmlDType; 4] = [
     GgmlDType::Q5_0,
     GgmlDType::Q5_1,
 ];
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .and_then(|t| t.max_all())
-        .and_then(|t| t.to_scalar::<f32>())
-        .expect("max")
-}
 
 #[test]
 fn dequantize_gives_exactly_candles_values() {
@@ -73,24 +53,15 @@ fn matches_the_exact_product_of_the_stored_weights() {
                 .expect("legacy")
                 .matmul(&x)
                 .expect("ours");
-            let ours_err = max_abs(&(&ours - &exact).expect("sub"));
-            let scale = max_abs(&exact);
             // candle's Q4_1/Q5_1 kernels need an even number of blocks (they panic otherwise).
-            if (k / 32).is_multiple_of(2) {
-                let candle = QMatMul::from_qtensor(q)
+            let candle = (k / 32).is_multiple_of(2).then(|| {
+                QMatMul::from_qtensor(q)
                     .expect("qmatmul")
                     .forward(&x)
-                    .expect("candle");
-                let candle_err = max_abs(&(&candle - &exact).expect("sub"));
-                assert!(
-                    ours_err <= 1.25 * candle_err + 1e-5 * scale,
-                    "{dtype:?} m={m} k={k} n={n}: ours {ours_err}, candle {candle_err}"
-                );
-            }
-            assert!(
-                ours_err <= 3e-2 * scale,
-                "{dtype:?} m={m} k={k} n={n}: {ours_err} of {scale}"
-            );
+                    .expect("candle")
+            });
+            let what = format!("{dtype:?} m={m} k={k} n={n}");
+            assert_close_to_exact(&what, &ours, candle.as_ref(), &exact);
         }
     }
 }

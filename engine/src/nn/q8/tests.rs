@@ -2,20 +2,7 @@ use candle_core::Module;
 use candle_core::quantized::QMatMul;
 
 use super::*;
-
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    // A small deterministic generator; values in [-1, 1) with some outliers.
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            let v = (state as f32 / u32::MAX as f32) * 2.0 - 1.0;
-            if i % 97 == 0 { v * 8.0 } else { v }
-        })
-        .collect()
-}
+use crate::nn::test_util::{assert_close_to_exact, random};
 
 #[test]
 fn matches_candle_q8_0_matmul() {
@@ -46,25 +33,7 @@ fn matches_candle_q8_0_matmul() {
             .expect("qmatmul")
             .forward(&x)
             .expect("candle");
-        let max_abs = |t: Tensor| {
-            t.abs()
-                .and_then(|t| t.max_all())
-                .and_then(|t| t.to_scalar::<f32>())
-                .expect("max")
-        };
-        let ours_err = max_abs((&ours - &exact).expect("sub"));
-        let candle_err = max_abs((&candle - &exact).expect("sub"));
-        let scale = max_abs(exact.clone());
-        // Only the activations are quantized (to 8 bits, with f32 scales where candle uses
-        // f16 ones), so we must be at least about as close to the exact product as candle.
-        assert!(
-            ours_err <= 1.25 * candle_err + 1e-5 * scale,
-            "m={m} k={k} n={n}: ours {ours_err} candle {candle_err}"
-        );
-        assert!(
-            ours_err <= 3e-2 * scale,
-            "m={m} k={k} n={n}: ours {ours_err} scale {scale}"
-        );
+        assert_close_to_exact(&format!("m={m} k={k} n={n}"), &ours, Some(&candle), &exact);
     }
 }
 
