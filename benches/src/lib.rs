@@ -18,6 +18,46 @@ pub fn cpu_name() -> String {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_else(|| "unknown".into());
-    let avx512 = info.contains(" avx512f");
-    format!("{name} ({})", if avx512 { "AVX-512" } else { "AVX2" })
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    let isa = match (has("avx512f"), has("avx512_vnni")) {
+        (true, true) => "AVX-512 with VNNI",
+        (true, false) => "AVX-512",
+        _ => "AVX2",
+    };
+    format!("{name} ({isa})")
+}
+
+/// A tensor of `shape` with values in [-0.5, 0.5) from a xorshift stream seeded by `seed`.
+pub fn random_tensor(shape: &[usize], seed: u64) -> anyhow::Result<candle_core::Tensor> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    Ok(candle_core::Tensor::from_vec(
+        values,
+        shape,
+        &candle_core::Device::Cpu,
+    )?)
+}
+
+/// The median wall time of `reps` calls of `f` in milliseconds, after one warm-up call.
+pub fn median_ms<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let started = std::time::Instant::now();
+        f()?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(times))
 }

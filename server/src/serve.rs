@@ -69,6 +69,10 @@ pub fn app_state(args: &ServeArgs) -> Result<Arc<AppState>> {
         tracing::warn!(host = %args.host, "listening beyond loopback without --api-key");
     }
     let mut engine = model_source::load_engine(&args.model)?;
+    tracing::info!(
+        cpu_kernels = hexacoder_engine::nn::Isa::best().map_or("candle's", |isa| isa.name()),
+        "CPU kernels (HEXACODER_MAX_ISA=avx2 caps them)"
+    );
     if let Some(path) = &args.merge_adapter {
         let adapter = hexacoder_adapters::Adapter::load(path, engine.model())
             .with_context(|| format!("--merge-adapter {}", path.display()))?;

@@ -12,6 +12,8 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::q8::{ActivationRows, WeightRow, block_dots};
+use super::simd::Isa;
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -94,12 +96,13 @@ pub struct LegacyMatrix {
     high_bits: Vec<u32>,
     scales: Vec<f32>,
     mins: Vec<f32>,
+    isa: Isa,
 }
 
 impl LegacyMatrix {
     /// Whether this CPU can run the kernels.
     pub fn supported() -> bool {
-        super::simd::avx2_fma()
+        Isa::best().is_some()
     }
 
     /// Whether `dtype` is one of the types this matrix holds.
@@ -109,7 +112,7 @@ impl LegacyMatrix {
 
     /// Lays out a CPU tensor of a legacy type; `None` for other types or devices.
     pub fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
-        let Some(kind) = Kind::of(tensor.dtype()) else {
+        let (Some(kind), Some(isa)) = (Kind::of(tensor.dtype()), Isa::best()) else {
             return Ok(None);
         };
         if !matches!(tensor.device(), Device::Cpu) {
@@ -130,6 +133,7 @@ impl LegacyMatrix {
             high_bits: Vec::with_capacity(if kind.five_bits() { n_blocks } else { 0 }),
             scales: Vec::with_capacity(n_blocks),
             mins: Vec::with_capacity(if kind.has_min() { n_blocks } else { 0 }),
+            isa,
         };
         let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
         for block in data.chunks_exact(kind.block_bytes()) {
@@ -148,6 +152,12 @@ impl LegacyMatrix {
             matrix.nibbles.extend_from_slice(&rest[..16]);
         }
         Ok(Some(matrix))
+    }
+
+    /// This matrix multiplied by the kernel written for `isa`, or `None` where this CPU
+    /// cannot run it.
+    pub fn with_isa(self, isa: Isa) -> Option<Self> {
+        isa.supported().then_some(LegacyMatrix { isa, ..self })
     }
 
     /// `(rows, cols)`, i.e. `(out_features, in_features)`.
@@ -303,16 +313,14 @@ impl LegacyMatrix {
     }
 
     /// Dot products of widened weight row `col` with up to four Q8_0-quantized activation
-    /// rows: per block, eight lanes of integer products scaled and added with FMA, the lanes
-    /// summed in a fixed tree at the end, then (`_1` types) the minimum terms as one dot
-    /// product over the blocks. A row's result does not depend on how many rows come with it.
+    /// rows: the block products as for Q8_0 ([`super::q8::block_dots`]), then (`_1` types)
+    /// the minimum terms as one dot product over the blocks. A row's result does not depend
+    /// on how many rows come with it.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `w` holds `cols` bytes, `x` holds `n_rows` rows of
+    /// The CPU must support `self.isa`; `w` holds `cols` bytes, `x` holds `n_rows` rows of
     /// `cols` quants, `x_scales` (and `x_sums`, for the `_1` types) `n_rows` rows of
     /// `cols / 32` values.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn dot_rows(
         &self,
@@ -324,64 +332,32 @@ impl LegacyMatrix {
         n_rows: usize,
         sums: &mut [f32; 4],
     ) {
-        use std::arch::x86_64::*;
         let kb = self.cols / BLOCK;
-        let k = self.cols;
-        let ones = _mm256_set1_epi16(1);
-        let signed = !self.kind.has_min();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for b in 0..kb {
-            let block = col * kb + b;
-            // SAFETY: `w` has 32 bytes at `b * 32`.
-            let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add(b * BLOCK) as *const __m256i) };
-            // maddubs multiplies unsigned by signed bytes: for signed weights, move their
-            // sign onto the activations and use their magnitude.
-            let w_unsigned = if signed { _mm256_sign_epi8(wv, wv) } else { wv };
-            let d = self.scales[block];
-            for j in 0..4 {
-                if j < n_rows {
-                    // SAFETY: row `j` has `k` quants.
-                    let xv = unsafe {
-                        _mm256_loadu_si256(x.as_ptr().add(j * k + b * BLOCK) as *const __m256i)
-                    };
-                    let xv = if signed { _mm256_sign_epi8(xv, wv) } else { xv };
-                    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w_unsigned, xv), ones);
-                    let scale = _mm256_set1_ps(d * x_scales[j * kb + b]);
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, acc[j]);
-                }
-            }
-        }
-        let mins = x_sums.map(|_| &self.mins[col * kb..(col + 1) * kb]);
+        let weights = WeightRow {
+            quants: w,
+            scales: &self.scales[col * kb..(col + 1) * kb],
+            signed: !self.kind.has_min(),
+        };
+        let activations = ActivationRows {
+            quants: x,
+            scales: x_scales,
+            count: n_rows,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { block_dots(self.isa, &weights, &activations, sums) };
+        let (Some(x_sums), true) = (x_sums, self.kind.has_min()) else {
+            return;
+        };
+        let mins = &self.mins[col * kb..(col + 1) * kb];
         for j in 0..n_rows {
             // The `_1` types' minimum terms: `Σ_b m_b · d_x · Σx` over the blocks.
-            let min_term = match (mins, x_sums) {
-                // SAFETY: both hold `kb` values for this row.
-                (Some(mins), Some(x_sums)) => unsafe {
-                    super::simd::dot(mins, &x_sums[j * kb..(j + 1) * kb])
-                },
-                _ => 0.0,
-            };
-            sums[j] = super::simd::lane_sum(acc[j]) + min_term;
+            // SAFETY: both hold `kb` values for this row; the CPU has AVX2 and FMA.
+            sums[j] += unsafe { super::simd::dot(mins, &x_sums[j * kb..(j + 1) * kb]) };
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn widen_row(&self, _: usize, _: &mut [i8]) {
-        unreachable!("LegacyMatrix is only built where supported() holds")
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot_rows(
-        &self,
-        _: usize,
-        _: &[i8],
-        _: &[i8],
-        _: &[f32],
-        _: Option<&[f32]>,
-        _: usize,
-        _: &mut [f32; 4],
-    ) {
         unreachable!("LegacyMatrix is only built where supported() holds")
     }
 }

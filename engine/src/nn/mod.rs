@@ -19,6 +19,7 @@ pub use dense::DenseMatrix;
 pub use kv_cache::KvCache;
 pub use legacy::LegacyMatrix;
 pub use q8::Q8Matrix;
+pub use simd::Isa;
 
 #[cfg(test)]
 mod test_util;

@@ -48,3 +48,17 @@ pub(crate) fn assert_close_to_exact(
         "{what}: ours {ours_err} of {scale}"
     );
 }
+
+/// The kernels this CPU runs (the test names the ones it skips).
+pub(crate) fn kernels() -> Vec<super::Isa> {
+    super::Isa::ALL
+        .into_iter()
+        .filter(|isa| {
+            let runs = isa.supported();
+            if !runs {
+                eprintln!("skipping the {isa:?} kernel: this CPU lacks it");
+            }
+            runs
+        })
+        .collect()
+}

@@ -2,7 +2,7 @@ use candle_core::Module;
 use candle_core::quantized::QMatMul;
 
 use super::*;
-use crate::nn::test_util::{assert_close_to_exact, max_abs, random};
+use crate::nn::test_util::{assert_close_to_exact, kernels, max_abs, random};
 
 const TYPES: [GgmlDType; 4] = [
     GgmlDType::Q4_0,
@@ -30,13 +30,17 @@ fn dequantize_gives_exactly_candles_values() {
 /// as is candle's, which quantizes the activations the same way.
 #[test]
 fn matches_the_exact_product_of_the_stored_weights() {
-    if !LegacyMatrix::supported() {
-        eprintln!("skipping: no AVX2/FMA");
-        return;
+    for isa in kernels() {
+        matches_the_exact_product_with(isa);
     }
+}
+
+fn matches_the_exact_product_with(isa: Isa) {
     for dtype in TYPES {
         for &(m, k, n) in &[
             (1, 32, 3),
+            (2, 160, 5),
+            (20, 160, 5),
             (3, 96, 33),
             (4, 256, 16),
             (5, 128, 17),
@@ -51,6 +55,8 @@ fn matches_the_exact_product_of_the_stored_weights() {
             let ours = LegacyMatrix::from_qtensor(&q)
                 .expect("layout")
                 .expect("legacy")
+                .with_isa(isa)
+                .expect("supported")
                 .matmul(&x)
                 .expect("ours");
             // candle's Q4_1/Q5_1 kernels need an even number of blocks (they panic otherwise).
@@ -60,8 +66,41 @@ fn matches_the_exact_product_of_the_stored_weights() {
                     .forward(&x)
                     .expect("candle")
             });
-            let what = format!("{dtype:?} m={m} k={k} n={n}");
+            let what = format!("{isa:?} {dtype:?} m={m} k={k} n={n}");
             assert_close_to_exact(&what, &ours, candle.as_ref(), &exact);
+        }
+    }
+}
+
+/// Each kernel gives a row the same bits alone (the weight row widened on its own) as in a
+/// prefill chunk (the whole weight widened at once), for odd and even block counts.
+#[test]
+fn each_kernel_gives_a_row_the_same_result_alone_and_in_a_chunk() {
+    for isa in kernels() {
+        for dtype in TYPES {
+            for k in [160, 256] {
+                let (m, n) = (WIDEN_ALL_ROWS + 3, 9);
+                let w = Tensor::from_vec(random(n * k, 2), (n, k), &Device::Cpu).expect("w");
+                let x = Tensor::from_vec(random(m * k, 4), (m, k), &Device::Cpu).expect("x");
+                let matrix = LegacyMatrix::from_qtensor(&QTensor::quantize(&w, dtype).expect("q"))
+                    .expect("layout")
+                    .expect("legacy")
+                    .with_isa(isa)
+                    .expect("supported");
+                let all = matrix
+                    .matmul(&x)
+                    .expect("all")
+                    .to_vec2::<f32>()
+                    .expect("vec");
+                for row in [0, 7, m - 1] {
+                    let alone = matrix
+                        .matmul(&x.narrow(0, row, 1).expect("row"))
+                        .expect("alone")
+                        .to_vec2::<f32>()
+                        .expect("vec");
+                    assert!(alone[0] == all[row], "{isa:?} {dtype:?} k={k}: row {row}");
+                }
+            }
         }
     }
 }

@@ -2,14 +2,17 @@ use candle_core::Module;
 use candle_core::quantized::QMatMul;
 
 use super::*;
-use crate::nn::test_util::{assert_close_to_exact, random};
+use crate::nn::test_util::{assert_close_to_exact, kernels, random};
 
 #[test]
 fn matches_candle_q8_0_matmul() {
-    if !Q8Matrix::supported() {
-        eprintln!("skipping: no AVX2/FMA");
-        return;
+    for isa in kernels() {
+        matches_candle_with(isa);
     }
+}
+
+fn matches_candle_with(isa: Isa) {
+    // Odd and even block counts: the AVX-512 kernel takes blocks in pairs.
     for &(m, k, n) in &[
         (1, 64, 7),
         (3, 96, 33),
@@ -17,6 +20,8 @@ fn matches_candle_q8_0_matmul() {
         (5, 128, 17),
         (70, 64, 40),
         (130, 32, 3),
+        (6, 160, 9),
+        (9, 4864, 5),
     ] {
         let w = Tensor::from_vec(random(n * k, 1 + n as u32), (n, k), &Device::Cpu).expect("w");
         let x = Tensor::from_vec(random(m * k, 7 + m as u32), (m, k), &Device::Cpu).expect("x");
@@ -27,13 +32,53 @@ fn matches_candle_q8_0_matmul() {
         let ours = Q8Matrix::from_qtensor(&q)
             .expect("layout")
             .expect("q8_0")
+            .with_isa(isa)
+            .expect("supported")
             .matmul(&x)
             .expect("ours");
         let candle = QMatMul::from_qtensor(q)
             .expect("qmatmul")
             .forward(&x)
             .expect("candle");
-        assert_close_to_exact(&format!("m={m} k={k} n={n}"), &ours, Some(&candle), &exact);
+        assert_close_to_exact(
+            &format!("{isa:?} m={m} k={k} n={n}"),
+            &ours,
+            Some(&candle),
+            &exact,
+        );
+    }
+}
+
+/// The wide kernel's block sums are exact integers like the AVX2 kernel's, so the two agree
+/// to within float reassociation of the scaled sums.
+#[test]
+fn kernels_agree_with_each_other() {
+    let isas = kernels();
+    if isas.len() < 2 {
+        return;
+    }
+    let (m, k, n) = (5, 4864 + 32, 7);
+    let w = Tensor::from_vec(random(n * k, 8), (n, k), &Device::Cpu).expect("w");
+    let x = Tensor::from_vec(random(m * k, 9), (m, k), &Device::Cpu).expect("x");
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
+    let results: Vec<Vec<f32>> = isas
+        .iter()
+        .map(|&isa| {
+            Q8Matrix::from_qtensor(&q)
+                .expect("layout")
+                .expect("q8_0")
+                .with_isa(isa)
+                .expect("supported")
+                .matmul(&x)
+                .expect("matmul")
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("vec")
+        })
+        .collect();
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
     }
 }
 
@@ -60,28 +105,31 @@ fn dequantize_round_trips_the_stored_values() {
 
 #[test]
 fn a_rows_result_does_not_depend_on_the_other_rows() {
-    if !Q8Matrix::supported() {
-        eprintln!("skipping: no AVX2/FMA");
-        return;
-    }
-    let (m, k, n) = (37, 192, 40);
-    let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).expect("w");
-    let x = Tensor::from_vec(random(m * k, 5), (m, k), &Device::Cpu).expect("x");
-    let matrix = Q8Matrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0).expect("q"))
-        .expect("layout")
-        .expect("q8_0");
-    let batch = matrix
-        .matmul(&x)
-        .expect("batch")
-        .to_vec2::<f32>()
-        .expect("vec");
-    for (i, batch_row) in batch.iter().enumerate() {
-        let row = x.narrow(0, i, 1).expect("row");
-        let single = matrix
-            .matmul(&row)
-            .expect("single")
-            .to_vec2::<f32>()
-            .expect("vec");
-        assert_eq!(&single[0], batch_row, "row {i}");
+    // An even and an odd block count: the AVX-512 kernel takes blocks in pairs.
+    for isa in kernels() {
+        for (m, k, n) in [(37, 192, 40), (11, 4864 + 32, 8)] {
+            let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).expect("w");
+            let x = Tensor::from_vec(random(m * k, 5), (m, k), &Device::Cpu).expect("x");
+            let matrix =
+                Q8Matrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0).expect("q"))
+                    .expect("layout")
+                    .expect("q8_0")
+                    .with_isa(isa)
+                    .expect("supported");
+            let batch = matrix
+                .matmul(&x)
+                .expect("batch")
+                .to_vec2::<f32>()
+                .expect("vec");
+            for (i, batch_row) in batch.iter().enumerate() {
+                let row = x.narrow(0, i, 1).expect("row");
+                let single = matrix
+                    .matmul(&row)
+                    .expect("single")
+                    .to_vec2::<f32>()
+                    .expect("vec");
+                assert_eq!(&single[0], batch_row, "{isa:?} k={k}: row {i}");
+            }
+        }
     }
 }
