@@ -172,6 +172,7 @@ fn main() -> Result<()> {
     let stats = engine.prefix_cache_stats();
     let doc = json!({
         "engine": "hexacoder",
+        "cpu_kernels": hexacoder_engine::nn::Isa::best().map(|isa| isa.name()),
         "load_s": load_s,
         "decode": decode,
         "prefill": prefill,
