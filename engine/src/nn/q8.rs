@@ -3,14 +3,18 @@
 //!
 //! candle 0.11's Q8_0 kernel on AVX2-only CPUs converts two f16 scales per 32-value block
 //! and computes every (activation row, weight row) dot product on its own; for a batch of
-//! rows (prefill) that was no faster per row than decoding (measured: 8 prompt tokens took
-//! 256 ms on Qwen2.5-Coder-0.5B). Here scales are converted to f32 once at load, each
-//! weight block is reused across four activation rows held in registers, and the work is
-//! blocked so that a tile of activations stays in L2 while weight rows stream through L1.
-//! Threads come from candle's own pool, so the two never compete for cores.
+//! rows (prefill) that was no faster per row than decoding. Here, as in llama.cpp's and
+//! candle's repacked kernels, weight rows are interleaved at load in tiles of sixteen: for
+//! each 32-value block, four bytes of each of the sixteen rows side by side, then the next
+//! four, and the sixteen scales as f32. One 512-bit vector (two 256-bit ones with AVX2) then
+//! holds a slice of sixteen rows; four activation bytes are broadcast against it, and one
+//! scale multiply and one FMA serve sixteen outputs. Each tile is reused across four
+//! activation rows held in registers, and the work is blocked so that a tile of activations
+//! stays in L2. Threads come from candle's own pool, so the two never compete for cores.
 //!
-//! Both kernels compute a block's integer dot product exactly, so they differ only in how the
-//! blocks' scaled sums are added up; each takes one fixed order whatever the row count.
+//! Each output is `Σ_b (w_b · x_b) · (d_w · d_x)`, the integer block products exact and the
+//! blocks added one after another into that output's own lane, whatever the row count: a row
+//! gives the same result alone as in a batch, and both kernels give the same bits.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -21,15 +25,20 @@ use crate::Result;
 const BLOCK: usize = 32;
 /// Activation rows per tile: 64 rows of a 4864-wide input are 311 KB of i8, within L2.
 const ROW_TILE: usize = 64;
-/// Weight rows per work item.
-const COL_TILE: usize = 16;
+/// Weight rows interleaved in one tile: a 512-bit vector holds four bytes of each.
+const TILE_ROWS: usize = 16;
+/// Bytes of one tile's block: 32 values of each of its rows.
+const TILE_BLOCK_BYTES: usize = BLOCK * TILE_ROWS;
 
-/// A Q8_0 weight `[rows, cols]` with quants and f32 scales in separate arrays.
+/// A Q8_0 weight `[rows, cols]`, interleaved in tiles of [`TILE_ROWS`] rows.
 #[derive(Debug)]
 pub struct Q8Matrix {
     rows: usize,
     cols: usize,
+    /// Per tile, per block: for each group of four values, those four of each of the tile's
+    /// rows (`[group][row][4]`). Rows past `rows` in the last tile are zero.
     quants: Vec<i8>,
+    /// Per tile, per block: the tile's sixteen row scales (zero past `rows`).
     scales: Vec<f32>,
     isa: Isa,
 }
@@ -55,15 +64,25 @@ impl Q8Matrix {
         }
         let data = tensor.data()?;
         let block_bytes = 2 + BLOCK;
-        let n_blocks = rows * cols / BLOCK;
-        if data.len() != n_blocks * block_bytes {
+        let kb = cols / BLOCK;
+        if data.len() != rows * kb * block_bytes {
             return Ok(None);
         }
-        let mut quants = Vec::with_capacity(rows * cols);
-        let mut scales = Vec::with_capacity(n_blocks);
-        for block in data.chunks_exact(block_bytes) {
-            scales.push(half::f16::from_le_bytes([block[0], block[1]]).to_f32());
-            quants.extend(block[2..].iter().map(|&b| b as i8));
+        let tiles = rows.div_ceil(TILE_ROWS);
+        let mut quants = vec![0i8; tiles * kb * TILE_BLOCK_BYTES];
+        let mut scales = vec![0f32; tiles * kb * TILE_ROWS];
+        for (i, block) in data.chunks_exact(block_bytes).enumerate() {
+            let (row, b) = (i / kb, i % kb);
+            let tile_block = (row / TILE_ROWS) * kb + b;
+            let lane = row % TILE_ROWS;
+            scales[tile_block * TILE_ROWS + lane] =
+                half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            for (group, values) in block[2..].chunks_exact(4).enumerate() {
+                let at = tile_block * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
+                for (q, &v) in quants[at..at + 4].iter_mut().zip(values) {
+                    *q = v as i8;
+                }
+            }
         }
         Ok(Some(Q8Matrix {
             rows,
@@ -92,12 +111,21 @@ impl Q8Matrix {
 
     /// The weights as f32 `[rows, cols]`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        let values: Vec<f32> = self
-            .quants
-            .chunks_exact(BLOCK)
-            .zip(&self.scales)
-            .flat_map(|(q, &d)| q.iter().map(move |&v| v as f32 * d))
-            .collect();
+        let kb = self.cols / BLOCK;
+        let mut values = vec![0f32; self.rows * self.cols];
+        for (row, out) in values.chunks_exact_mut(self.cols).enumerate() {
+            let lane = row % TILE_ROWS;
+            for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                let tile_block = (row / TILE_ROWS) * kb + b;
+                let d = self.scales[tile_block * TILE_ROWS + lane];
+                for (group, out) in out.chunks_exact_mut(4).enumerate() {
+                    let at = tile_block * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
+                    for (o, &q) in out.iter_mut().zip(&self.quants[at..at + 4]) {
+                        *o = q as f32 * d;
+                    }
+                }
+            }
+        }
         Ok(Tensor::from_vec(values, (self.rows, self.cols), device)?)
     }
 
@@ -105,26 +133,36 @@ impl Q8Matrix {
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
         let (m, xs) = super::tiles::activations(xs, self.rows, self.cols, "q8_matmul")?;
         let k = self.cols;
-        let (x_quants, x_scales) = quantize_rows(&xs);
         let kb = k / BLOCK;
-        let out = super::tiles::tiled_product(
+        let (x_quants, x_scales) = quantize_rows(&xs);
+        // The AVX-512 kernel multiplies `w + 128` (unsigned) by `x` and takes `128 · Σx` back.
+        let x_offsets: Vec<i32> = x_quants
+            .chunks_exact(BLOCK)
+            .map(|q| 128 * q.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        let out = super::tiles::grouped_product::<TILE_ROWS>(
             (m, self.rows, k),
             ROW_TILE,
-            COL_TILE,
-            |col, row, n_rows, sums| {
-                let w = WeightRow {
-                    quants: &self.quants[col * k..(col + 1) * k],
-                    scales: &self.scales[col * kb..(col + 1) * kb],
-                    signed: true,
+            1,
+            |tile, row, n_rows, sums| {
+                let w = WeightTile {
+                    quants: &self.quants[tile * kb * TILE_BLOCK_BYTES..][..kb * TILE_BLOCK_BYTES],
+                    scales: &self.scales[tile * kb * TILE_ROWS..][..kb * TILE_ROWS],
                 };
                 let x = ActivationRows {
                     quants: &x_quants[row * k..(row + n_rows) * k],
                     scales: &x_scales[row * kb..(row + n_rows) * kb],
                     count: n_rows,
                 };
-                // SAFETY: `self.isa` was checked against CPUID when it was set, and every
-                // slice holds `kb` whole blocks per row.
-                unsafe { block_dots(self.isa, &w, &x, sums) }
+                let offsets = &x_offsets[row * kb..(row + n_rows) * kb];
+                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
+                // `kb` blocks and the activations `kb` blocks per row.
+                unsafe {
+                    match self.isa {
+                        Isa::Avx2 => tile_dots_avx2(&w, &x, kb, sums),
+                        Isa::Avx512Vnni => tile_dots_avx512(&w, &x, offsets, kb, sums),
+                    }
+                }
             },
         );
         Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
@@ -145,6 +183,148 @@ pub(super) fn quantize_rows(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
         scales.push(d);
     }
     (quants, scales)
+}
+
+/// One interleaved tile of [`Q8Matrix`]: `kb` blocks of [`TILE_BLOCK_BYTES`] and their
+/// [`TILE_ROWS`] scales each.
+struct WeightTile<'a> {
+    quants: &'a [i8],
+    scales: &'a [f32],
+}
+
+/// `sums[j][r]`: row `r` of the tile against activation row `j`, with 256-bit vectors (eight
+/// tile rows each): per four-value group, the activation bytes broadcast, their signs moved
+/// onto them from the weights, `vpmaddubsw` with the weights' magnitudes, `vpmaddwd` to 32
+/// bits. The products are exact: at most 2 · 128 · 127 per 16-bit pair.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `w` holds `kb` tile blocks, `x` `x.count <= 4` rows of
+/// `kb` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_dots_avx2(
+    w: &WeightTile,
+    x: &ActivationRows,
+    kb: usize,
+    sums: &mut [[f32; TILE_ROWS]; 4],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(w.quants.len() >= kb * TILE_BLOCK_BYTES && w.scales.len() >= kb * TILE_ROWS);
+    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    let k = kb * BLOCK;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    for b in 0..kb {
+        // SAFETY (all loads): block `b` of the tile is `TILE_BLOCK_BYTES` bytes at
+        // `b * TILE_BLOCK_BYTES`, its scales `TILE_ROWS` values at `b * TILE_ROWS`, and each
+        // activation row has `BLOCK` bytes at `b * BLOCK`.
+        let wq = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
+        for half in 0..2 {
+            let ws = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(b * TILE_ROWS + half * 8)) };
+            // Over all four accumulators with a bound check, so that the loop unrolls and
+            // they stay in registers.
+            for (j, acc) in acc.iter_mut().enumerate() {
+                if j < x.count {
+                    let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
+                    let mut isum = _mm256_setzero_si256();
+                    for group in 0..BLOCK / 4 {
+                        let wv = unsafe {
+                            _mm256_loadu_si256(
+                                wq.add(group * TILE_ROWS * 4 + half * 32) as *const __m256i
+                            )
+                        };
+                        let x4 = _mm256_set1_epi32(unsafe {
+                            (xp.add(group * 4) as *const i32).read_unaligned()
+                        });
+                        let pairs = _mm256_maddubs_epi16(
+                            _mm256_sign_epi8(wv, wv),
+                            _mm256_sign_epi8(x4, wv),
+                        );
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
+                    }
+                    let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x.scales[j * kb + b]));
+                    acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[half]);
+                }
+            }
+        }
+    }
+    for (sums, acc) in sums.iter_mut().zip(&acc).take(x.count) {
+        // SAFETY: each row of `sums` has room for two vectors of eight.
+        unsafe {
+            _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+}
+
+/// [`tile_dots_avx2`] with one 512-bit vector for the sixteen tile rows and `vpdpbusd`, which
+/// multiplies unsigned by signed bytes: the weights are flipped to `w + 128` in registers and
+/// `offsets[j * kb + b] = 128 · Σx` is taken back from each block's sum, which leaves it
+/// exact and equal to the AVX2 kernel's; so are the scaling and the order of the additions.
+///
+/// # Safety
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`]; `offsets` holds `x.count` rows of `kb`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_dots_avx512(
+    w: &WeightTile,
+    x: &ActivationRows,
+    offsets: &[i32],
+    kb: usize,
+    sums: &mut [[f32; TILE_ROWS]; 4],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(w.quants.len() >= kb * TILE_BLOCK_BYTES && w.scales.len() >= kb * TILE_ROWS);
+    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(offsets.len() >= x.count * kb);
+    let k = kb * BLOCK;
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for b in 0..kb {
+        // SAFETY (all loads): as in `tile_dots_avx2`.
+        let wq = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
+        let mut wv = [_mm512_setzero_si512(); BLOCK / 4];
+        for (group, wv) in wv.iter_mut().enumerate() {
+            let raw = unsafe { _mm512_loadu_si512(wq.add(group * TILE_ROWS * 4) as *const _) };
+            *wv = _mm512_xor_si512(raw, flip);
+        }
+        let ws = unsafe { _mm512_loadu_ps(w.scales.as_ptr().add(b * TILE_ROWS)) };
+        for (j, acc) in acc.iter_mut().enumerate() {
+            if j < x.count {
+                let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
+                let mut isum = _mm512_setzero_si512();
+                for (group, wv) in wv.iter().enumerate() {
+                    let x4 = _mm512_set1_epi32(unsafe {
+                        (xp.add(group * 4) as *const i32).read_unaligned()
+                    });
+                    isum = _mm512_dpbusd_epi32(isum, *wv, x4);
+                }
+                let isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(offsets[j * kb + b]));
+                let scale = _mm512_mul_ps(ws, _mm512_set1_ps(x.scales[j * kb + b]));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+            }
+        }
+    }
+    for (sums, acc) in sums.iter_mut().zip(&acc).take(x.count) {
+        // SAFETY: each row of `sums` has room for sixteen values.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), *acc) };
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_dots_avx2(_: &WeightTile, _: &ActivationRows, _: usize, _: &mut [[f32; 16]; 4]) {
+    unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_dots_avx512(
+    _: &WeightTile,
+    _: &ActivationRows,
+    _: &[i32],
+    _: usize,
+    _: &mut [[f32; 16]; 4],
+) {
+    unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
 /// One weight row as 32-value blocks: a byte per value and a scale per block. `signed`

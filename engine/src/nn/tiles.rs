@@ -39,30 +39,54 @@ pub(crate) fn activations(
 /// activations stays in cache while weight rows stream through. An entry's value depends on
 /// `dot` alone, never on the tiling or on `m`: a row gives the same result alone as in a batch.
 pub(crate) fn tiled_product(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     row_tile: usize,
     col_tile: usize,
     dot: impl Fn(usize, usize, usize, &mut [f32; 4]) + Sync,
 ) -> Vec<f32> {
+    grouped_product::<1>(dims, row_tile, col_tile, |col, row, rows, sums| {
+        let mut flat = [0f32; 4];
+        dot(col, row, rows, &mut flat);
+        for (sum, value) in sums.iter_mut().zip(flat) {
+            sum[0] = value;
+        }
+    })
+}
+
+/// [`tiled_product`] for kernels that produce `G` adjacent columns at once: `dot(group, row,
+/// rows, sums)` fills `sums[j][c]` with entry `(row + j, group * G + c)` for `j < rows`
+/// (entries past `n` are dropped), and tiles are `row_tile` activation rows by `group_tile`
+/// groups.
+pub(crate) fn grouped_product<const G: usize>(
+    (m, n, k): (usize, usize, usize),
+    row_tile: usize,
+    group_tile: usize,
+    dot: impl Fn(usize, usize, usize, &mut [[f32; G]; 4]) + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let out_ptr = out.as_mut_ptr() as usize;
+    let groups = n.div_ceil(G);
     let row_tiles = m.div_ceil(row_tile);
-    let col_tiles = n.div_ceil(col_tile);
+    let group_tiles = groups.div_ceil(group_tile);
     let run = |items: std::ops::Range<usize>| {
         for item in items {
-            let (row_tile_idx, col_tile_idx) = (item / col_tiles, item % col_tiles);
+            let (row_tile_idx, group_tile_idx) = (item / group_tiles, item % group_tiles);
             let rows = row_tile_idx * row_tile..((row_tile_idx + 1) * row_tile).min(m);
-            let cols = col_tile_idx * col_tile..((col_tile_idx + 1) * col_tile).min(n);
-            for col in cols {
+            let group_range =
+                group_tile_idx * group_tile..((group_tile_idx + 1) * group_tile).min(groups);
+            for group in group_range {
+                let cols = group * G..((group + 1) * G).min(n);
                 let mut row = rows.start;
                 while row < rows.end {
                     let n_rows = (rows.end - row).min(4);
-                    let mut sums = [0f32; 4];
-                    dot(col, row, n_rows, &mut sums);
-                    for (j, sum) in sums.iter().take(n_rows).enumerate() {
-                        // SAFETY: each (row, col) is written by exactly one work item, and
-                        // `out` outlives the pool's call.
-                        unsafe { *(out_ptr as *mut f32).add((row + j) * n + col) = *sum };
+                    let mut sums = [[0f32; G]; 4];
+                    dot(group, row, n_rows, &mut sums);
+                    for (j, sums) in sums.iter().take(n_rows).enumerate() {
+                        for (col, sum) in cols.clone().zip(sums) {
+                            // SAFETY: each (row, col) is written by exactly one work item,
+                            // and `out` outlives the pool's call.
+                            unsafe { *(out_ptr as *mut f32).add((row + j) * n + col) = *sum };
+                        }
                     }
                     row += n_rows;
                 }
@@ -70,9 +94,9 @@ pub(crate) fn tiled_product(
         }
     };
     if m * n * k < INLINE_WORK {
-        run(0..row_tiles * col_tiles);
+        run(0..row_tiles * group_tiles);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(row_tiles * col_tiles, run);
+        candle_core::utils::barrier_pool().execute_chunked(row_tiles * group_tiles, run);
     }
     out
 }
