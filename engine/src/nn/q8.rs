@@ -236,10 +236,8 @@ unsafe fn tile_dots_avx2(
                         let x4 = _mm256_set1_epi32(unsafe {
                             (xp.add(group * 4) as *const i32).read_unaligned()
                         });
-                        let pairs = _mm256_maddubs_epi16(
-                            _mm256_sign_epi8(wv, wv),
-                            _mm256_sign_epi8(x4, wv),
-                        );
+                        let (w_unsigned, x_signed) = unsigned_by_signed(wv, x4, true);
+                        let pairs = _mm256_maddubs_epi16(w_unsigned, x_signed);
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
                     }
                     let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x.scales[j * kb + b]));
@@ -362,6 +360,24 @@ pub(super) unsafe fn block_dots(isa: Isa, w: &WeightRow, x: &ActivationRows, sum
     }
 }
 
+/// Operands for an unsigned-by-signed byte multiply (`vpmaddubsw`, `vpdpbusd`) whose products
+/// are `w · x`: for signed weights, their magnitudes and `x` with their signs; unsigned
+/// weights as they are.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn unsigned_by_signed(
+    w: std::arch::x86_64::__m256i,
+    x: std::arch::x86_64::__m256i,
+    signed: bool,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    if signed {
+        (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+    } else {
+        (w, x)
+    }
+}
+
 /// [`block_dots`] with 256-bit vectors, one block per step: `vpmaddubsw` then `vpmaddwd`.
 ///
 /// # Safety
@@ -378,11 +394,6 @@ unsafe fn block_dots_avx2(w: &WeightRow, x: &ActivationRows, kb: usize, sums: &m
         let wv = unsafe { _mm256_loadu_si256(w.quants.as_ptr().add(b * BLOCK) as *const __m256i) };
         // maddubs multiplies unsigned by signed bytes: for signed weights, move their sign
         // onto x and use their magnitude.
-        let w_unsigned = if w.signed {
-            _mm256_sign_epi8(wv, wv)
-        } else {
-            wv
-        };
         let ws = w.scales[b];
         // Over all four accumulators with a bound check, so that the loop unrolls and they stay
         // in registers.
@@ -391,11 +402,7 @@ unsafe fn block_dots_avx2(w: &WeightRow, x: &ActivationRows, kb: usize, sums: &m
                 let xv = unsafe {
                     _mm256_loadu_si256(x.quants.as_ptr().add(j * k + b * BLOCK) as *const __m256i)
                 };
-                let xv = if w.signed {
-                    _mm256_sign_epi8(xv, wv)
-                } else {
-                    xv
-                };
+                let (w_unsigned, xv) = unsigned_by_signed(wv, xv, w.signed);
                 let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w_unsigned, xv), ones);
                 let scale = _mm256_set1_ps(ws * x.scales[j * kb + b]);
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, *acc);
@@ -458,21 +465,12 @@ unsafe fn block_dots_avx512(w: &WeightRow, x: &ActivationRows, kb: usize, sums: 
         let b = kb - 1;
         // SAFETY (all loads): block `b` is the last of `w` and of each of `x`'s rows.
         let wv = unsafe { _mm256_loadu_si256(w.quants.as_ptr().add(b * BLOCK) as *const __m256i) };
-        let w_unsigned = if w.signed {
-            _mm256_sign_epi8(wv, wv)
-        } else {
-            wv
-        };
         for (j, tail) in tail.iter_mut().enumerate() {
             if j < x.count {
                 let xv = unsafe {
                     _mm256_loadu_si256(x.quants.as_ptr().add(j * k + b * BLOCK) as *const __m256i)
                 };
-                let xv = if w.signed {
-                    _mm256_sign_epi8(xv, wv)
-                } else {
-                    xv
-                };
+                let (w_unsigned, xv) = unsigned_by_signed(wv, xv, w.signed);
                 let products = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_unsigned, xv);
                 let scale = _mm256_set1_ps(w.scales[b] * x.scales[j * kb + b]);
                 *tail = _mm256_mul_ps(_mm256_cvtepi32_ps(products), scale);
