@@ -50,12 +50,13 @@ pub struct ModelArgs {
     pub max_context: Option<usize>,
     /// Keep Q4_0/Q4_1/Q5_0/Q5_1 tensors as stored instead of converting them to Q8_0:
     /// HexaCoder's kernels multiply them on their own nibbles where the CPU has AVX2 and FMA
-    /// (about 30% less memory and half the load time, 3-13% slower decoding and prefill as
-    /// measured), candle's much slower ones elsewhere.
+    /// (as measured: about 20-30% less memory and a third of the load time, but prefill about
+    /// half as fast as the default's interleaved Q8_0 kernels), candle's much slower ones
+    /// elsewhere.
     #[arg(long)]
     pub keep_legacy_quants: bool,
-    /// Multiply Q8_0 weights with candle's kernel instead of HexaCoder's AVX2 kernel (for
-    /// comparison; ours is used only where the CPU has AVX2 and FMA).
+    /// Multiply Q8_0 weights with candle's kernel instead of HexaCoder's (for comparison;
+    /// ours are used only where the CPU has AVX2 and FMA).
     #[arg(long)]
     pub candle_q8_kernel: bool,
     /// FIM template: `auto`, `off`, or three token texts `PREFIX,SUFFIX,MIDDLE`.

@@ -227,16 +227,17 @@ impl GgufFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requantize {
     /// Keep every tensor as stored. The legacy 4/5-bit types are multiplied by
-    /// [`crate::nn::LegacyMatrix`] where the CPU has AVX2 and FMA: about 30% less memory and
-    /// half the load time of `LegacyToQ8_0`, but 3-13% slower decoding and prefill on the
-    /// machines measured (`benches/RESULTS.md`). Elsewhere candle's kernels, which are slow.
+    /// [`crate::nn::LegacyMatrix`] where the CPU has AVX2 and FMA: about 20-30% less memory and
+    /// a third of the load time of `LegacyToQ8_0`, but prefill about half as fast as its
+    /// interleaved Q8_0 kernels on the machines measured (`benches/RESULTS.md`). Elsewhere
+    /// candle's kernels, which are slow.
     Keep,
     /// Convert Q4_0/Q4_1/Q5_0/Q5_1 to Q8_0 at load (the CPU default): multiplied by
     /// [`crate::nn::Q8Matrix`], the fastest path measured, at 8.5 bits a weight instead of
     /// 5-6. Q8_0 holds them almost exactly.
     LegacyToQ8_0,
     /// Convert every quantized matrix (k-quants too) to Q8_0, so that all projections use
-    /// HexaCoder's AVX2 Q8_0 kernel. Costs memory bandwidth in decoding, saves prefill time.
+    /// HexaCoder's Q8_0 kernels. Costs memory bandwidth in decoding, saves prefill time.
     AllToQ8_0,
     /// Dequantize every matrix to dense f32 at load: the GPU default. A GPU has the memory
     /// and the bandwidth, cuBLAS multiplies the exact weights (parity with f32 references),
