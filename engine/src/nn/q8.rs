@@ -71,19 +71,45 @@ impl Q8Matrix {
         let tiles = rows.div_ceil(TILE_ROWS);
         let mut quants = vec![0i8; tiles * kb * TILE_BLOCK_BYTES];
         let mut scales = vec![0f32; tiles * kb * TILE_ROWS];
-        for (i, block) in data.chunks_exact(block_bytes).enumerate() {
-            let (row, b) = (i / kb, i % kb);
-            let tile_block = (row / TILE_ROWS) * kb + b;
-            let lane = row % TILE_ROWS;
-            scales[tile_block * TILE_ROWS + lane] =
-                half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-            for (group, values) in block[2..].chunks_exact(4).enumerate() {
-                let at = tile_block * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
-                for (q, &v) in quants[at..at + 4].iter_mut().zip(values) {
-                    *q = v as i8;
+        // One tile per work item on candle's pool: a 151,936-row LM head takes a while.
+        let tile_quants = kb * TILE_BLOCK_BYTES;
+        let tile_scales = kb * TILE_ROWS;
+        let lay_out = |tile: usize, quants: &mut [i8], scales: &mut [f32]| {
+            let first_row = tile * TILE_ROWS;
+            let tile_rows = &data[first_row * kb * block_bytes..]
+                [..(rows - first_row).min(TILE_ROWS) * kb * block_bytes];
+            for (i, block) in tile_rows.chunks_exact(block_bytes).enumerate() {
+                let (lane, b) = (i / kb, i % kb);
+                scales[b * TILE_ROWS + lane] =
+                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                for (group, values) in block[2..].chunks_exact(4).enumerate() {
+                    let at = b * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
+                    for (q, &v) in quants[at..at + 4].iter_mut().zip(values) {
+                        *q = v as i8;
+                    }
                 }
             }
-        }
+        };
+        let (quants_ptr, scales_ptr) = (quants.as_mut_ptr() as usize, scales.as_mut_ptr() as usize);
+        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
+            for tile in range {
+                // SAFETY: tile `tile`'s parts of `quants` and `scales` are written by this work
+                // item alone, and both outlive the pool's call.
+                let (quants, scales) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(
+                            (quants_ptr as *mut i8).add(tile * tile_quants),
+                            tile_quants,
+                        ),
+                        std::slice::from_raw_parts_mut(
+                            (scales_ptr as *mut f32).add(tile * tile_scales),
+                            tile_scales,
+                        ),
+                    )
+                };
+                lay_out(tile, quants, scales);
+            }
+        });
         Ok(Some(Q8Matrix {
             rows,
             cols,
