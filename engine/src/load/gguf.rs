@@ -193,32 +193,25 @@ impl GgufFile {
     ) -> Result<GgufWeights> {
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
-        let mut stored = Vec::with_capacity(self.content.tensor_infos.len());
+        let mut tensors = HashMap::with_capacity(self.content.tensor_infos.len());
         for name in self.content.tensor_infos.keys() {
             let tensor = self
                 .content
                 .tensor(&mut reader, name, device)
                 .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
-            stored.push((name.clone(), tensor));
-        }
-        let convert = |tensor: &QTensor| match requantize {
-            Requantize::Keep | Requantize::Dequantize => false,
-            Requantize::LegacyToQ8_0 => is_slow_legacy(tensor.dtype()),
-            Requantize::AllToQ8_0 => tensor.rank() == 2 && is_quantized_not_q8_0(tensor.dtype()),
-        };
-        // Re-quantizing is most of the load's time: spread it over the cores, largest first,
-        // each stored tensor freed once converted.
-        let (mut to_convert, kept): (Vec<_>, Vec<_>) =
-            stored.into_iter().partition(|(_, tensor)| convert(tensor));
-        to_convert.sort_by_key(|(_, tensor)| std::cmp::Reverse(tensor.storage_size_in_bytes()));
-        let converted = parallel_map(to_convert, |(name, tensor)| -> Result<(String, QTensor)> {
-            let q8 = QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?;
-            Ok((name, q8))
-        });
-        let mut tensors = HashMap::with_capacity(kept.len() + converted.len());
-        for entry in kept.into_iter().map(Ok).chain(converted) {
-            let (name, tensor) = entry?;
-            tensors.insert(name, Arc::new(tensor));
+            let convert = match requantize {
+                Requantize::Keep | Requantize::Dequantize => false,
+                Requantize::LegacyToQ8_0 => is_slow_legacy(tensor.dtype()),
+                Requantize::AllToQ8_0 => {
+                    tensor.rank() == 2 && is_quantized_not_q8_0(tensor.dtype())
+                }
+            };
+            let tensor = if convert {
+                QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?
+            } else {
+                tensor
+            };
+            tensors.insert(name.clone(), Arc::new(tensor));
         }
         Ok(GgufWeights {
             path: self.path.clone(),
@@ -228,52 +221,6 @@ impl GgufFile {
             device: device.clone(),
         })
     }
-}
-
-/// `f` over `items` on every core (scoped threads taking the next item in turn), the results
-/// in `items`' order. Each item is moved into `f`, so that it is freed as soon as `f` is done
-/// with it rather than when all are.
-fn parallel_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    if threads <= 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let slots: Vec<std::sync::Mutex<Option<T>>> = items
-        .into_iter()
-        .map(|item| std::sync::Mutex::new(Some(item)))
-        .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(slot) = slots.get(i) else {
-                            return done;
-                        };
-                        // Each slot is taken by exactly one worker.
-                        let item = slot.lock().ok().and_then(|mut slot| slot.take());
-                        if let Some(item) = item {
-                            done.push((i, f(item)));
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| match worker.join() {
-                Ok(done) => done,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// What to do with tensor types that candle multiplies slowly on CPU.
