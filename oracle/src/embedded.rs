@@ -10,6 +10,7 @@ use ast_grep_core::tree_sitter::{LanguageExt, StrDoc, TSLanguage};
 use serde::{Deserialize, Deserializer};
 
 use crate::finding::{Finding, Severity, Span, normalize_cwe};
+use crate::null_check;
 
 /// Languages the embedded rules cover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,12 +149,23 @@ struct RuleHeader {
 #[derive(Deserialize)]
 struct RuleMetadata {
     cwe: Option<String>,
+    flow: Option<Flow>,
+}
+
+/// A check after the match that ast-grep's relations express only at quadratic cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Flow {
+    /// The match binds `$P`: report it only if a later statement of the same block uses `$P`
+    /// and none checks it against NULL ([`crate::null_check`]).
+    NullCheck,
 }
 
 struct Rule {
     config: RuleConfig<Language>,
     cwe: String,
     severity: Severity,
+    flow: Option<Flow>,
     /// Node kinds the rule can match (by kind id); `None`: any.
     kinds: Option<Vec<bool>>,
 }
@@ -221,6 +233,8 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
 /// The embedded analyzer: compiled rules per language.
 pub struct EmbeddedAnalyzer {
     rules: Vec<(Language, Rule)>,
+    /// For rules with `flow: null-check`, per language that has one.
+    null_check_shapes: Vec<(Language, null_check::Shapes)>,
 }
 
 impl EmbeddedAnalyzer {
@@ -242,6 +256,7 @@ impl EmbeddedAnalyzer {
     ) -> Result<Self, RuleError> {
         let globals = GlobalRules::default();
         let mut rules = Vec::new();
+        let mut null_check_shapes = Vec::new();
         for (file, yaml) in files {
             let error = |reason: String| RuleError {
                 file: file.to_string(),
@@ -253,11 +268,12 @@ impl EmbeddedAnalyzer {
             for document in documents {
                 let header: RuleHeader =
                     ast_grep_config::from_str(document).map_err(|e| error(e.to_string()))?;
-                let cwe = header
+                let (cwe, flow) = header
                     .metadata
-                    .and_then(|m| m.cwe)
-                    .and_then(|c| normalize_cwe(&c))
-                    .ok_or_else(|| error(format!("rule {} has no metadata.cwe", header.id)))?;
+                    .map(|m| (m.cwe.and_then(|c| normalize_cwe(&c)), m.flow))
+                    .unwrap_or_default();
+                let cwe =
+                    cwe.ok_or_else(|| error(format!("rule {} has no metadata.cwe", header.id)))?;
                 let mut variants = vec![document.to_string()];
                 if Language::from_name(&header.language) == Some(Language::C) {
                     variants.push(document.replacen(
@@ -277,6 +293,13 @@ impl EmbeddedAnalyzer {
                             _ => Severity::Note,
                         };
                         let language = config.language;
+                        if flow == Some(Flow::NullCheck)
+                            && !null_check_shapes.iter().any(|(l, _)| *l == language)
+                        {
+                            let shapes = null_check::Shapes::new(language)
+                                .map_err(|e| error(format!("rule {}: {e}", header.id)))?;
+                            null_check_shapes.push((language, shapes));
+                        }
                         let kinds = config.matcher.potential_kinds().map(|set| {
                             let ids: Vec<usize> = set.iter().collect();
                             let mut kinds = vec![false; ids.iter().max().map_or(0, |m| m + 1)];
@@ -291,6 +314,7 @@ impl EmbeddedAnalyzer {
                                 config,
                                 cwe: cwe.clone(),
                                 severity,
+                                flow,
                                 kinds,
                             },
                         ));
@@ -298,7 +322,10 @@ impl EmbeddedAnalyzer {
                 }
             }
         }
-        Ok(EmbeddedAnalyzer { rules })
+        Ok(EmbeddedAnalyzer {
+            rules,
+            null_check_shapes,
+        })
     }
 
     /// Rules loaded, per language.
@@ -327,6 +354,7 @@ impl EmbeddedAnalyzer {
             .map(|(_, rule)| rule)
             .collect();
         let mut findings = Vec::new();
+        let mut null_check_sites = Vec::new();
         for node in root.root().dfs() {
             let kind = usize::from(node.kind_id());
             for rule in &rules {
@@ -343,7 +371,7 @@ impl EmbeddedAnalyzer {
                 let start = matched.start_pos();
                 let end = matched.end_pos();
                 let node = matched.get_node();
-                findings.push(Finding {
+                let finding = Finding {
                     cwe: rule.cwe.clone(),
                     rule_id: rule.config.id.clone(),
                     message: rule.config.get_message(&matched),
@@ -356,8 +384,27 @@ impl EmbeddedAnalyzer {
                     },
                     severity: rule.severity,
                     analyzer: "embedded".into(),
-                });
+                };
+                match rule.flow {
+                    None => findings.push(finding),
+                    Some(Flow::NullCheck) => {
+                        if let Some(pointer) = matched.get_env().get_match("P") {
+                            null_check_sites.push(null_check::Site {
+                                statement: node.node_id(),
+                                pointer: pointer.node_id(),
+                                report: finding,
+                            });
+                        }
+                    }
+                }
             }
+        }
+        if let Some((_, shapes)) = self.null_check_shapes.iter().find(|(l, _)| *l == language) {
+            findings.extend(null_check::unchecked(
+                &root.root(),
+                shapes,
+                null_check_sites,
+            ));
         }
         findings.sort_by_key(|f| (f.span.start_line, f.span.start_column, f.rule_id.clone()));
         findings.dedup_by(|a, b| a.rule_id == b.rule_id && a.span == b.span);

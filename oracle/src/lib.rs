@@ -10,6 +10,7 @@ pub mod cwe_map;
 pub mod embedded;
 mod external;
 pub mod finding;
+mod null_check;
 mod oracle;
 mod sarif;
 
