@@ -320,15 +320,20 @@ pub enum VerificationOutcome {
     Replaced,
     /// Every candidate had findings; the most probable is returned with them.
     AllFlagged,
+    /// No candidate was found clean, and the most probable, returned, could not be analyzed
+    /// (its parse ran past the oracle's time budget): it is neither clean nor flagged.
+    Unchecked,
 }
 
 impl VerificationOutcome {
-    /// Its wire name (`first_clean`, `replaced`, `all_flagged`), also a metrics label.
+    /// Its wire name (`first_clean`, `replaced`, `all_flagged`, `unchecked`), also a metrics
+    /// label.
     pub fn as_str(self) -> &'static str {
         match self {
             VerificationOutcome::FirstClean => "first_clean",
             VerificationOutcome::Replaced => "replaced",
             VerificationOutcome::AllFlagged => "all_flagged",
+            VerificationOutcome::Unchecked => "unchecked",
         }
     }
 }
@@ -397,6 +402,9 @@ pub struct CandidateSummary {
     /// The sum of its tokens' log-probabilities.
     pub logprob: f64,
     pub sample: u32,
+    /// Why the oracle could not analyze it; absent when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_analyzed: Option<String>,
 }
 
 /// The response's `hexacoder` object: timings and which adapter answered.

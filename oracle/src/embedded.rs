@@ -2,6 +2,9 @@
 //! fast enough to run inside a completion request.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use ast_grep_config::{GlobalRules, RuleConfig};
 use ast_grep_core::Language as AstLanguage;
@@ -128,6 +131,92 @@ impl LanguageExt for Language {
     }
 }
 
+/// A source the embedded analyzer did not analyze.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// tree-sitter's error recovery is slow on some garbled input (15 KB of it took 200 ms,
+    /// ten times a valid file's time), and this analyzer runs inside requests.
+    #[error(
+        "parsing stopped after {elapsed_ms} ms, the budget for {bytes} bytes (tree-sitter recovers slowly from errors in this input)"
+    )]
+    ParseBudget {
+        /// Milliseconds spent.
+        elapsed_ms: u64,
+        /// The source's size.
+        bytes: usize,
+    },
+    /// The parser returned no tree.
+    #[error("the parser returned no tree")]
+    NoTree,
+}
+
+/// The time a parse may take: this plus [`PARSE_BUDGET_PER_KB`] per KB of source. Valid
+/// files parse 20-100 times faster than that; the slowest garbled input the fuzzer found,
+/// at 14 ms a KB, is cut off.
+pub const PARSE_BUDGET_BASE: Duration = Duration::from_millis(200);
+/// See [`PARSE_BUDGET_BASE`].
+pub const PARSE_BUDGET_PER_KB: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// One parser per language and thread, as ast-grep keeps them.
+    static PARSERS: RefCell<HashMap<Language, tree_sitter::Parser>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Parses `source` within the budget for its size.
+fn parse(
+    language: Language,
+    source: &str,
+    budget: (Duration, Duration),
+) -> Result<ast_grep_core::AstGrep<StrDoc<Language>>, ScanError> {
+    let limit = budget.0 + budget.1.mul_f64(source.len() as f64 / 1024.0);
+    let started = Instant::now();
+    let tree = PARSERS.with(|parsers| {
+        let mut parsers = parsers.borrow_mut();
+        let parser = match parsers.entry(language) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let mut parser = tree_sitter::Parser::new();
+                parser
+                    .set_language(&language.ts())
+                    .map_err(|_| ScanError::NoTree)?;
+                entry.insert(parser)
+            }
+        };
+        // A cancelled parse leaves state behind that the next would resume.
+        parser.reset();
+        let bytes = source.as_bytes();
+        let mut past_budget = |_: &tree_sitter::ParseState| {
+            if started.elapsed() > limit {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        };
+        let options = tree_sitter::ParseOptions::new().progress_callback(&mut past_budget);
+        Ok(parser.parse_with_options(
+            &mut |at, _| bytes.get(at..).unwrap_or_default(),
+            None,
+            Some(options),
+        ))
+    })?;
+    let Some(tree) = tree else {
+        return Err(if started.elapsed() > limit {
+            ScanError::ParseBudget {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                bytes: source.len(),
+            }
+        } else {
+            ScanError::NoTree
+        });
+    };
+    Ok(ast_grep_core::AstGrep::doc(StrDoc {
+        src: source.to_string(),
+        lang: language,
+        tree,
+    }))
+}
+
 /// A rule file that does not load.
 #[derive(Debug, thiserror::Error)]
 #[error("rule file {file}: {reason}")]
@@ -233,6 +322,8 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
 /// The embedded analyzer: compiled rules per language.
 pub struct EmbeddedAnalyzer {
     rules: Vec<(Language, Rule)>,
+    /// Time a parse may take: a base and a share per KB.
+    parse_budget: (Duration, Duration),
     /// For rules with `flow: null-check`, per language that has one.
     null_check_shapes: Vec<(Language, null_check::Shapes)>,
 }
@@ -324,8 +415,17 @@ impl EmbeddedAnalyzer {
         }
         Ok(EmbeddedAnalyzer {
             rules,
+            parse_budget: (PARSE_BUDGET_BASE, PARSE_BUDGET_PER_KB),
             null_check_shapes,
         })
+    }
+
+    /// This analyzer with another parse budget: `base` plus `per_kb` per KB of source.
+    pub fn with_parse_budget(self, base: Duration, per_kb: Duration) -> Self {
+        EmbeddedAnalyzer {
+            parse_budget: (base, per_kb),
+            ..self
+        }
     }
 
     /// Rules loaded, per language.
@@ -345,8 +445,17 @@ impl EmbeddedAnalyzer {
     /// Every finding in `source`, in source order. One walk of the tree tries every rule on
     /// each node whose kind the rule can match (a walk per rule costs about as much as the
     /// matching itself).
-    pub fn scan(&self, language: Language, path: &str, source: &str) -> Vec<Finding> {
-        let root = language.ast_grep(source);
+    ///
+    /// # Errors
+    /// A source whose parse takes longer than the budget for its size, which is left
+    /// unanalyzed: never reported clean.
+    pub fn scan(
+        &self,
+        language: Language,
+        path: &str,
+        source: &str,
+    ) -> Result<Vec<Finding>, ScanError> {
+        let root = parse(language, source, self.parse_budget)?;
         let rules: Vec<&Rule> = self
             .rules
             .iter()
@@ -408,6 +517,6 @@ impl EmbeddedAnalyzer {
         }
         findings.sort_by_key(|f| (f.span.start_line, f.span.start_column, f.rule_id.clone()));
         findings.dedup_by(|a, b| a.rule_id == b.rule_id && a.span == b.span);
-        findings
+        Ok(findings)
     }
 }

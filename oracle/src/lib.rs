@@ -16,7 +16,7 @@ mod sarif;
 
 pub use analyzer::{Analyzer, AnalyzerRun, RunStatus, Skipped, Source};
 pub use cwe_map::{CweMap, CweMapError, Mapped};
-pub use embedded::{EmbeddedAnalyzer, Language, RuleError};
+pub use embedded::{EmbeddedAnalyzer, Language, RuleError, ScanError};
 pub use external::ExternalOptions;
 pub use finding::{Finding, Severity, Span, normalize_cwe, to_sarif, to_sarif_runs};
 pub use oracle::{CweSelection, Oracle, Report, Verdict, VerdictStatus};

@@ -337,10 +337,10 @@ mod tests {
         for _ in 0..1_500 {
             let source = program(&mut rng);
             for language in [Language::C, Language::Cpp] {
-                let expected = key(relational.scan(language, "f.c", &source));
+                let expected = key(relational.scan(language, "f.c", &source).expect("parses"));
                 flagged += usize::from(!expected.is_empty());
                 assert_eq!(
-                    key(flowing.scan(language, "f.c", &source)),
+                    key(flowing.scan(language, "f.c", &source).expect("parses")),
                     expected,
                     "{language:?}:\n{source}"
                 );
@@ -370,8 +370,8 @@ mod tests {
             let source = row["prompt"].as_str().expect("a prompt");
             prompts += 1;
             assert_eq!(
-                key(flowing.scan(Language::C, "p.c", source)),
-                key(relational.scan(Language::C, "p.c", source)),
+                key(flowing.scan(Language::C, "p.c", source).expect("parses")),
+                key(relational.scan(Language::C, "p.c", source).expect("parses")),
                 "{source}"
             );
         }
@@ -385,8 +385,12 @@ mod tests {
         let input = include_bytes!("../tests/fixtures/fuzz/oracle/c-allocations-in-one-block");
         let source = std::str::from_utf8(&input[1..]).expect("the fuzzer's input is UTF-8");
         assert_eq!(
-            key(flowing().scan(Language::C, "sample.c", source)),
-            key(relational().scan(Language::C, "sample.c", source))
+            key(flowing()
+                .scan(Language::C, "sample.c", source)
+                .expect("parses")),
+            key(relational()
+                .scan(Language::C, "sample.c", source)
+                .expect("parses"))
         );
     }
 
@@ -403,7 +407,10 @@ mod tests {
             }
             source.push_str("}\n");
             let start = std::time::Instant::now();
-            let findings = analyzer.scan(Language::C, "many.c", &source).len();
+            let findings = analyzer
+                .scan(Language::C, "many.c", &source)
+                .expect("parses")
+                .len();
             (findings, start.elapsed())
         };
         scan(8);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::analyzer::{Analyzer, AnalyzerRun, RunStatus, Source};
+use crate::analyzer::{Analyzer, AnalyzerRun, RunStatus, Skipped, Source};
 use crate::cwe_map::CweMap;
 use crate::embedded::{EmbeddedAnalyzer, RuleError};
 use crate::external::{self, ExternalOptions};
@@ -160,6 +160,11 @@ impl Oracle {
         })
     }
 
+    /// This oracle with another embedded analyzer (other rules, another parse budget).
+    pub fn with_embedded(self, embedded: EmbeddedAnalyzer) -> Self {
+        Oracle { embedded, ..self }
+    }
+
     /// The embedded analyzer alone.
     pub fn embedded(&self) -> &EmbeddedAnalyzer {
         &self.embedded
@@ -210,10 +215,16 @@ impl Oracle {
         let started = Instant::now();
         let mut run = AnalyzerRun::new(Analyzer::Embedded);
         for source in sources {
-            run.findings.extend(
-                self.embedded
-                    .scan(source.language, &source.path, &source.text),
-            );
+            match self
+                .embedded
+                .scan(source.language, &source.path, &source.text)
+            {
+                Ok(findings) => run.findings.extend(findings),
+                Err(error) => run.skipped.push(Skipped {
+                    path: source.path.clone(),
+                    reason: error.to_string(),
+                }),
+            }
         }
         run.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         run

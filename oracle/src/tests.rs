@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn analyzer() -> EmbeddedAnalyzer {
     EmbeddedAnalyzer::builtin().expect("built-in rules compile")
@@ -7,6 +8,7 @@ fn analyzer() -> EmbeddedAnalyzer {
 fn cwes(language: Language, source: &str) -> Vec<String> {
     analyzer()
         .scan(language, "snippet", source)
+        .expect("parses")
         .into_iter()
         .map(|f| f.cwe)
         .collect()
@@ -251,7 +253,9 @@ fn c_rules_also_run_on_cpp() {
 #[test]
 fn findings_carry_rule_span_message_and_analyzer() {
     let source = "import os\n\ndef run(cmd):\n    os.system(cmd)\n";
-    let findings = analyzer().scan(Language::Python, "app.py", source);
+    let findings = analyzer()
+        .scan(Language::Python, "app.py", source)
+        .expect("parses");
     assert_eq!(findings.len(), 1, "{findings:?}");
     let finding = &findings[0];
     assert_eq!(finding.rule_id, "py-os-command-shell");
@@ -286,11 +290,13 @@ fn cwe_references_normalize_to_three_digits() {
 
 #[test]
 fn sarif_has_one_run_per_analyzer_with_rules_and_cwe_taxa() {
-    let mut findings = analyzer().scan(
-        Language::C,
-        "a.c",
-        "void f(char *s) { char b[4]; strcpy(b, s); gets(b); }\n",
-    );
+    let mut findings = analyzer()
+        .scan(
+            Language::C,
+            "a.c",
+            "void f(char *s) { char b[4]; strcpy(b, s); gets(b); }\n",
+        )
+        .expect("parses");
     let mut other = findings[0].clone();
     other.analyzer = "semgrep".into();
     findings.push(other);
@@ -360,11 +366,13 @@ fn a_cwe_map_with_a_bad_value_is_refused_by_name() {
 
 #[test]
 fn sarif_we_write_reads_back_as_the_same_reports() {
-    let findings = analyzer().scan(
-        Language::Python,
-        "s0/app.py",
-        "import os\ndef f(c):\n    os.system(c)\n    eval(c)\n",
-    );
+    let findings = analyzer()
+        .scan(
+            Language::Python,
+            "s0/app.py",
+            "import os\ndef f(c):\n    os.system(c)\n    eval(c)\n",
+        )
+        .expect("parses");
     assert_eq!(findings.len(), 2);
     let text = serde_json::to_string(&to_sarif(&findings)).expect("json");
     let reports = crate::sarif::parse(&text).expect("our SARIF parses");
@@ -417,4 +425,48 @@ fn sarif_in_codeqls_shape_takes_the_cwe_from_the_rule_tags() {
     assert_eq!(reports[1].cwe, None);
     let err = crate::sarif::parse("{\"version\": \"2.1.0\"}").expect_err("no runs");
     assert!(err.contains("runs"), "{err}");
+}
+
+/// The fuzzer's input whose parse alone took 2.1 s under AddressSanitizer (200 ms in
+/// release): 15 KB of garbled C on which tree-sitter's error recovery is slow. Past the
+/// budget it is reported unanalyzed, never clean; a budget of zero stops it at the first
+/// check, so this does not depend on the machine's speed.
+#[test]
+fn a_parse_past_its_budget_is_an_error_not_a_clean_scan() {
+    let input = include_bytes!("../tests/fixtures/fuzz/oracle/slow-error-recovery");
+    let source = std::str::from_utf8(&input[1..]).expect("UTF-8");
+    let stingy = analyzer().with_parse_budget(Duration::ZERO, Duration::ZERO);
+    let error = stingy
+        .scan(Language::C, "slow.c", source)
+        .expect_err("stopped");
+    assert!(
+        matches!(error, ScanError::ParseBudget { bytes, .. } if bytes == source.len()),
+        "{error}"
+    );
+    // The next parse on this thread starts clean.
+    let fine = "#include <stdlib.h>\nint *zero(void) {\n    int *p = malloc(sizeof *p);\n    *p = 0;\n    return p;\n}\n";
+    assert_eq!(
+        analyzer()
+            .scan(Language::C, "fine.c", fine)
+            .expect("parses")
+            .len(),
+        1
+    );
+
+    // Through the oracle: the source is skipped, and its verdict is not "clean".
+    let oracle = Oracle::new(CweMap::builtin().expect("map"), ExternalOptions::default())
+        .expect("oracle")
+        .with_embedded(stingy);
+    let sources = [Source {
+        path: "slow.c".into(),
+        language: Language::C,
+        text: source.to_string(),
+    }];
+    let report = oracle.check(&sources, &[Analyzer::Embedded]);
+    let verdict = report.verdict(&sources[0], &CweSelection::All, &[], oracle.cwe_map());
+    assert_ne!(verdict.status, VerdictStatus::Clean);
+    assert!(
+        verdict.not_analyzed_by["embedded"].contains("parsing stopped"),
+        "{verdict:?}"
+    );
 }

@@ -206,7 +206,7 @@ impl Metrics {
             verify_requests: register!(IntCounterVec::new(
                 Opts::new(
                     "hexacoder:verify_requests_total",
-                    "Prompts answered in verify mode, by outcome: first_clean (the most probable candidate had no findings), replaced (a less probable clean candidate was returned), all_flagged (every candidate had findings).",
+                    "Prompts answered in verify mode, by outcome: first_clean (the most probable candidate had no findings), replaced (a less probable clean candidate was returned), all_flagged (every candidate had findings), unchecked (none was found clean and the most probable could not be analyzed in time).",
                 ),
                 &["outcome"],
             )?),

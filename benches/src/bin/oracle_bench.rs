@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         for _ in 0..passes {
             for file in &files {
                 let started = Instant::now();
-                let findings = analyzer.scan(language, "bench", file);
+                let findings = analyzer.scan(language, "bench", file)?;
                 times.push(started.elapsed().as_secs_f64() * 1e3);
                 std::hint::black_box(findings);
             }
@@ -85,10 +85,10 @@ fn main() -> Result<()> {
                     .iter()
                     .map(|f| {
                         let started = Instant::now();
-                        std::hint::black_box(alone.scan(language, "bench", f));
-                        started.elapsed().as_secs_f64() * 1e3
+                        std::hint::black_box(alone.scan(language, "bench", f)?);
+                        Ok(started.elapsed().as_secs_f64() * 1e3)
                     })
-                    .collect();
+                    .collect::<Result<_>>()?;
                 times.sort_by(f64::total_cmp);
                 println!("|   {file} | | | {:.2} | | |", times[times.len() / 2]);
             }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hexacoder_api as api;
 use hexacoder_engine::{Generation, Sample};
-use hexacoder_oracle::{EmbeddedAnalyzer, Finding, Language};
+use hexacoder_oracle::{EmbeddedAnalyzer, Finding, Language, ScanError};
 
 use super::AppState;
 use super::error::ApiError;
@@ -115,6 +115,9 @@ pub struct Verified {
     pub chosen: usize,
     /// Per candidate, in sample order: its findings inside the completion.
     pub findings: Vec<Vec<Located>>,
+    /// Per candidate: why the oracle could not analyze it (then it has no findings but is not
+    /// clean either).
+    pub not_analyzed: Vec<Option<String>>,
     /// Per candidate: the sum of its tokens' log-probabilities.
     pub logprobs: Vec<f64>,
     /// Ranks candidates by probability, most probable first.
@@ -127,13 +130,20 @@ impl Verified {
     /// How the choice came about: the most probable candidate was clean, a less probable
     /// clean one replaced it, or every candidate had findings.
     pub fn outcome(&self) -> api::VerificationOutcome {
-        if !self.findings[self.chosen].is_empty() {
+        if self.not_analyzed[self.chosen].is_some() {
+            api::VerificationOutcome::Unchecked
+        } else if !self.findings[self.chosen].is_empty() {
             api::VerificationOutcome::AllFlagged
         } else if self.ranking.first() == Some(&self.chosen) {
             api::VerificationOutcome::FirstClean
         } else {
             api::VerificationOutcome::Replaced
         }
+    }
+
+    /// Whether candidate `i` was analyzed and has no findings.
+    fn is_clean(&self, i: usize) -> bool {
+        self.not_analyzed[i].is_none() && self.findings[i].is_empty()
     }
 
     /// The choice's `hexacoder.verification` object.
@@ -150,6 +160,7 @@ impl Verified {
                         .collect(),
                     logprob: self.logprobs[i],
                     sample: i as u32,
+                    not_analyzed: self.not_analyzed[i].clone(),
                 })
                 .collect(),
             candidates: self.findings.len() as u32,
@@ -159,7 +170,9 @@ impl Verified {
                 .iter()
                 .position(|&i| i == self.chosen)
                 .map(|r| r as u32),
-            clean_candidates: self.findings.iter().filter(|f| f.is_empty()).count() as u32,
+            clean_candidates: (0..self.findings.len())
+                .filter(|&i| self.is_clean(i))
+                .count() as u32,
             findings: self.findings[self.chosen]
                 .iter()
                 .map(Located::wire)
@@ -203,10 +216,20 @@ pub fn check(
 ) -> Verified {
     let started = Instant::now();
     let mut findings = Vec::with_capacity(generation.samples.len());
+    let mut not_analyzed = Vec::with_capacity(generation.samples.len());
     let mut logprobs: Vec<f64> = Vec::with_capacity(generation.samples.len());
     for (i, sample) in generation.samples.iter().enumerate() {
         let context = contexts.get(i).copied().unwrap_or_default();
-        findings.push(check_sample(analyzer, language, context, sample, suffix));
+        match check_sample(analyzer, language, context, sample, suffix) {
+            Ok(located) => {
+                findings.push(located);
+                not_analyzed.push(None);
+            }
+            Err(error) => {
+                findings.push(Vec::new());
+                not_analyzed.push(Some(error.to_string()));
+            }
+        }
         logprobs.push(sample.tokens.iter().map(|t| f64::from(t.logprob)).sum());
     }
     let mut ranking: Vec<usize> = (0..logprobs.len()).collect();
@@ -214,12 +237,13 @@ pub fn check(
     let chosen = ranking
         .iter()
         .copied()
-        .find(|&i| findings[i].is_empty())
+        .find(|&i| not_analyzed[i].is_none() && findings[i].is_empty())
         .or_else(|| ranking.first().copied())
         .unwrap_or(0);
     Verified {
         chosen,
         findings,
+        not_analyzed,
         logprobs,
         ranking,
         language,
@@ -235,7 +259,7 @@ fn check_sample(
     context: &str,
     sample: &Sample,
     suffix: &str,
-) -> Vec<Located> {
+) -> Result<Vec<Located>, ScanError> {
     let text = format!("{context}{}{suffix}", sample.text);
     let start = position(context);
     let end = position(&format!("{context}{}", sample.text));
@@ -257,8 +281,8 @@ fn check_sample(
             .saturating_sub(context_chars)
             .min(completion_chars)
     };
-    analyzer
-        .scan(language, "completion", &text)
+    Ok(analyzer
+        .scan(language, "completion", &text)?
         .into_iter()
         .filter(|f| {
             let finding_start = (f.span.start_line, f.span.start_column);
@@ -272,7 +296,7 @@ fn check_sample(
             ],
             finding,
         })
-        .collect()
+        .collect())
 }
 
 /// The 1-based (line, column in characters) just after `text`, as findings count them.
