@@ -321,3 +321,81 @@ pub fn observe(state: &AppState, verified: &Verified, mode: &str) {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hexacoder_engine::{FinishReason, GeneratedToken};
+
+    use super::*;
+
+    fn sample(text: &str, logprob: f32) -> Sample {
+        Sample {
+            text: text.to_string(),
+            tokens: vec![GeneratedToken {
+                id: 0,
+                logprob,
+                top: Vec::new(),
+            }],
+            finish_reason: FinishReason::Length,
+            stop_string: None,
+            cumulative_logprob: f64::from(logprob),
+        }
+    }
+
+    fn generation(samples: Vec<Sample>) -> Generation {
+        Generation {
+            samples,
+            prompt_tokens: Vec::new(),
+            cached_prompt_tokens: 0,
+            time_to_first_token: Duration::ZERO,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    const CONTEXT: &str = "#include <stdlib.h>\nint *zero(void) {\n";
+    const FLAGGED: &str = "    int *p = malloc(sizeof *p);\n    *p = 0;\n    return p;\n}\n";
+    const CLEAN: &str = "    int *p = malloc(sizeof *p);\n    if (!p) return NULL;\n    *p = 0;\n    return p;\n}\n";
+
+    #[test]
+    fn a_candidate_the_oracle_could_not_analyze_is_never_taken_for_clean() {
+        let analyzer = EmbeddedAnalyzer::builtin().expect("rules");
+        let generation = generation(vec![sample(FLAGGED, -1.0), sample(CLEAN, -2.0)]);
+        let contexts = [CONTEXT, CONTEXT];
+        let verified = check(&analyzer, Language::C, &generation, &contexts, "");
+        assert_eq!(verified.chosen, 1);
+        assert_eq!(verified.outcome(), api::VerificationOutcome::Replaced);
+
+        // No time to parse anything: nothing is clean, and the most probable candidate
+        // comes back marked unchecked, not clean and not flagged.
+        let stingy = EmbeddedAnalyzer::builtin()
+            .expect("rules")
+            .with_parse_budget(Duration::ZERO, Duration::ZERO);
+        // Long enough that the parser checks its budget at least once.
+        let long = format!("{CLEAN}{}", "int unused_global;\n".repeat(200));
+        let generation = generation_with(&[&long, &long]);
+        let verified = check(&stingy, Language::C, &generation, &contexts, "");
+        assert_eq!(verified.chosen, 0);
+        assert_eq!(verified.outcome(), api::VerificationOutcome::Unchecked);
+        let wire = verified.wire();
+        assert_eq!(wire.clean_candidates, 0);
+        assert!(
+            wire.candidate_summaries.iter().all(|c| c
+                .not_analyzed
+                .as_deref()
+                .is_some_and(|r| r.contains("parsing stopped"))),
+            "{wire:?}"
+        );
+    }
+
+    fn generation_with(texts: &[&str]) -> Generation {
+        generation(
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| sample(t, -(i as f32)))
+                .collect(),
+        )
+    }
+}
