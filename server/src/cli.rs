@@ -48,12 +48,13 @@ pub struct ModelArgs {
     /// Cap the context length (prompt plus completion) below the model's own.
     #[arg(long)]
     pub max_context: Option<usize>,
-    /// Keep Q4_0/Q4_1/Q5_0/Q5_1 tensors as stored instead of converting them to Q8_0:
-    /// HexaCoder's kernels multiply them on their own nibbles where the CPU has AVX2 and FMA
-    /// (as measured: about 20-30% less memory and a third of the load time, but prefill about
-    /// half as fast as the default's interleaved Q8_0 kernels), candle's much slower ones
-    /// elsewhere.
+    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 tensors to Q8_0 at load, as before the kernels for them
+    /// (for comparison: as measured, 15-25% more memory, twice the load time and 13-16% slower
+    /// decoding, prefill within a few percent). Without AVX2 this is what happens anyway.
     #[arg(long)]
+    pub legacy_quants_to_q8: bool,
+    /// The default now; accepted so that older command lines still start.
+    #[arg(long, hide = true)]
     pub keep_legacy_quants: bool,
     /// Multiply Q8_0 weights with candle's kernel instead of HexaCoder's (for comparison;
     /// ours are used only where the CPU has AVX2 and FMA).

@@ -53,10 +53,10 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
         // On a GPU, dense f32 weights (see `Requantize::Dequantize`).
         requantize: if device.is_cuda() {
             Requantize::Dequantize
-        } else if args.keep_legacy_quants {
-            Requantize::Keep
-        } else {
+        } else if args.legacy_quants_to_q8 {
             Requantize::LegacyToQ8_0
+        } else {
+            LoadOptions::cpu().requantize
         },
         device,
         max_context: args.max_context,

@@ -101,8 +101,8 @@ fn main() -> Result<()> {
     let load_started = Instant::now();
     let requantize = match std::env::var("HEXACODER_REQUANTIZE").as_deref() {
         Ok("all") => load::Requantize::AllToQ8_0,
-        Ok("keep") => load::Requantize::Keep,
-        _ => load::Requantize::LegacyToQ8_0,
+        Ok("legacy") => load::Requantize::LegacyToQ8_0,
+        _ => LoadOptions::cpu().requantize,
     };
     let options = LoadOptions {
         requantize,

@@ -4,12 +4,17 @@
 //! without them), at the projection shapes of Qwen2.5-Coder-0.5B, for a decode step (1 row),
 //! a batch of decode steps (4) and prefill chunks (64, 512). Every kernel this CPU runs is
 //! measured in the same run. Prints a markdown table of medians and ratios.
+//!
+//! A second table compares, for the legacy types of the catalogue's GGUFs (Q5_0 in Qwen,
+//! Q4_1 in SmolLM2), our kernels on the file's nibbles against the same weight converted to
+//! Q8_0 for our Q8_0 kernels (what the server did before, now `--legacy-quants-to-q8`), on the
+//! widest kernels this CPU runs.
 
 use anyhow::{Context, Result};
 use candle_core::Module;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use hexacoder_benches::{cpu_name, median_ms, random_tensor};
-use hexacoder_engine::nn::{Isa, Q8Matrix};
+use hexacoder_engine::nn::{Isa, LegacyMatrix, Q8Matrix};
 
 fn main() -> Result<()> {
     let reps: usize = std::env::args()
@@ -67,6 +72,37 @@ fn main() -> Result<()> {
                 line += &format!(" {:.2}× |", avx2 / avx512);
             }
             println!("{line}");
+        }
+    }
+    legacy_table(reps, &shapes[..4])
+}
+
+/// Legacy types on their nibbles against the same weights converted to Q8_0.
+fn legacy_table(reps: usize, shapes: &[(&str, usize, usize, &[usize])]) -> Result<()> {
+    println!(
+        "\n| type | projection (out × in) | rows | converted to Q8_0 | on its nibbles | Q8_0 / nibbles |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for dtype in [GgmlDType::Q5_0, GgmlDType::Q4_1] {
+        for &(name, out, inp, rows) in shapes {
+            let weight = QTensor::quantize(&random_tensor(&[out, inp], 1)?, dtype)?;
+            let converted = QTensor::quantize(
+                &weight.dequantize(&candle_core::Device::Cpu)?,
+                GgmlDType::Q8_0,
+            )?;
+            let q8 = Q8Matrix::from_qtensor(&converted)?
+                .context("the Q8_0 kernels need an x86-64 CPU with AVX2 and FMA")?;
+            let nibbles = LegacyMatrix::from_qtensor(&weight)?
+                .context("the legacy kernels need an x86-64 CPU with AVX2 and FMA")?;
+            for &m in rows {
+                let xs = random_tensor(&[m, inp], 2)?;
+                let t_q8 = median_ms(reps, || Ok(q8.matmul(&xs)?))?;
+                let t_nibbles = median_ms(reps, || Ok(nibbles.matmul(&xs)?))?;
+                println!(
+                    "| {dtype:?} | {name} ({out} × {inp}) | {m} | {t_q8:.3} | {t_nibbles:.3} | {:.2}× |",
+                    t_q8 / t_nibbles
+                );
+            }
         }
     }
     Ok(())

@@ -226,15 +226,15 @@ impl GgufFile {
 /// What to do with tensor types that candle multiplies slowly on CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requantize {
-    /// Keep every tensor as stored. The legacy 4/5-bit types are multiplied by
-    /// [`crate::nn::LegacyMatrix`] where the CPU has AVX2 and FMA: about 20-30% less memory and
-    /// a third of the load time of `LegacyToQ8_0`, but prefill about half as fast as its
-    /// interleaved Q8_0 kernels on the machines measured (`benches/RESULTS.md`). Elsewhere
-    /// candle's kernels, which are slow.
+    /// Keep every tensor as stored (the CPU default where the CPU has AVX2 and FMA). The
+    /// legacy 4/5-bit types are multiplied by [`crate::nn::LegacyMatrix`] on their own
+    /// nibbles: against `LegacyToQ8_0`, 15-25% less memory, half the load time, 13-16% faster
+    /// decoding, prefill within a few percent (`benches/RESULTS.md`). Without AVX2, candle's
+    /// kernels, which are slow for these types.
     Keep,
-    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 to Q8_0 at load (the CPU default): multiplied by
-    /// [`crate::nn::Q8Matrix`], the fastest path measured, at 8.5 bits a weight instead of
-    /// 5-6. Q8_0 holds them almost exactly.
+    /// Convert Q4_0/Q4_1/Q5_0/Q5_1 to Q8_0 at load, for [`crate::nn::Q8Matrix`] (or candle's
+    /// Q8_0 kernel where the CPU lacks AVX2, where this is the default): 8.5 bits a weight
+    /// instead of 5-6. Q8_0 holds them almost exactly.
     LegacyToQ8_0,
     /// Convert every quantized matrix (k-quants too) to Q8_0, so that all projections use
     /// HexaCoder's Q8_0 kernels. Costs memory bandwidth in decoding, saves prefill time.

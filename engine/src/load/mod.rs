@@ -37,12 +37,17 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Defaults for a CPU server: legacy quants to Q8_0, FIM auto, 512 MiB prefix cache.
+    /// Defaults for a CPU server: legacy quants kept as stored where our kernels multiply
+    /// them (else converted to Q8_0 for candle's), FIM auto, 512 MiB prefix cache.
     pub fn cpu() -> Self {
         LoadOptions {
             device: Device::Cpu,
             max_context: None,
-            requantize: Requantize::LegacyToQ8_0,
+            requantize: if crate::nn::LegacyMatrix::supported() {
+                Requantize::Keep
+            } else {
+                Requantize::LegacyToQ8_0
+            },
             fim: FimSetting::Auto,
             prefix_cache_bytes: 512 << 20,
             prefill_chunk: 512,

@@ -1,39 +1,41 @@
 //! Matrix multiplies on the 4- and 5-bit legacy GGUF types (Q4_0, Q4_1, Q5_0, Q5_1) for
-//! x86-64 CPUs with AVX2 and FMA, without re-quantizing them.
+//! x86-64 CPUs with AVX2 (or AVX-512 VNNI), on the file's own nibbles.
 //!
 //! candle has no fast kernel for these types (its batched path is 50-70x slower than for
 //! Q8_0), and they make up most of the catalogue's default GGUFs: Qwen2.5-Coder-0.5B's
-//! "Q4_K_M" is mostly Q5_0, SmolLM2-135M is Q4_1. They used to be re-quantized to Q8_0 at
-//! load, which took seconds and made every decoded token read 8.5 bits per weight instead of
-//! 5.5 or 5. Here the nibbles stay as the file holds them; a weight row is widened to a byte
-//! per value when a thread first needs it (once per prefill tile of 64 activation rows) and
-//! multiplied against Q8_0-quantized activations as in [`super::Q8Matrix`].
+//! "Q4_K_M" is mostly Q5_0, SmolLM2-135M is Q4_1. Converting them to Q8_0 at load took seconds
+//! and made every decoded token read 8.5 bits per weight instead of 5.5 or 5.
+//!
+//! The layout is [`super::Q8Matrix`]'s, at 4 or 5 bits: weight rows interleaved in tiles of
+//! sixteen, so that one 512-bit vector holds four values of each of the sixteen rows. Per
+//! 32-value block a tile keeps four vectors of nibbles (vector `v` holds, in each byte, value
+//! `4v + i` in its low nibble and value `16 + 4v + i` in its high one, which is how the file
+//! pairs them), one vector of fifth bits for the 5-bit types (bit `g` of byte `(row, i)` is
+//! the fifth bit of value `4g + i`), and sixteen f16 scales (and minimums): exactly the file's
+//! bits per weight. The kernels unpack a block into eight vectors of unsigned quants in
+//! registers and reuse them for up to four activation rows, as the Q8_0 kernels do.
+//!
+//! Products are `Σ q · x` on unsigned quants (`vpdpbusd`, or `vpmaddubsw` and `vpmaddwd`),
+//! exact in 32 bits; the `_0` types take `offset · Σx` back (`q - 8`, `q - 16`) and the `_1`
+//! types add `m · d_x · Σx`. Each output adds its blocks one after another in its own lane,
+//! so a row gives the same bits alone as in a batch, and both kernels give the same bits.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::q8::{ActivationRows, WeightRow, block_dots};
+use super::q8::ActivationRows;
 use super::simd::Isa;
 use crate::Result;
 
 const BLOCK: usize = 32;
 /// Activation rows per tile, as for Q8_0.
 const ROW_TILE: usize = 64;
-/// Weight rows per work item.
-const COL_TILE: usize = 16;
-/// From this many activation rows on, the whole weight is widened once per call instead of
-/// row by row in each tile: a prefill chunk then multiplies at the speed of Q8_0.
-const WIDEN_ALL_ROWS: usize = 16;
-
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-thread_local! {
-    /// The weight row this thread widened last, `((matrix, row), bytes)`: a prefill tile
-    /// multiplies one weight row against up to 64 activation rows in groups of four, and
-    /// widens it once instead of once per group.
-    static WIDENED: std::cell::RefCell<((u64, usize), Vec<i8>)> =
-        const { std::cell::RefCell::new(((0, 0), Vec::new())) };
-}
+/// Weight rows interleaved in one tile.
+const TILE_ROWS: usize = 16;
+/// Bytes of nibbles per tile block: sixteen for each row.
+const TILE_NIBBLE_BYTES: usize = TILE_ROWS * 16;
+/// Bytes of fifth bits per tile block: four for each row.
+const TILE_HIGH_BYTES: usize = TILE_ROWS * 4;
 
 /// Which legacy type a [`LegacyMatrix`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,20 +85,37 @@ impl Kind {
     }
 }
 
-/// A legacy-type weight `[rows, cols]`: per 32-value block its 16 bytes of nibbles, its high
-/// bits (5-bit types), and its scale and minimum (`_1` types) as f32.
+/// A legacy-type weight `[rows, cols]`, interleaved in tiles of [`TILE_ROWS`] rows.
 #[derive(Debug)]
 pub struct LegacyMatrix {
-    /// Never reused: names this matrix in a thread's cache of its last widened row.
-    id: u64,
     kind: Kind,
     rows: usize,
     cols: usize,
+    /// Per tile, per block: four vectors of `[row][4]` bytes (see the module's comment).
+    /// Rows past `rows` in the last tile are zero.
     nibbles: Vec<u8>,
-    high_bits: Vec<u32>,
-    scales: Vec<f32>,
-    mins: Vec<f32>,
+    /// 5-bit types, per tile, per block: `[row][4]` bytes of fifth bits.
+    high_bits: Vec<u8>,
+    /// Per tile, per block: the sixteen rows' scales (zero past `rows`).
+    scales: Vec<half::f16>,
+    /// `_1` types, as `scales`: the minimums.
+    mins: Vec<half::f16>,
     isa: Isa,
+}
+
+/// One tile's part of a [`LegacyMatrix`]: `kb` blocks.
+struct LegacyTile<'a> {
+    kind: Kind,
+    nibbles: &'a [u8],
+    high_bits: &'a [u8],
+    scales: &'a [half::f16],
+    mins: &'a [half::f16],
+}
+
+/// Per activation row and block: `offset · Σx` (`_0` types) and `d_x · Σx` (`_1` types).
+struct ActivationSums<'a> {
+    offsets: &'a [i32],
+    scaled: &'a [f32],
 }
 
 impl LegacyMatrix {
@@ -120,37 +139,98 @@ impl LegacyMatrix {
         }
         let (rows, cols) = tensor.shape().dims2()?;
         let data = tensor.data()?;
-        let n_blocks = rows * cols / BLOCK;
-        if !cols.is_multiple_of(BLOCK) || data.len() != n_blocks * kind.block_bytes() {
+        let kb = cols / BLOCK;
+        let block_bytes = kind.block_bytes();
+        if !cols.is_multiple_of(BLOCK) || data.len() != rows * kb * block_bytes {
             return Ok(None);
         }
+        let tiles = rows.div_ceil(TILE_ROWS);
+        let high_bytes = if kind.five_bits() { TILE_HIGH_BYTES } else { 0 };
         let mut matrix = LegacyMatrix {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             kind,
             rows,
             cols,
-            nibbles: Vec::with_capacity(n_blocks * 16),
-            high_bits: Vec::with_capacity(if kind.five_bits() { n_blocks } else { 0 }),
-            scales: Vec::with_capacity(n_blocks),
-            mins: Vec::with_capacity(if kind.has_min() { n_blocks } else { 0 }),
+            nibbles: vec![0; tiles * kb * TILE_NIBBLE_BYTES],
+            high_bits: vec![0; tiles * kb * high_bytes],
+            scales: vec![half::f16::ZERO; tiles * kb * TILE_ROWS],
+            mins: vec![
+                half::f16::ZERO;
+                if kind.has_min() {
+                    tiles * kb * TILE_ROWS
+                } else {
+                    0
+                }
+            ],
             isa,
         };
-        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        for block in data.chunks_exact(kind.block_bytes()) {
-            matrix.scales.push(f16(&block[0..2]));
-            let mut rest = &block[2..];
-            if kind.has_min() {
-                matrix.mins.push(f16(&rest[0..2]));
-                rest = &rest[2..];
+        let min_values = if kind.has_min() { TILE_ROWS } else { 0 };
+        let lay_out = |tile: usize,
+                       nibbles: &mut [u8],
+                       high_bits: &mut [u8],
+                       scales: &mut [half::f16],
+                       mins: &mut [half::f16]| {
+            let first_row = tile * TILE_ROWS;
+            let tile_rows = &data[first_row * kb * block_bytes..]
+                [..(rows - first_row).min(TILE_ROWS) * kb * block_bytes];
+            for (i, block) in tile_rows.chunks_exact(block_bytes).enumerate() {
+                let (lane, b) = (i / kb, i % kb);
+                let f16 = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]);
+                scales[b * TILE_ROWS + lane] = f16(0);
+                let mut at = 2;
+                if kind.has_min() {
+                    mins[b * TILE_ROWS + lane] = f16(at);
+                    at += 2;
+                }
+                if kind.five_bits() {
+                    let high = u32::from_le_bytes([
+                        block[at],
+                        block[at + 1],
+                        block[at + 2],
+                        block[at + 3],
+                    ]);
+                    at += 4;
+                    for i in 0..4 {
+                        high_bits[b * TILE_HIGH_BYTES + lane * 4 + i] = (0..8)
+                            .map(|g| (((high >> (4 * g + i)) & 1) as u8) << g)
+                            .fold(0, |byte, bit| byte | bit);
+                    }
+                }
+                for (v, four) in block[at..at + 16].chunks_exact(4).enumerate() {
+                    let to = b * TILE_NIBBLE_BYTES + v * TILE_ROWS * 4 + lane * 4;
+                    nibbles[to..to + 4].copy_from_slice(four);
+                }
             }
-            if kind.five_bits() {
-                matrix
-                    .high_bits
-                    .push(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
-                rest = &rest[4..];
+        };
+        let parts = [
+            (matrix.nibbles.as_mut_ptr() as usize, kb * TILE_NIBBLE_BYTES),
+            (matrix.high_bits.as_mut_ptr() as usize, kb * high_bytes),
+        ];
+        let halves = [
+            (matrix.scales.as_mut_ptr() as usize, kb * TILE_ROWS),
+            (matrix.mins.as_mut_ptr() as usize, kb * min_values),
+        ];
+        // One tile per work item on candle's pool.
+        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
+            for tile in range {
+                // SAFETY: tile `tile`'s parts of the four buffers are written by this work
+                // item alone, and the buffers outlive the pool's call.
+                unsafe {
+                    let bytes = |(ptr, len): (usize, usize)| {
+                        std::slice::from_raw_parts_mut((ptr as *mut u8).add(tile * len), len)
+                    };
+                    let f16s = |(ptr, len): (usize, usize)| {
+                        std::slice::from_raw_parts_mut((ptr as *mut half::f16).add(tile * len), len)
+                    };
+                    lay_out(
+                        tile,
+                        bytes(parts[0]),
+                        bytes(parts[1]),
+                        f16s(halves[0]),
+                        f16s(halves[1]),
+                    );
+                }
             }
-            matrix.nibbles.extend_from_slice(&rest[..16]);
-        }
+        });
         Ok(Some(matrix))
     }
 
@@ -165,35 +245,47 @@ impl LegacyMatrix {
         (self.rows, self.cols)
     }
 
-    /// The unsigned quants of block `b` (0..16 or 0..32), in element order.
-    fn quants(&self, b: usize) -> [u8; BLOCK] {
-        let mut q = [0u8; BLOCK];
-        let nibbles = &self.nibbles[b * 16..(b + 1) * 16];
-        for j in 0..16 {
-            q[j] = nibbles[j] & 0x0F;
-            q[j + 16] = nibbles[j] >> 4;
+    fn tile(&self, tile: usize) -> LegacyTile<'_> {
+        let kb = self.cols / BLOCK;
+        let high_bytes = if self.kind.five_bits() {
+            TILE_HIGH_BYTES
+        } else {
+            0
+        };
+        let min_values = if self.kind.has_min() { TILE_ROWS } else { 0 };
+        LegacyTile {
+            kind: self.kind,
+            nibbles: &self.nibbles[tile * kb * TILE_NIBBLE_BYTES..][..kb * TILE_NIBBLE_BYTES],
+            high_bits: &self.high_bits[tile * kb * high_bytes..][..kb * high_bytes],
+            scales: &self.scales[tile * kb * TILE_ROWS..][..kb * TILE_ROWS],
+            mins: &self.mins[tile * kb * min_values..][..kb * min_values],
         }
-        if self.kind.five_bits() {
-            let high = self.high_bits[b];
-            for (j, v) in q.iter_mut().enumerate() {
-                *v |= (((high >> j) & 1) as u8) << 4;
-            }
-        }
-        q
     }
 
     /// The weights as f32 `[rows, cols]`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        let n_blocks = self.scales.len();
-        let mut values = Vec::with_capacity(n_blocks * BLOCK);
-        for b in 0..n_blocks {
-            let (d, m) = (self.scales[b], self.mins.get(b).copied().unwrap_or(0.0));
-            let offset = self.kind.offset();
-            values.extend(
-                self.quants(b)
-                    .iter()
-                    .map(|&q| d * (q as i32 - offset) as f32 + m),
-            );
+        let offset = self.kind.offset();
+        let mut values = vec![0f32; self.rows * self.cols];
+        for (row, out) in values.chunks_exact_mut(self.cols).enumerate() {
+            let (tile, lane) = (self.tile(row / TILE_ROWS), row % TILE_ROWS);
+            for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                let d = tile.scales[b * TILE_ROWS + lane].to_f32();
+                let m = tile
+                    .mins
+                    .get(b * TILE_ROWS + lane)
+                    .map_or(0.0, |m| m.to_f32());
+                for (index, out) in out.iter_mut().enumerate() {
+                    let (g, i) = (index / 4, index % 4);
+                    let byte = tile.nibbles
+                        [b * TILE_NIBBLE_BYTES + (g % 4) * TILE_ROWS * 4 + lane * 4 + i];
+                    let mut q = if g < 4 { byte & 0x0F } else { byte >> 4 };
+                    if self.kind.five_bits() {
+                        let high = tile.high_bits[b * TILE_HIGH_BYTES + lane * 4 + i];
+                        q |= ((high >> g) & 1) << 4;
+                    }
+                    *out = d * (q as i32 - offset) as f32 + m;
+                }
+            }
         }
         Ok(Tensor::from_vec(values, (self.rows, self.cols), device)?)
     }
@@ -204,182 +296,249 @@ impl LegacyMatrix {
         let (x_quants, x_scales) = super::q8::quantize_rows(&xs);
         let k = self.cols;
         let kb = k / BLOCK;
-        // The `_1` types add `m · Σx` per block: each activation block's sum, scaled.
-        let x_sums: Vec<f32> = if self.kind.has_min() {
-            x_quants
-                .chunks_exact(BLOCK)
+        let block_sums: Vec<i32> = x_quants
+            .chunks_exact(BLOCK)
+            .map(|q| q.iter().map(|&v| v as i32).sum())
+            .collect();
+        let offsets: Vec<i32> = block_sums.iter().map(|s| self.kind.offset() * s).collect();
+        let scaled: Vec<f32> = if self.kind.has_min() {
+            block_sums
+                .iter()
                 .zip(&x_scales)
-                .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+                .map(|(&s, &d)| d * s as f32)
                 .collect()
         } else {
             Vec::new()
         };
-        let dot = |col: usize, widened: &[i8], row: usize, n_rows: usize, sums: &mut [f32; 4]| {
-            let rows = row..row + n_rows;
-            // SAFETY: `supported()` was checked when this matrix was chosen; `widened` holds
-            // one row and the activation slices `kb` blocks per row.
-            unsafe {
-                self.dot_rows(
-                    col,
-                    widened,
-                    &x_quants[rows.start * k..rows.end * k],
-                    &x_scales[rows.start * kb..rows.end * kb],
-                    x_sums.get(rows.start * kb..rows.end * kb),
-                    n_rows,
-                    sums,
-                )
-            }
-        };
-        let out = if m >= WIDEN_ALL_ROWS {
-            // A prefill chunk: widen every weight row once, on all threads, then multiply.
-            let mut widened = vec![0i8; self.rows * k];
-            let widened_ptr = widened.as_mut_ptr() as usize;
-            candle_core::utils::barrier_pool().execute_chunked(self.rows, |cols| {
-                for col in cols {
-                    // SAFETY: as above; each row of `widened` is written by one work item.
-                    unsafe {
-                        let row = std::slice::from_raw_parts_mut(
-                            (widened_ptr as *mut i8).add(col * k),
-                            k,
-                        );
-                        self.widen_row(col, row)
+        let out = super::tiles::grouped_product::<TILE_ROWS>(
+            (m, self.rows, k),
+            ROW_TILE,
+            1,
+            |tile, row, n_rows, sums| {
+                let w = self.tile(tile);
+                let x = ActivationRows {
+                    quants: &x_quants[row * k..(row + n_rows) * k],
+                    scales: &x_scales[row * kb..(row + n_rows) * kb],
+                    count: n_rows,
+                };
+                let rows = row * kb..(row + n_rows) * kb;
+                let x_sums = ActivationSums {
+                    offsets: &offsets[rows.clone()],
+                    scaled: scaled.get(rows).unwrap_or(&[]),
+                };
+                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
+                // `kb` blocks and the activations `kb` blocks per row.
+                unsafe {
+                    match self.isa {
+                        Isa::Avx2 => tile_dots_avx2(&w, &x, &x_sums, kb, sums),
+                        Isa::Avx512Vnni => tile_dots_avx512(&w, &x, &x_sums, kb, sums),
                     }
                 }
-            });
-            super::tiles::tiled_product(
-                (m, self.rows, k),
-                ROW_TILE,
-                COL_TILE,
-                |col, row, n_rows, sums| {
-                    dot(col, &widened[col * k..(col + 1) * k], row, n_rows, sums)
-                },
-            )
-        } else {
-            super::tiles::tiled_product(
-                (m, self.rows, k),
-                ROW_TILE,
-                COL_TILE,
-                |col, row, n_rows, sums| {
-                    WIDENED.with(|cell| {
-                        let (key, widened) = &mut *cell.borrow_mut();
-                        if *key != (self.id, col) || widened.len() != k {
-                            widened.resize(k, 0);
-                            // SAFETY: as above.
-                            unsafe { self.widen_row(col, widened) };
-                            *key = (self.id, col);
-                        }
-                        dot(col, widened, row, n_rows, sums)
-                    })
-                },
-            )
-        };
+            },
+        );
         Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
-    }
-
-    /// Widens weight row `col` into one byte per value: `q - 8` or `q - 16` for the `_0`
-    /// types, the unsigned `q` for the `_1` types.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2; `out` holds `cols` bytes.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn widen_row(&self, col: usize, out: &mut [i8]) {
-        use std::arch::x86_64::*;
-        let kb = self.cols / BLOCK;
-        let low_nibble = _mm256_set1_epi8(0x0F);
-        for b in 0..kb {
-            let block = col * kb + b;
-            // SAFETY: block `block` has 16 bytes of nibbles, and `out` 32 bytes at `b * 32`.
-            let packed =
-                unsafe { _mm_loadu_si128(self.nibbles.as_ptr().add(block * 16) as *const __m128i) };
-            let wide = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-            // Bytes 0..16: elements 0..16 (low nibbles); bytes 16..32: elements 16..32.
-            let mut w = _mm256_and_si256(wide, low_nibble);
-            if self.kind.five_bits() {
-                let high = expand_bits(self.high_bits[block]);
-                w = match self.kind {
-                    // q - 16 as a signed byte: the top bits set where the fifth bit is clear.
-                    Kind::Q5_0 => _mm256_or_si256(
-                        w,
-                        _mm256_andnot_si256(high, _mm256_set1_epi8(0xF0u8 as i8)),
-                    ),
-                    _ => _mm256_or_si256(w, _mm256_and_si256(high, _mm256_set1_epi8(0x10))),
-                };
-            } else if self.kind == Kind::Q4_0 {
-                w = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
-            }
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(b * BLOCK) as *mut __m256i, w) };
-        }
-    }
-
-    /// Dot products of widened weight row `col` with up to four Q8_0-quantized activation
-    /// rows: the block products as for Q8_0 ([`super::q8::block_dots`]), then (`_1` types)
-    /// the minimum terms as one dot product over the blocks. A row's result does not depend
-    /// on how many rows come with it.
-    ///
-    /// # Safety
-    /// The CPU must support `self.isa`; `w` holds `cols` bytes, `x` holds `n_rows` rows of
-    /// `cols` quants, `x_scales` (and `x_sums`, for the `_1` types) `n_rows` rows of
-    /// `cols / 32` values.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot_rows(
-        &self,
-        col: usize,
-        w: &[i8],
-        x: &[i8],
-        x_scales: &[f32],
-        x_sums: Option<&[f32]>,
-        n_rows: usize,
-        sums: &mut [f32; 4],
-    ) {
-        let kb = self.cols / BLOCK;
-        let weights = WeightRow {
-            quants: w,
-            scales: &self.scales[col * kb..(col + 1) * kb],
-            signed: !self.kind.has_min(),
-        };
-        let activations = ActivationRows {
-            quants: x,
-            scales: x_scales,
-            count: n_rows,
-        };
-        // SAFETY: the caller's contract.
-        unsafe { block_dots(self.isa, &weights, &activations, sums) };
-        let (Some(x_sums), true) = (x_sums, self.kind.has_min()) else {
-            return;
-        };
-        let mins = &self.mins[col * kb..(col + 1) * kb];
-        for j in 0..n_rows {
-            // The `_1` types' minimum terms: `Σ_b m_b · d_x · Σx` over the blocks.
-            // SAFETY: both hold `kb` values for this row; the CPU has AVX2 and FMA.
-            sums[j] += unsafe { super::simd::dot(mins, &x_sums[j * kb..(j + 1) * kb]) };
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn widen_row(&self, _: usize, _: &mut [i8]) {
-        unreachable!("LegacyMatrix is only built where supported() holds")
     }
 }
 
-/// The 32 bits of `bits` as 32 bytes, `0xFF` where bit `i` is set in byte `i`.
+/// `sums[j][r]`: row `r` of the tile against activation row `j`, with 256-bit vectors (eight
+/// tile rows each): a block's nibbles unpacked to unsigned quants, `vpmaddubsw` against the
+/// broadcast activation bytes, `vpmaddwd` to 32 bits. Exact: at most 2 · 31 · 127 per pair.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` holds `kb` blocks, `x` `x.count <= 4` rows of
+/// `kb` blocks, and `x_sums` `x.count` rows of `kb` values (`scaled`: for the `_1` types).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn expand_bits(bits: u32) -> std::arch::x86_64::__m256i {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_dots_avx2(
+    w: &LegacyTile,
+    x: &ActivationRows,
+    x_sums: &ActivationSums,
+    kb: usize,
+    sums: &mut [[f32; TILE_ROWS]; 4],
+) {
     use std::arch::x86_64::*;
-    // Byte i takes byte i / 8 of `bits` (every 32-bit lane holds all four)...
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits as i32),
-        _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        ),
-    );
-    // ...and is all ones once every bit but bit i % 8 is forced on, exactly when bit i is set.
-    let others = _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFEu64 as i64);
-    _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
+    debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
+    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x_sums.offsets.len() >= x.count * kb);
+    let k = kb * BLOCK;
+    let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
+    debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
+    let low = _mm256_set1_epi8(0x0F);
+    let fifth = _mm256_set1_epi8(0x10);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    for b in 0..kb {
+        for half in 0..2 {
+            // SAFETY (all loads): block `b` of the tile has `TILE_NIBBLE_BYTES` of nibbles,
+            // `TILE_HIGH_BYTES` of fifth bits (5-bit types) and `TILE_ROWS` scales (and
+            // minimums); each activation row has `BLOCK` bytes at `b * BLOCK`.
+            let np = unsafe { w.nibbles.as_ptr().add(b * TILE_NIBBLE_BYTES + half * 32) };
+            let mut q = [_mm256_setzero_si256(); 8];
+            for v in 0..4 {
+                let raw =
+                    unsafe { _mm256_loadu_si256(np.add(v * TILE_ROWS * 4) as *const __m256i) };
+                q[v] = _mm256_and_si256(raw, low);
+                q[v + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            }
+            if five_bits {
+                let high = unsafe {
+                    _mm256_loadu_si256(
+                        w.high_bits.as_ptr().add(b * TILE_HIGH_BYTES + half * 32) as *const __m256i
+                    )
+                };
+                for (g, q) in q.iter_mut().enumerate() {
+                    let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(high, bit), bit);
+                    *q = _mm256_or_si256(*q, _mm256_and_si256(set, fifth));
+                }
+            }
+            let at = b * TILE_ROWS + half * 8;
+            let ws = unsafe {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(at) as *const __m128i))
+            };
+            let wm = if has_min {
+                unsafe {
+                    _mm256_cvtph_ps(_mm_loadu_si128(w.mins.as_ptr().add(at) as *const __m128i))
+                }
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                if j < x.count {
+                    let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
+                    let mut isum = _mm256_setzero_si256();
+                    for (g, q) in q.iter().enumerate() {
+                        let x4 = _mm256_set1_epi32(unsafe {
+                            (xp.add(g * 4) as *const i32).read_unaligned()
+                        });
+                        let pairs = _mm256_maddubs_epi16(*q, x4);
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
+                    }
+                    let jb = j * kb + b;
+                    let isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(x_sums.offsets[jb]));
+                    let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x.scales[jb]));
+                    acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[half]);
+                    if has_min {
+                        acc[half] =
+                            _mm256_fmadd_ps(wm, _mm256_set1_ps(x_sums.scaled[jb]), acc[half]);
+                    }
+                }
+            }
+        }
+    }
+    for (sums, acc) in sums.iter_mut().zip(&acc).take(x.count) {
+        // SAFETY: each row of `sums` has room for two vectors of eight.
+        unsafe {
+            _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+}
+
+/// [`tile_dots_avx2`] with one 512-bit vector for the sixteen tile rows and `vpdpbusd`; the
+/// fifth bits are added under a byte mask. The integer sums, the scaling and the order of the
+/// additions are the AVX2 kernel's, so the results are its bits.
+///
+/// # Safety
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_dots_avx512(
+    w: &LegacyTile,
+    x: &ActivationRows,
+    x_sums: &ActivationSums,
+    kb: usize,
+    sums: &mut [[f32; TILE_ROWS]; 4],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
+    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x_sums.offsets.len() >= x.count * kb);
+    let k = kb * BLOCK;
+    let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
+    debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
+    let low = _mm512_set1_epi8(0x0F);
+    let fifth = _mm512_set1_epi8(0x10);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for b in 0..kb {
+        // SAFETY (all loads): as in `tile_dots_avx2`.
+        let np = unsafe { w.nibbles.as_ptr().add(b * TILE_NIBBLE_BYTES) };
+        let mut q = [_mm512_setzero_si512(); 8];
+        for v in 0..4 {
+            let raw = unsafe { _mm512_loadu_si512(np.add(v * TILE_ROWS * 4) as *const _) };
+            q[v] = _mm512_and_si512(raw, low);
+            q[v + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+        }
+        if five_bits {
+            let high = unsafe {
+                _mm512_loadu_si512(w.high_bits.as_ptr().add(b * TILE_HIGH_BYTES) as *const _)
+            };
+            for (g, q) in q.iter_mut().enumerate() {
+                let set = _mm512_test_epi8_mask(high, _mm512_set1_epi8((1u8 << g) as i8));
+                // Bit 4 of an unpacked nibble is clear: adding 16 sets it.
+                *q = _mm512_mask_add_epi8(*q, set, *q, fifth);
+            }
+        }
+        let ws = unsafe {
+            _mm512_cvtph_ps(_mm256_loadu_si256(
+                w.scales.as_ptr().add(b * TILE_ROWS) as *const __m256i
+            ))
+        };
+        let wm = if has_min {
+            unsafe {
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    w.mins.as_ptr().add(b * TILE_ROWS) as *const __m256i
+                ))
+            }
+        } else {
+            _mm512_setzero_ps()
+        };
+        for (j, acc) in acc.iter_mut().enumerate() {
+            if j < x.count {
+                let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
+                let mut isum = _mm512_setzero_si512();
+                for (g, q) in q.iter().enumerate() {
+                    let x4 = _mm512_set1_epi32(unsafe {
+                        (xp.add(g * 4) as *const i32).read_unaligned()
+                    });
+                    isum = _mm512_dpbusd_epi32(isum, *q, x4);
+                }
+                let jb = j * kb + b;
+                let isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(x_sums.offsets[jb]));
+                let scale = _mm512_mul_ps(ws, _mm512_set1_ps(x.scales[jb]));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+                if has_min {
+                    *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(x_sums.scaled[jb]), *acc);
+                }
+            }
+        }
+    }
+    for (sums, acc) in sums.iter_mut().zip(&acc).take(x.count) {
+        // SAFETY: each row of `sums` has room for sixteen values.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), *acc) };
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_dots_avx2(
+    _: &LegacyTile,
+    _: &ActivationRows,
+    _: &ActivationSums,
+    _: usize,
+    _: &mut [[f32; TILE_ROWS]; 4],
+) {
+    unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_dots_avx512(
+    _: &LegacyTile,
+    _: &ActivationRows,
+    _: &ActivationSums,
+    _: usize,
+    _: &mut [[f32; TILE_ROWS]; 4],
+) {
+    unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
 #[cfg(test)]

@@ -351,39 +351,11 @@ unsafe fn tile_dots_avx512(
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
-/// One weight row as 32-value blocks: a byte per value and a scale per block. `signed`
-/// bytes are two's-complement values; otherwise they are unsigned (the legacy `_1` types).
-pub(super) struct WeightRow<'a> {
-    pub quants: &'a [i8],
-    pub scales: &'a [f32],
-    pub signed: bool,
-}
-
 /// Up to four Q8_0-quantized activation rows of as many blocks as the weight row.
 pub(super) struct ActivationRows<'a> {
     pub quants: &'a [i8],
     pub scales: &'a [f32],
     pub count: usize,
-}
-
-/// `sums[j] = Σ_b w.scales[b] · x.scales[j, b] · (w_b · x_jb)` for each activation row `j`,
-/// by the kernel written for `isa`. The integer block products are exact; the scaled sums are
-/// added in an order fixed by `isa` and the block count alone, never by `x.count`.
-///
-/// # Safety
-/// The CPU must support `isa`; `x` holds `x.count <= 4` rows of `w.scales.len()` blocks and
-/// `w.quants` as many blocks.
-pub(super) unsafe fn block_dots(isa: Isa, w: &WeightRow, x: &ActivationRows, sums: &mut [f32; 4]) {
-    let kb = w.scales.len();
-    debug_assert!(x.count <= 4 && w.quants.len() >= kb * BLOCK);
-    debug_assert!(x.quants.len() >= x.count * kb * BLOCK && x.scales.len() >= x.count * kb);
-    // SAFETY: the caller's contract.
-    unsafe {
-        match isa {
-            Isa::Avx2 => block_dots_avx2(w, x, kb, sums),
-            Isa::Avx512Vnni => block_dots_avx512(w, x, kb, sums),
-        }
-    }
 }
 
 /// Operands for an unsigned-by-signed byte multiply (`vpmaddubsw`, `vpdpbusd`) whose products
@@ -402,122 +374,6 @@ fn unsigned_by_signed(
     } else {
         (w, x)
     }
-}
-
-/// [`block_dots`] with 256-bit vectors, one block per step: `vpmaddubsw` then `vpmaddwd`.
-///
-/// # Safety
-/// As for [`block_dots`], with AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_dots_avx2(w: &WeightRow, x: &ActivationRows, kb: usize, sums: &mut [f32; 4]) {
-    use std::arch::x86_64::*;
-    let k = kb * BLOCK;
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for b in 0..kb {
-        // SAFETY (all loads): block `b` lies within `w` and within each of `x`'s rows.
-        let wv = unsafe { _mm256_loadu_si256(w.quants.as_ptr().add(b * BLOCK) as *const __m256i) };
-        // maddubs multiplies unsigned by signed bytes: for signed weights, move their sign
-        // onto x and use their magnitude.
-        let ws = w.scales[b];
-        // Over all four accumulators with a bound check, so that the loop unrolls and they stay
-        // in registers.
-        for (j, acc) in acc.iter_mut().enumerate() {
-            if j < x.count {
-                let xv = unsafe {
-                    _mm256_loadu_si256(x.quants.as_ptr().add(j * k + b * BLOCK) as *const __m256i)
-                };
-                let (w_unsigned, xv) = unsigned_by_signed(wv, xv, w.signed);
-                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(w_unsigned, xv), ones);
-                let scale = _mm256_set1_ps(ws * x.scales[j * kb + b]);
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, *acc);
-            }
-        }
-    }
-    for j in 0..x.count {
-        sums[j] = super::simd::lane_sum(acc[j]);
-    }
-}
-
-/// [`block_dots`] with 512-bit vectors: two blocks per step, `vpdpbusd` for the four-byte
-/// products, and one 256-bit step for an odd last block. A block's integer product is the
-/// same as [`block_dots_avx2`]'s; the two differ only in the order the scaled block sums are
-/// added.
-///
-/// # Safety
-/// As for [`block_dots`], with [`Isa::Avx512Vnni`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn block_dots_avx512(w: &WeightRow, x: &ActivationRows, kb: usize, sums: &mut [f32; 4]) {
-    use std::arch::x86_64::*;
-    let k = kb * BLOCK;
-    // Lanes 0-7 hold the first block's sums and take its scale, lanes 8-15 the second's.
-    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    // Two consecutive f32 scales, each spread over its block's eight lanes.
-    let pair_scales = |scales: *const f32| {
-        // SAFETY: the caller passes a pointer to two readable f32.
-        let two = unsafe { _mm_castpd_ps(_mm_load_sd(scales as *const f64)) };
-        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(two))
-    };
-    let zero = _mm512_setzero_si512();
-    let mut acc = [_mm512_setzero_ps(); 4];
-    for b in (0..kb - kb % 2).step_by(2) {
-        // SAFETY (all loads): `b + 2 <= kb`, so blocks `b` and `b + 1` lie within `w` and
-        // within each of `x`'s rows, and their scales within the scale rows.
-        let wv = unsafe { _mm512_loadu_si512(w.quants.as_ptr().add(b * BLOCK) as *const _) };
-        // vpdpbusd multiplies unsigned by signed bytes: for signed weights, |w| and x
-        // negated where w < 0.
-        let (w_unsigned, w_negative) = if w.signed {
-            (_mm512_abs_epi8(wv), _mm512_movepi8_mask(wv))
-        } else {
-            (wv, 0)
-        };
-        let ws = pair_scales(unsafe { w.scales.as_ptr().add(b) });
-        for (j, acc) in acc.iter_mut().enumerate() {
-            if j < x.count {
-                let xv = unsafe {
-                    _mm512_loadu_si512(x.quants.as_ptr().add(j * k + b * BLOCK) as *const _)
-                };
-                let x_signed = _mm512_mask_sub_epi8(xv, w_negative, zero, xv);
-                let products = _mm512_dpbusd_epi32(zero, w_unsigned, x_signed);
-                let xs = pair_scales(unsafe { x.scales.as_ptr().add(j * kb + b) });
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(products), _mm512_mul_ps(ws, xs), *acc);
-            }
-        }
-    }
-    let mut tail = [_mm256_setzero_ps(); 4];
-    if kb % 2 == 1 {
-        let b = kb - 1;
-        // SAFETY (all loads): block `b` is the last of `w` and of each of `x`'s rows.
-        let wv = unsafe { _mm256_loadu_si256(w.quants.as_ptr().add(b * BLOCK) as *const __m256i) };
-        for (j, tail) in tail.iter_mut().enumerate() {
-            if j < x.count {
-                let xv = unsafe {
-                    _mm256_loadu_si256(x.quants.as_ptr().add(j * k + b * BLOCK) as *const __m256i)
-                };
-                let (w_unsigned, xv) = unsigned_by_signed(wv, xv, w.signed);
-                let products = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_unsigned, xv);
-                let scale = _mm256_set1_ps(w.scales[b] * x.scales[j * kb + b]);
-                *tail = _mm256_mul_ps(_mm256_cvtepi32_ps(products), scale);
-            }
-        }
-    }
-    for j in 0..x.count {
-        let low = _mm512_castps512_ps256(acc[j]);
-        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1));
-        sums[j] = super::simd::lane_sum(_mm256_add_ps(_mm256_add_ps(low, high), tail[j]));
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn block_dots_avx2(_: &WeightRow, _: &ActivationRows, _: usize, _: &mut [f32; 4]) {
-    unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn block_dots_avx512(_: &WeightRow, _: &ActivationRows, _: usize, _: &mut [f32; 4]) {
-    unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
 #[cfg(test)]

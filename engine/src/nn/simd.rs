@@ -90,39 +90,19 @@ impl Isa {
     }
 }
 
-/// Whether this CPU has AVX2 and FMA, which every kernel of ours needs.
+/// Whether this CPU has AVX2, FMA and F16C (f16 scales), which every kernel of ours needs;
+/// every CPU with AVX2 we know of has the other two.
 pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
-}
-
-/// `Σ a[i] · b[i]` in one fixed order: eight lanes with FMA over the multiple of 8, the lanes
-/// summed by [`lane_sum`], then the remaining products in order.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `b` is at least as long as `a`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n8 = a.len() - a.len() % 8;
-    let mut acc = _mm256_setzero_ps();
-    for i in (0..n8).step_by(8) {
-        // SAFETY: `i + 8 <= n8 <= a.len() <= b.len()`.
-        let (x, y) = unsafe {
-            (
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-            )
-        };
-        acc = _mm256_fmadd_ps(x, y, acc);
-    }
-    (n8..a.len()).fold(lane_sum(acc), |s, i| s + a[i] * b[i])
 }
 
 #[cfg(test)]

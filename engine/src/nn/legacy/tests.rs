@@ -72,14 +72,14 @@ fn matches_the_exact_product_with(isa: Isa) {
     }
 }
 
-/// Each kernel gives a row the same bits alone (the weight row widened on its own) as in a
-/// prefill chunk (the whole weight widened at once), for odd and even block counts.
+/// Each kernel gives a row the same bits alone as in a prefill chunk of more than one tile of
+/// activation rows, for odd and even block counts and a partial last weight tile.
 #[test]
 fn each_kernel_gives_a_row_the_same_result_alone_and_in_a_chunk() {
     for isa in kernels() {
         for dtype in TYPES {
             for k in [160, 256] {
-                let (m, n) = (WIDEN_ALL_ROWS + 3, 9);
+                let (m, n) = (ROW_TILE + 5, 19);
                 let w = Tensor::from_vec(random(n * k, 2), (n, k), &Device::Cpu).expect("w");
                 let x = Tensor::from_vec(random(m * k, 4), (m, k), &Device::Cpu).expect("x");
                 let matrix = LegacyMatrix::from_qtensor(&QTensor::quantize(&w, dtype).expect("q"))
@@ -110,4 +110,76 @@ fn other_types_are_not_taken() {
     let w = Tensor::from_vec(random(4 * 32, 3), (4, 32), &Device::Cpu).expect("w");
     let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
     assert!(LegacyMatrix::from_qtensor(&q).expect("layout").is_none());
+}
+
+/// The AVX2 and AVX-512 kernels give the same bits: the same exact integer sums, scaled and
+/// added in the same order.
+#[test]
+fn both_kernels_give_the_same_bits() {
+    let isas = kernels();
+    if isas.len() < 2 {
+        return;
+    }
+    for dtype in TYPES {
+        let (m, k, n) = (7, 192, 35);
+        let w = Tensor::from_vec(random(n * k, 5), (n, k), &Device::Cpu).expect("w");
+        let x = Tensor::from_vec(random(m * k, 6), (m, k), &Device::Cpu).expect("x");
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let products: Vec<Vec<Vec<f32>>> = isas
+            .iter()
+            .map(|&isa| {
+                LegacyMatrix::from_qtensor(&q)
+                    .expect("layout")
+                    .expect("legacy")
+                    .with_isa(isa)
+                    .expect("supported")
+                    .matmul(&x)
+                    .expect("product")
+                    .to_vec2()
+                    .expect("vec")
+            })
+            .collect();
+        assert!(products.windows(2).all(|p| p[0] == p[1]), "{dtype:?}");
+    }
+}
+
+/// Every fifth bit and every nibble lands where the kernels read it: weights of each single
+/// quant value in turn, against one-hot activations, give back that value.
+#[test]
+fn every_quant_position_reads_back() {
+    for isa in kernels() {
+        for dtype in [GgmlDType::Q5_0, GgmlDType::Q4_0] {
+            let (k, n) = (64, 17);
+            // A weight whose entries are distinct multiples of one step, per row.
+            let values: Vec<f32> = (0..n * k).map(|i| ((i * 7) % 31) as f32 - 15.0).collect();
+            let w = Tensor::from_vec(values, (n, k), &Device::Cpu).expect("w");
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let stored = q
+                .dequantize(&Device::Cpu)
+                .expect("deq")
+                .to_vec2::<f32>()
+                .expect("vec");
+            let matrix = LegacyMatrix::from_qtensor(&q)
+                .expect("layout")
+                .expect("legacy")
+                .with_isa(isa)
+                .expect("supported");
+            for column in [0, 1, 4, 15, 16, 19, 31, 32, 63] {
+                let mut one_hot = vec![0f32; k];
+                one_hot[column] = 1.0;
+                let x = Tensor::from_vec(one_hot, (1, k), &Device::Cpu).expect("x");
+                let out = matrix
+                    .matmul(&x)
+                    .expect("product")
+                    .to_vec2::<f32>()
+                    .expect("vec");
+                for row in 0..n {
+                    assert_eq!(
+                        out[0][row], stored[row][column],
+                        "{isa:?} {dtype:?} row {row} column {column}"
+                    );
+                }
+            }
+        }
+    }
 }
