@@ -131,6 +131,11 @@ pub struct EvalArgs {
     /// samples not generated yet are counted as such).
     #[arg(long)]
     report_only: bool,
+    /// Check the cached CodeLMSec, Pearce and own-prompt samples again with this build's
+    /// oracle and compilers before reporting (the cache keeps the verdicts of the build that
+    /// generated each sample: use this after the oracle's rules change).
+    #[arg(long)]
+    recheck: bool,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -311,6 +316,7 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
             cache: cache.clone(),
             commit: commit.clone(),
             report_only: args.report_only,
+            recheck: args.recheck,
         };
         let preflight = if args.report_only {
             eval::Preflight { isolation: None }
@@ -367,6 +373,7 @@ async fn run_async(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 .map(|a| a.name().to_string())
                 .collect(),
             commit: commit.clone(),
+            rechecked: args.recheck,
             wall_seconds: started.elapsed().as_secs_f64(),
             configs: configs_results,
             sandbox: preflight.isolation,

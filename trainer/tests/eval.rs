@@ -300,6 +300,52 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         std::fs::read_to_string(out.join("report.md")).expect("report.md"),
         report
     );
+
+    // Verdicts that went stale in the cache (as when the oracle's rules change) stay stale
+    // with --report-only, and --recheck makes them this build's again.
+    let summaries = |path: &Path| -> Vec<serde_json::Value> {
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("json")).expect("json");
+        results["benchmarks"][0]["configs"]
+            .as_array()
+            .expect("configs")
+            .iter()
+            .map(|c| c["summary"].clone())
+            .collect()
+    };
+    let fresh = summaries(&out.join("results.json"));
+    let stale: Vec<String> = cached
+        .iter()
+        .map(|line| {
+            let mut record: serde_json::Value = serde_json::from_str(line).expect("a record");
+            let vulnerable = record["checked"]["vulnerable"] == true;
+            record["checked"]["vulnerable"] = serde_json::Value::Bool(!vulnerable);
+            record.to_string()
+        })
+        .collect();
+    std::fs::write(&cache, stale.join("\n") + "\n").expect("write the cache");
+    let render = |extra: &[&str]| {
+        let mut command = eval_command(&out, &cache, &run);
+        command.arg("--report-only").args(extra);
+        let output = command.output().expect("runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        summaries(&out.join("results.json"))
+    };
+    assert_ne!(
+        render(&[]),
+        fresh,
+        "--report-only keeps the cached verdicts"
+    );
+    assert_eq!(render(&["--recheck"]), fresh);
+    assert!(
+        std::fs::read_to_string(out.join("report.md"))
+            .expect("report.md")
+            .contains("every sample checked by this commit's oracle")
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub mod report;
 pub mod sandbox;
 pub mod serve;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,6 +176,9 @@ pub struct Settings {
     pub commit: String,
     /// Generate nothing: report what the cache holds.
     pub report_only: bool,
+    /// Check the cached security samples again with this build's oracle and compilers
+    /// (the cache holds the verdicts of the build that generated them).
+    pub recheck: bool,
 }
 
 /// A pass over a benchmark: HumanEval runs a greedy pass (pass@1) and a sampled one
@@ -465,11 +468,52 @@ pub async fn run(
             tasks.iter().map(move |task| (key.clone(), task.id.clone()))
         })
         .collect();
-    Ok(cache
+    let mut records: Vec<SampleRecord> = cache
         .records()
         .into_iter()
         .filter(|r| wanted.contains(&(r.key.clone(), r.task.clone())))
-        .collect())
+        .collect();
+    if settings.recheck {
+        records = recheck(settings, oracle, &tasks, records).await?;
+    }
+    Ok(records)
+}
+
+/// Checks every security sample again (one oracle call per configuration and prompt, as
+/// when they were generated). HumanEval's are left: their verdicts are runs of the tests.
+async fn recheck(
+    settings: Arc<Settings>,
+    oracle: Arc<Oracle>,
+    tasks: &[Arc<Task>],
+    mut records: Vec<SampleRecord>,
+) -> Result<Vec<SampleRecord>, Error> {
+    let by_id: HashMap<&str, &Arc<Task>> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, record) in records.iter().enumerate() {
+        if record.checked.is_some() {
+            groups
+                .entry((record.key.clone(), record.task.clone()))
+                .or_default()
+                .push(i);
+        }
+    }
+    let groups: Vec<(Arc<Task>, Vec<usize>)> = groups
+        .into_iter()
+        .filter_map(|((_, task), indices)| {
+            let task = by_id.get(task.as_str())?;
+            (task.test.is_none()).then(|| (Arc::clone(task), indices))
+        })
+        .collect();
+    let samples: usize = groups.iter().map(|(_, i)| i.len()).sum();
+    eprintln!("rechecking {samples} samples with this build's oracle");
+    tokio::task::spawn_blocking(move || {
+        for (task, indices) in &groups {
+            check_records(&settings, &oracle, task, &mut records, indices)?;
+        }
+        Ok::<_, Error>(records)
+    })
+    .await
+    .map_err(|e| Error::Check(format!("a checker panicked: {e}")))?
 }
 
 /// Running figures for the progress bar.

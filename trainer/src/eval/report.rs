@@ -179,6 +179,10 @@ pub struct BenchmarkResults {
     pub subset: Option<usize>,
     pub analyzers: Vec<String>,
     pub commit: String,
+    /// Whether the security verdicts are this commit's (`--recheck`) or those of the builds
+    /// that generated the samples.
+    #[serde(default)]
+    pub rechecked: bool,
     /// Wall-clock seconds this invocation spent on the benchmark (0 when all was cached).
     pub wall_seconds: f64,
     pub configs: Vec<ConfigResults>,
@@ -310,7 +314,12 @@ pub fn markdown(results: &Results) -> String {
             bench.commit,
             bench
                 .subset
-                .map_or(String::new(), |n| format!(", subset of {n} prompts")),
+                .map_or(String::new(), |n| format!(", subset of {n} prompts"))
+                + if bench.rechecked {
+                    ", every sample checked by this commit's oracle"
+                } else {
+                    ""
+                },
         );
         let base = bench.configs.first();
         if bench.benchmark == Benchmark::Humaneval {
