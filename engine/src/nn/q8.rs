@@ -262,7 +262,7 @@ unsafe fn tile_dots_avx2(
                         let x4 = _mm256_set1_epi32(unsafe {
                             (xp.add(group * 4) as *const i32).read_unaligned()
                         });
-                        let (w_unsigned, x_signed) = unsigned_by_signed(wv, x4, true);
+                        let (w_unsigned, x_signed) = unsigned_by_signed(wv, x4);
                         let pairs = _mm256_maddubs_epi16(w_unsigned, x_signed);
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
                     }
@@ -358,22 +358,16 @@ pub(super) struct ActivationRows<'a> {
     pub count: usize,
 }
 
-/// Operands for an unsigned-by-signed byte multiply (`vpmaddubsw`, `vpdpbusd`) whose products
-/// are `w · x`: for signed weights, their magnitudes and `x` with their signs; unsigned
-/// weights as they are.
+/// Operands for an unsigned-by-signed byte multiply (`vpmaddubsw`) whose products are `w · x`
+/// for signed `w`: its magnitudes, and `x` with its signs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn unsigned_by_signed(
     w: std::arch::x86_64::__m256i,
     x: std::arch::x86_64::__m256i,
-    signed: bool,
 ) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
     use std::arch::x86_64::*;
-    if signed {
-        (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-    } else {
-        (w, x)
-    }
+    (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 }
 
 #[cfg(test)]
