@@ -168,13 +168,15 @@ function M.visible()
   return current ~= nil
 end
 
---- The suggestion on screen, if any: { text = ..., added_imports = {...} }.
+--- The suggestion on screen, if any: { text = ..., added_imports = {...}, row = ..., col = ... }
+--- (row and col 0-based, col in bytes: where the ghost text is anchored).
 function M.suggestion()
   if not current then
     return nil
   end
   local args = current.item.command and current.item.command.arguments or {}
-  return { text = current.text, added_imports = args[1] and args[1].addedImports or {} }
+  return { text = current.text, added_imports = args[1] and args[1].addedImports or {},
+    row = current.row, col = current.col }
 end
 
 local function insert(text, finished)
