@@ -15,11 +15,15 @@ import platform
 import statistics
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "bench-venv"
 PEER = "llama-cpp-python[server]==0.3.36"
+# llama.cpp's own server, built from the llama.cpp that the peer's source distribution vendors.
+LLAMA_SERVER_DIR = ROOT / "target" / "llama-server"
+BUILD_TOOLS = ["cmake==4.4.5", "ninja==1.13.2"]
 
 
 def cpu_flags():
@@ -76,6 +80,45 @@ def ensure_peer():
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", "--force-reinstall", PEER], check=True, env=env)
     stamp.write_text(wanted)
     return python
+
+
+def llama_server_cmake_args():
+    """The peer's instruction-set flags, plus: a static server binary, no web UI (the prebuilt
+    one would be downloaded), no HTTPS, no tests or examples."""
+    return cmake_args() + (" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF"
+                           " -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_SERVER=ON"
+                           " -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF")
+
+
+def ensure_llama_server():
+    """Builds `llama-server` once (about 10 minutes on 2 cores) from the llama.cpp source in
+    the peer's sdist, so both llama.cpp peers run the same code with the same flags."""
+    binary = LLAMA_SERVER_DIR / "build" / "bin" / "llama-server"
+    stamp = LLAMA_SERVER_DIR / "build-stamp.txt"
+    spec = PEER.replace("[server]", "")
+    wanted = f"{spec} llama-server {llama_server_cmake_args()}"
+    if binary.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return binary
+    python = ensure_peer()
+    print(f"building llama-server from {spec}'s vendored llama.cpp with {cmake_args()}", file=sys.stderr)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *BUILD_TOOLS], check=True)
+    sdist = LLAMA_SERVER_DIR / "sdist"
+    subprocess.run([str(python), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", spec.split("==")[0],
+                    spec, "-d", str(sdist)], check=True)
+    archive = next(sdist.glob("llama_cpp_python-*.tar.gz"))
+    source = LLAMA_SERVER_DIR / archive.name.removesuffix(".tar.gz")
+    if not source.exists():
+        with tarfile.open(archive) as tar:
+            tar.extractall(LLAMA_SERVER_DIR, filter="data")
+    bin_dir = VENV / "bin"
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    build = LLAMA_SERVER_DIR / "build"
+    subprocess.run([str(bin_dir / "cmake"), "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build), "-G", "Ninja",
+                    *llama_server_cmake_args().split()], check=True, env=env)
+    subprocess.run([str(bin_dir / "cmake"), "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count())],
+                   check=True, env=env)
+    stamp.write_text(wanted)
+    return binary
 
 
 def model_path(model):

@@ -1,11 +1,13 @@
-"""The HTTP server under concurrent load, against llama-cpp-python's OpenAI-compatible server
-on the same GGUF. Writes a section of benches/RESULTS.md with medians, p95s and ratios.
+"""The HTTP server under concurrent load, against llama.cpp's own `llama-server` (parallel
+slots, continuous batching: `-np` equal to our `--max-concurrent`) and llama-cpp-python's
+OpenAI-compatible server (one request at a time) on the same GGUF. Writes a section of
+benches/RESULTS.md with medians, p95s and ratios.
 
 Run with: python3 benches/server_load.py [--model ID_OR_GGUF] [--clients 1 4 16]
 
 Each client sends IDE-sized prompts (CodeLMSec prompts, tens of tokens) one after another,
 streaming, greedy, exactly --max-tokens new tokens (end-of-generation tokens are banned with
-logit_bias on both servers). The servers run one at a time, so they never compete for the
+logit_bias on every server). The servers run one at a time, so they never compete for the
 two cores. Latency is from sending the request to the last chunk; TTFT to the first chunk
 with text; throughput is all generated tokens over the wall time of the level.
 """
@@ -23,7 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_vs_llamacpp import PEER, ROOT, append_results, cmake_args, cpu_model, ensure_peer, model_path  # noqa: E402
+from engine_vs_llamacpp import (  # noqa: E402
+    PEER, ROOT, append_results, cmake_args, cpu_model, ensure_llama_server, ensure_peer, model_path,
+)
 
 # Qwen2.5-Coder's end-of-generation tokens (llama.cpp treats all five as such).
 QWEN_END_TOKENS = [151643, 151645, 151662, 151663, 151664]
@@ -37,7 +41,9 @@ def prompts():
 
 class Server:
     def __init__(self, command, env=None, ready_line=None, port=None):
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        # Only a ready line is read; any other output must not fill a pipe and block the server.
+        stdout = subprocess.PIPE if ready_line else subprocess.DEVNULL
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=subprocess.DEVNULL, text=True, env=env)
         if ready_line:
             line = self.proc.stdout.readline().strip()
             assert line.startswith(ready_line), line
@@ -54,6 +60,7 @@ class Server:
                     return
             except OSError:
                 time.sleep(0.5)
+        self.stop()
         raise RuntimeError(f"{command[0]} did not come up")
 
     def stop(self):
@@ -164,6 +171,7 @@ def main():
     args = parser.parse_args()
 
     python = ensure_peer()
+    llama_server = ensure_llama_server()
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "hexacoder-server"], cwd=ROOT, check=True)
     model = model_path(args.model)
     texts = prompts()
@@ -172,59 +180,71 @@ def main():
     for clients, per_client in levels:
         offset[clients] = total
         total += clients * per_client
+    slots = max(args.clients)
+    threads = str(os.cpu_count())
 
-    print("HexaCoder server", file=sys.stderr)
-    ours_server = Server(
+    def run(name, command, **server_args):
+        print(name, file=sys.stderr)
+        server = Server(command, **server_args)
+        try:
+            return measure(server, texts, levels, args.max_tokens, offset)
+        finally:
+            server.stop()
+
+    ours = run(
+        "HexaCoder server",
         [str(ROOT / "target" / "release" / "hexacoder-server"), "serve", "--model", str(model), "--port", "0",
-         "--served-model-name", MODEL_NAME, "--max-concurrent", str(max(args.clients)), "--max-queue", "256"],
+         "--served-model-name", MODEL_NAME, "--max-concurrent", str(slots), "--max-queue", "256"],
         env=dict(os.environ, HEXACODER_LOG="warn"), ready_line="listening on ",
     )
-    try:
-        ours = measure(ours_server, texts, levels, args.max_tokens, offset)
-    finally:
-        ours_server.stop()
-
-    print("llama-cpp-python server", file=sys.stderr)
     port = 18765
-    theirs_server = Server(
+    # 4,096 positions per slot, as for the others; continuous batching is its default.
+    theirs = run(
+        "llama-server",
+        [str(llama_server), "--model", str(model), "--alias", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+         "--parallel", str(slots), "--ctx-size", str(4096 * slots), "--threads", threads, "--threads-batch", threads],
+        port=port,
+    )
+    python_peer = run(
+        "llama-cpp-python server",
         [str(python), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_NAME, "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "4096", "--n_threads", str(os.cpu_count()), "--n_threads_batch", str(os.cpu_count()),
+         "--port", str(port), "--n_ctx", "4096", "--n_threads", threads, "--n_threads_batch", threads,
          # By default it aborts a running stream whenever a new request arrives.
          "--interrupt_requests", "False"],
         port=port,
     )
-    try:
-        theirs = measure(theirs_server, texts, levels, args.max_tokens, offset)
-    finally:
-        theirs_server.stop()
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
         f"### Server under load: {model.name}, {datetime.date.today()}, commit {commit}",
         "",
-        f"CPU: {cpu_model()}, {os.cpu_count()} cores. Peer: `{PEER}` server (`python -m llama_cpp.server`, "
-        f"`n_threads={os.cpu_count()}`, `interrupt_requests=False`; it runs one request at a time), built with `{cmake_args()}`. Streaming, greedy, {args.max_tokens} new tokens per "
-        "request (end tokens banned by logit_bias on both), CodeLMSec prompts, closed-loop clients.",
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores. Peers, both built with `{cmake_args()}`: llama.cpp's "
+        f"`llama-server` from the source vendored by `{PEER}` (`--parallel {slots}`, continuous batching, "
+        f"`--threads {threads}`), and that package's own server (`python -m llama_cpp.server`, one request at a "
+        f"time, `interrupt_requests=False`). Ours: `--max-concurrent {slots}`. Streaming, greedy, "
+        f"{args.max_tokens} new tokens per request (end tokens banned by logit_bias on all), CodeLMSec prompts, "
+        "closed-loop clients.",
         "",
-        "| clients | requests | measure | HexaCoder | llama-cpp-python | ours / theirs |",
-        "|---|---|---|---|---|---|",
+        "| clients | requests | measure | HexaCoder | llama-server | ours / llama-server | llama-cpp-python | ours / llama-cpp-python |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [("p50 latency (s)", "p50_latency_s", False), ("p95 latency (s)", "p95_latency_s", False),
             ("p50 TTFT (s)", "p50_ttft_s", False), ("p95 TTFT (s)", "p95_ttft_s", False),
             ("aggregate tokens/s", "tokens_per_s", True)]
     for clients, _ in levels:
-        a, b = ours[clients], theirs[clients]
+        a, b, c = ours[clients], theirs[clients], python_peer[clients]
         for label, key, higher in rows:
-            ratio = a[key] / b[key] if b[key] else float("nan")
-            lines.append(f"| {clients} | {a['requests']} | {label} | {a[key]:.2f} | {b[key]:.2f} | "
-                         f"{ratio:.2f}{'' if higher else ' (lower is better)'} |")
+            note = "" if higher else " (lower is better)"
+            ratio = lambda x, y: f"{x / y:.2f}{note}" if y else "n/a"  # noqa: E731
+            lines.append(f"| {clients} | {a['requests']} | {label} | {a[key]:.2f} | {b[key]:.2f} | {ratio(a[key], b[key])} | "
+                         f"{c[key]:.2f} | {ratio(a[key], c[key])} |")
     lines.append("")
     lines.append(f"Command: `python3 benches/server_load.py --model {args.model} --clients {' '.join(map(str, args.clients))} "
                  f"--requests {args.requests} --max-tokens {args.max_tokens}`")
     lines.append("")
     table = "\n".join(lines)
     print(table)
-    print(json.dumps({"ours": ours, "llama-cpp-python": theirs}), file=sys.stderr)
+    print(json.dumps({"ours": ours, "llama-server": theirs, "llama-cpp-python": python_peer}), file=sys.stderr)
     if not args.no_write:
         append_results(table)
 
