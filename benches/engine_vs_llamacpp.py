@@ -221,7 +221,7 @@ def main():
         f"### {model.name}, {datetime.date.today()}, commit {commit}",
         "",
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; peer: {PEER} built with `{cmake_args()}`, `n_threads=2`.",
-        f"Median of {args.reps} runs; greedy; our engine with its defaults (legacy quants re-quantized to Q8_0).",
+        f"Median of {args.reps} runs; greedy; our engine with its defaults.",
         "",
         "| measure | HexaCoder | llama.cpp | ours / theirs |",
         "|---|---|---|---|",

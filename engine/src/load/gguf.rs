@@ -370,6 +370,10 @@ impl WeightSource for GgufWeights {
 
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
         let table = self.get(name, &[vocab, hidden])?;
+        // Handed out like the projections, so that a tied head re-laid in tiles frees it.
+        if let Some(gguf) = gguf_name(name) {
+            self.tensors.borrow_mut().remove(&gguf);
+        }
         Ok(match table.dtype() {
             _ if self.dequantize => {
                 Embedding::Dense(table.dequantize(&self.device)?.to_dtype(DType::F32)?)

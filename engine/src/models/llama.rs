@@ -249,11 +249,13 @@ impl Model {
             weights.dense("model.norm.weight", &[hidden])?,
             c.rms_norm_eps,
         );
-        let lm_head = if c.tie_word_embeddings || !weights.contains("lm_head.weight") {
-            embed_tokens.as_linear(weights.q8_kernel())?
-        } else {
-            weights.linear("lm_head", c.vocab_size, hidden, false)?
-        };
+        let (embed_tokens, lm_head) =
+            if c.tie_word_embeddings || !weights.contains("lm_head.weight") {
+                embed_tokens.tied_with_head(weights.q8_kernel())?
+            } else {
+                let head = weights.linear("lm_head", c.vocab_size, hidden, false)?;
+                (embed_tokens, head)
+            };
         let rope = Rope::new(head_dim, max_positions, c.rope_theta, c.rope_style, device)?;
         Ok(Model {
             config: c.clone(),

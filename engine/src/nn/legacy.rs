@@ -262,30 +262,35 @@ impl LegacyMatrix {
         }
     }
 
+    /// Row `row` as f32 into `out` (`cols` long): an embedding lookup on a tied head.
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        let offset = self.kind.offset();
+        let (tile, lane) = (self.tile(row / TILE_ROWS), row % TILE_ROWS);
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let d = tile.scales[b * TILE_ROWS + lane].to_f32();
+            let m = tile
+                .mins
+                .get(b * TILE_ROWS + lane)
+                .map_or(0.0, |m| m.to_f32());
+            for (index, out) in out.iter_mut().enumerate() {
+                let (g, i) = (index / 4, index % 4);
+                let byte =
+                    tile.nibbles[b * TILE_NIBBLE_BYTES + (g % 4) * TILE_ROWS * 4 + lane * 4 + i];
+                let mut q = if g < 4 { byte & 0x0F } else { byte >> 4 };
+                if self.kind.five_bits() {
+                    let high = tile.high_bits[b * TILE_HIGH_BYTES + lane * 4 + i];
+                    q |= ((high >> g) & 1) << 4;
+                }
+                *out = d * (q as i32 - offset) as f32 + m;
+            }
+        }
+    }
+
     /// The weights as f32 `[rows, cols]`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        let offset = self.kind.offset();
         let mut values = vec![0f32; self.rows * self.cols];
         for (row, out) in values.chunks_exact_mut(self.cols).enumerate() {
-            let (tile, lane) = (self.tile(row / TILE_ROWS), row % TILE_ROWS);
-            for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                let d = tile.scales[b * TILE_ROWS + lane].to_f32();
-                let m = tile
-                    .mins
-                    .get(b * TILE_ROWS + lane)
-                    .map_or(0.0, |m| m.to_f32());
-                for (index, out) in out.iter_mut().enumerate() {
-                    let (g, i) = (index / 4, index % 4);
-                    let byte = tile.nibbles
-                        [b * TILE_NIBBLE_BYTES + (g % 4) * TILE_ROWS * 4 + lane * 4 + i];
-                    let mut q = if g < 4 { byte & 0x0F } else { byte >> 4 };
-                    if self.kind.five_bits() {
-                        let high = tile.high_bits[b * TILE_HIGH_BYTES + lane * 4 + i];
-                        q |= ((high >> g) & 1) << 4;
-                    }
-                    *out = d * (q as i32 - offset) as f32 + m;
-                }
-            }
+            self.row_into(row, out);
         }
         Ok(Tensor::from_vec(values, (self.rows, self.cols), device)?)
     }

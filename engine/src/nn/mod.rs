@@ -307,16 +307,37 @@ pub enum Embedding {
     Dense(Tensor),
     /// A quantized table; rows are dequantized on lookup.
     Quantized(Arc<QTensor>),
+    /// The tied output head's Q8_0 tiles: one copy of the table serves both.
+    Q8(Arc<Q8Matrix>),
+    /// The tied output head's 4/5-bit tiles.
+    Legacy(Arc<LegacyMatrix>),
 }
 
 impl Embedding {
     /// Rows for `ids`, as `[ids.len(), hidden]` f32.
     pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
-        let ids = Tensor::new(ids, device)?;
-        Ok(match self {
-            Embedding::Dense(table) => table.index_select(&ids, 0)?.to_dtype(DType::F32)?,
-            Embedding::Quantized(table) => table.embedding(&ids)?,
-        })
+        let gather = |(rows, cols): (usize, usize), row_into: &dyn Fn(usize, &mut [f32])| {
+            let mut values = vec![0f32; ids.len() * cols];
+            for (&id, out) in ids.iter().zip(values.chunks_exact_mut(cols)) {
+                let row = id as usize;
+                if row >= rows {
+                    return Err(crate::Error::InvalidRequest(format!(
+                        "token id {id} is outside the vocabulary of {rows}"
+                    )));
+                }
+                row_into(row, out);
+            }
+            Ok(Tensor::from_vec(values, (ids.len(), cols), device)?)
+        };
+        match self {
+            Embedding::Dense(table) => {
+                let ids = Tensor::new(ids, device)?;
+                Ok(table.index_select(&ids, 0)?.to_dtype(DType::F32)?)
+            }
+            Embedding::Quantized(table) => Ok(table.embedding(&Tensor::new(ids, device)?)?),
+            Embedding::Q8(table) => gather(table.dims(), &|row, out| table.row_into(row, out)),
+            Embedding::Legacy(table) => gather(table.dims(), &|row, out| table.row_into(row, out)),
+        }
     }
 
     /// The whole table as f32 `[vocab, hidden]`.
@@ -324,6 +345,8 @@ impl Embedding {
         Ok(match self {
             Embedding::Dense(table) => table.to_dtype(DType::F32)?,
             Embedding::Quantized(table) => table.dequantize(&table.device())?,
+            Embedding::Q8(table) => table.dequantize(&Device::Cpu)?,
+            Embedding::Legacy(table) => table.dequantize(&Device::Cpu)?,
         })
     }
 
@@ -332,14 +355,38 @@ impl Embedding {
         Ok(match self {
             Embedding::Dense(table) => table.dims2()?,
             Embedding::Quantized(table) => table.shape().dims2()?,
+            Embedding::Q8(table) => table.dims(),
+            Embedding::Legacy(table) => table.dims(),
         })
     }
 
     /// The same matrix as an output projection (tied embeddings).
     pub fn as_linear(&self, kernel: Q8Kernel) -> Result<Linear> {
+        let (out_features, in_features) = self.dims()?;
+        let shared = |weight| Linear {
+            weight,
+            bias: None,
+            out_features,
+            in_features,
+        };
         match self {
             Embedding::Dense(table) => Linear::dense(table.clone(), None),
             Embedding::Quantized(table) => Linear::quantized(table.clone(), None, kernel),
+            Embedding::Q8(table) => Ok(shared(Weight::Q8(table.clone()))),
+            Embedding::Legacy(table) => Ok(shared(Weight::Legacy(table.clone()))),
         }
+    }
+
+    /// A tied model's embedding and output head over one copy of the table: where the head's
+    /// kernel re-lays the table out in its tiles, lookups read those tiles and the file's
+    /// layout is dropped.
+    pub fn tied_with_head(self, kernel: Q8Kernel) -> Result<(Embedding, Linear)> {
+        let head = self.as_linear(kernel)?;
+        let embedding = match &head.weight {
+            Weight::Q8(table) => Embedding::Q8(table.clone()),
+            Weight::Legacy(table) => Embedding::Legacy(table.clone()),
+            Weight::Candle(_) | Weight::Dense(_) => self,
+        };
+        Ok((embedding, head))
     }
 }

@@ -135,22 +135,27 @@ impl Q8Matrix {
         (self.rows, self.cols)
     }
 
-    /// The weights as f32 `[rows, cols]`.
-    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+    /// Row `row` as f32 into `out` (`cols` long): an embedding lookup on a tied head.
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
         let kb = self.cols / BLOCK;
-        let mut values = vec![0f32; self.rows * self.cols];
-        for (row, out) in values.chunks_exact_mut(self.cols).enumerate() {
-            let lane = row % TILE_ROWS;
-            for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                let tile_block = (row / TILE_ROWS) * kb + b;
-                let d = self.scales[tile_block * TILE_ROWS + lane];
-                for (group, out) in out.chunks_exact_mut(4).enumerate() {
-                    let at = tile_block * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
-                    for (o, &q) in out.iter_mut().zip(&self.quants[at..at + 4]) {
-                        *o = q as f32 * d;
-                    }
+        let lane = row % TILE_ROWS;
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let tile_block = (row / TILE_ROWS) * kb + b;
+            let d = self.scales[tile_block * TILE_ROWS + lane];
+            for (group, out) in out.chunks_exact_mut(4).enumerate() {
+                let at = tile_block * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
+                for (o, &q) in out.iter_mut().zip(&self.quants[at..at + 4]) {
+                    *o = q as f32 * d;
                 }
             }
+        }
+    }
+
+    /// The weights as f32 `[rows, cols]`.
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        let mut values = vec![0f32; self.rows * self.cols];
+        for (row, out) in values.chunks_exact_mut(self.cols).enumerate() {
+            self.row_into(row, out);
         }
         Ok(Tensor::from_vec(values, (self.rows, self.cols), device)?)
     }

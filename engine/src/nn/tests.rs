@@ -62,3 +62,74 @@ fn a_rows_projection_does_not_depend_on_the_other_rows() {
         }
     }
 }
+
+/// A tied model keeps one copy of its table: where the head's kernel lays the table out in
+/// tiles, lookups read the tiles, and give the same bits as the file's layout did; the head
+/// is the same product; an id past the vocabulary is an error, not a panic.
+#[test]
+fn a_tied_embedding_reads_the_heads_tiles_to_the_bit() {
+    let rows = 45;
+    let ids = [0u32, 44, 15, 16, 17, 31, 32, 7, 7];
+    for (dtype, cols) in [
+        (GgmlDType::Q8_0, 96),
+        (GgmlDType::Q4_0, 96),
+        (GgmlDType::Q4_1, 96),
+        (GgmlDType::Q5_0, 96),
+        (GgmlDType::Q5_1, 96),
+        (GgmlDType::Q6K, 256),
+    ] {
+        let w = Tensor::from_vec(random(rows * cols, 17), (rows, cols), &Device::Cpu).expect("w");
+        let xs = Tensor::from_vec(random(3 * cols, 5), (3, cols), &Device::Cpu).expect("xs");
+        let table = Embedding::Quantized(Arc::new(QTensor::quantize(&w, dtype).expect("q")));
+        let file_rows = table.forward(&ids, &Device::Cpu).expect("lookup");
+        let file_head = table.as_linear(Q8Kernel::Fastest).expect("head");
+        let (tied, head) = table
+            .clone()
+            .tied_with_head(Q8Kernel::Fastest)
+            .expect("tied");
+        let tiled = matches!(tied, Embedding::Q8(_) | Embedding::Legacy(_));
+        let expect_tiles = match dtype {
+            GgmlDType::Q8_0 => Q8Matrix::supported(),
+            GgmlDType::Q6K => false,
+            _ => LegacyMatrix::supported(),
+        };
+        assert_eq!(tiled, expect_tiles, "{dtype:?}: tiled {tiled}");
+        let tied_rows = tied.forward(&ids, &Device::Cpu).expect("lookup");
+        assert_eq!(
+            file_rows.to_vec2::<f32>().expect("vec"),
+            tied_rows.to_vec2::<f32>().expect("vec"),
+            "{dtype:?}: lookups differ"
+        );
+        assert_eq!(
+            file_head
+                .forward(&xs)
+                .expect("head")
+                .to_vec2::<f32>()
+                .expect("vec"),
+            head.forward(&xs)
+                .expect("head")
+                .to_vec2::<f32>()
+                .expect("vec"),
+            "{dtype:?}: heads differ"
+        );
+        assert_eq!(
+            table
+                .dequantized()
+                .expect("deq")
+                .to_vec2::<f32>()
+                .expect("vec"),
+            tied.dequantized()
+                .expect("deq")
+                .to_vec2::<f32>()
+                .expect("vec"),
+            "{dtype:?}: dequantized tables differ"
+        );
+        assert_eq!(tied.dims().expect("dims"), (rows, cols));
+        if tiled {
+            let err = tied
+                .forward(&[3, rows as u32], &Device::Cpu)
+                .expect_err("an id past the vocabulary");
+            assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+        }
+    }
+}
