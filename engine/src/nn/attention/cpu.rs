@@ -168,12 +168,11 @@ pub(super) fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result
                 weights.clear();
                 weights.resize(past + i + 1, 0.0);
                 kernel.scores(query, keys, kv_head, scale, &mut weights);
-                let max = weights.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut sum = 0f32;
+                let max = max_in_lanes(&weights);
                 for w in weights.iter_mut() {
                     *w = (*w - max).exp();
-                    sum += *w;
                 }
+                let sum = sum_in_lanes(&weights);
                 // SAFETY: each (query, head) row of `out` is written by exactly one work
                 // item, and `out` outlives the pool's call.
                 let dst = unsafe {
@@ -207,6 +206,40 @@ pub(super) fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result
         (n, n_heads * head_dim),
         &Device::Cpu,
     )?)
+}
+
+/// Eight independent running maxima, then their maximum: the serial chain of one was a
+/// tenth of a warm prompt's time. The maximum does not depend on the order.
+fn max_in_lanes(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Eight running sums (element `j` into lane `j % 8`), added pairwise, then the tail in
+/// order: an order fixed by the length alone, so a query's sum is the same however its
+/// prompt was split.
+fn sum_in_lanes(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    let [a, b, c, d, e, f, g, h] = lanes;
+    let sum = ((a + b) + (c + d)) + ((e + f) + (g + h));
+    tail.iter().fold(sum, |acc, &v| acc + v)
 }
 
 #[cfg(target_arch = "x86_64")]
