@@ -81,7 +81,19 @@ pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<Engine> {
 fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Engine> {
     let gguf = gguf::GgufFile::open(path)?;
     let config = gguf.config()?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let max_positions = context_length(config.max_position_embeddings, options);
+    // The tokenizer is built from the metadata on a second thread while the tensors load.
+    let (tokenizer, model) = std::thread::scope(|scope| {
+        let tokenizer = scope.spawn(|| Tokenizer::from_gguf(&gguf));
+        let model = gguf
+            .load_tensors(&options.device, options.requantize, options.q8_kernel)
+            .and_then(|weights| Model::load(&config, &weights, max_positions, &options.device));
+        let tokenizer = tokenizer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (tokenizer, model)
+    });
+    let (tokenizer, model) = (tokenizer?, model?);
     let declared = [
         "tokenizer.ggml.fim_pre_token_id",
         "tokenizer.ggml.fim_suf_token_id",
@@ -90,9 +102,6 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Engine> {
     .map(|key| gguf.opt_usize(key).ok().flatten().map(|id| id as u32));
     let fim = FimTemplate::choose(&options.fim, &tokenizer, declared)?;
     let chat_template = gguf.opt_str("tokenizer.chat_template")?.map(str::to_string);
-    let weights = gguf.load_tensors(&options.device, options.requantize, options.q8_kernel)?;
-    let max_positions = context_length(config.max_position_embeddings, options);
-    let model = Model::load(&config, &weights, max_positions, &options.device)?;
     let name = gguf
         .opt_str("general.name")?
         .map(str::to_string)
