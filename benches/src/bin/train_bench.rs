@@ -5,7 +5,9 @@
 //! CPU's f32 matrix-multiply peak measured with the same GEMM in the same run. Prints one
 //! JSON document: tokens/s, achieved GFLOP/s (FLOPs counted from the shapes), the share of
 //! the peak, the forward/backward split and peak RSS. `TRAIN_BENCH_DEFAULT_MALLOC=1` measures
-//! with glibc's default allocator settings instead of the trainer's.
+//! with glibc's default allocator settings instead of the trainer's. `TRAIN_BENCH_ROWS=FILE`
+//! writes the rows it times (ids and loss mask, as JSONL) so that a peer trains on the same
+//! tokens (`benches/train_vs_peft.py`).
 
 use std::time::Instant;
 
@@ -79,6 +81,22 @@ fn main() -> Result<()> {
     let mut examples = dataset.train;
     examples.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
     examples.truncate(rows);
+    if let Some(path) = std::env::var_os("TRAIN_BENCH_ROWS") {
+        let lines: String = examples
+            .iter()
+            .map(|e| {
+                let mask: Vec<u8> = e.mask.iter().map(|&m| u8::from(m)).collect();
+                format!(
+                    "{}\n",
+                    json!({"ids": e.ids, "mask": mask, "origin": e.origin})
+                )
+            })
+            .collect();
+        let path = std::path::PathBuf::from(path);
+        let staged = path.with_extension("tmp");
+        std::fs::write(&staged, lines).with_context(|| format!("writing {}", staged.display()))?;
+        std::fs::rename(&staged, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
     let model = TrainModel::new(engine.model(), &Device::Cpu)?;
     drop(engine);
     let settings = LoraSettings {
