@@ -170,6 +170,18 @@ impl GgufFile {
         config
             .validate()
             .map_err(|reason| Error::invalid_model(&self.path, reason))?;
+        // The layer count is the one size no tensor shape bounds: hold it to the tensor table
+        // before anything is sized by it.
+        let last = format!("blk.{}.attn_norm.weight", config.num_hidden_layers - 1);
+        if !self.content.tensor_infos.contains_key(&last) {
+            return Err(Error::invalid_model(
+                &self.path,
+                format!(
+                    "{a}.block_count is {} but the tensor table has no {last}",
+                    config.num_hidden_layers
+                ),
+            ));
+        }
         Ok(config)
     }
 

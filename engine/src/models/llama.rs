@@ -182,7 +182,9 @@ impl Model {
             c.head_dim,
         );
         let embed_tokens = weights.embedding("model.embed_tokens.weight", c.vocab_size, hidden)?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        // Not sized from the config up front: a file's layer count is only trusted as far as
+        // its tensors go.
+        let mut layers = Vec::new();
         for layer_idx in 0..c.num_hidden_layers {
             let p = format!("model.layers.{layer_idx}");
             let attn = format!("{p}.self_attn");
