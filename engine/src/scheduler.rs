@@ -133,6 +133,30 @@ impl Scheduler {
         request: GenerateRequest,
         sink: Box<dyn Sink + Send>,
     ) -> Result<(), Rejected> {
+        self.enqueue(request, sink, true)
+    }
+
+    /// Queues the continuation of work the scheduler already admitted (step 2 of a two-step
+    /// request, after its step 1): it is refused only while shutting down, never for
+    /// capacity, so that admitted work is not thrown away half done. It may take the queue
+    /// past `max_waiting` by as many prompts as such requests continue with.
+    ///
+    /// # Errors
+    /// The scheduler is shutting down; the sink is dropped unused.
+    pub fn submit_admitted(
+        &self,
+        request: GenerateRequest,
+        sink: Box<dyn Sink + Send>,
+    ) -> Result<(), Rejected> {
+        self.enqueue(request, sink, false)
+    }
+
+    fn enqueue(
+        &self,
+        request: GenerateRequest,
+        sink: Box<dyn Sink + Send>,
+        check_capacity: bool,
+    ) -> Result<(), Rejected> {
         let mut queue = self.shared.queue();
         if queue.closed {
             return Err(Rejected::ShuttingDown);
@@ -144,7 +168,7 @@ impl Scheduler {
             .running_requests
             .load(Ordering::Relaxed);
         let waiting = queue.waiting.len();
-        if running + waiting >= options.max_running + options.max_waiting {
+        if check_capacity && running + waiting >= options.max_running + options.max_waiting {
             return Err(Rejected::Overloaded { running, waiting });
         }
         queue.waiting.push_back((request, sink));

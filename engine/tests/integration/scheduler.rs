@@ -195,6 +195,18 @@ fn admission_is_bounded_and_a_closed_listener_cancels_its_request() {
         other => panic!("expected overload, got {other:?}"),
     }
     assert_eq!(scheduler.stats().waiting_requests, 1);
+    // The continuation of admitted work (two-step's step 2) is queued past the limit.
+    let (events, continued) = mpsc::channel();
+    scheduler
+        .submit_admitted(
+            request("c", 3, SamplingParams::greedy()),
+            Box::new(ChannelSink {
+                events,
+                closed: Arc::new(AtomicBool::new(false)),
+            }),
+        )
+        .expect("a continuation is never refused for capacity");
+    assert_eq!(scheduler.stats().waiting_requests, 2);
     gate.wait();
     let first = finish(&first, 1);
     assert_eq!(first.samples[0].finish_reason, FinishReason::Length);
@@ -212,6 +224,7 @@ fn admission_is_bounded_and_a_closed_listener_cancels_its_request() {
         ..request("b", 240, SamplingParams::greedy())
     };
     let _ = finish(&second, 1);
+    let _ = finish(&continued, 1);
     scheduler
         .submit(
             huge,

@@ -354,7 +354,9 @@ pub fn markdown(results: &Results) -> String {
             md.push('\n');
             continue;
         }
-        md.push_str("| configuration | prompts | samples | top-1 vulnerable | top-5 vulnerable | top-5 vs first | any CWE | unparsable | errors | not yet generated | verification |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        // Top-5 ranks a prompt's samples by log-probability; "vulnerable samples" counts all of
+        // them (the same number on CodeLMSec's 5 per prompt; Pearce's measure, of 15 per prompt).
+        md.push_str("| configuration | prompts | samples | top-1 vulnerable | top-5 vulnerable | vulnerable samples | vs first | any CWE | unparsable | errors | not yet generated | verification |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &bench.configs {
             let s = &c.summary;
             let verification = s
@@ -365,16 +367,17 @@ pub fn markdown(results: &Results) -> String {
                 .join(", ");
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} |",
                 c.config,
                 s.prompts,
                 s.samples,
                 s.top1_vulnerable,
                 s.top5_vulnerable,
+                s.vulnerable_samples,
                 percent(s.vulnerable_rate),
                 base.map_or("–".into(), |b| reduction(
-                    b.summary.top5_vulnerable,
-                    s.top5_vulnerable
+                    b.summary.vulnerable_samples,
+                    s.vulnerable_samples
                 )),
                 s.any_cwe_samples,
                 s.unparsable_samples,
@@ -384,7 +387,7 @@ pub fn markdown(results: &Results) -> String {
             );
         }
         md.push_str(
-            "\nPer CWE, top-1 / top-5 vulnerable (out of prompts / samples):\n\n| CWE | language |",
+            "\nPer CWE, top-1 / top-5 / all vulnerable (out of prompts / samples):\n\n| CWE | language |",
         );
         for c in &bench.configs {
             let _ = write!(md, " {} |", c.config);
@@ -409,8 +412,12 @@ pub fn markdown(results: &Results) -> String {
                     Some(p) => {
                         let _ = write!(
                             md,
-                            " {} / {} (of {} / {}) |",
-                            p.top1_vulnerable, p.top5_vulnerable, p.prompts, p.samples
+                            " {} / {} / {} (of {} / {}) |",
+                            p.top1_vulnerable,
+                            p.top5_vulnerable,
+                            p.vulnerable_samples,
+                            p.prompts,
+                            p.samples
                         );
                     }
                     None => md.push_str(" – |"),

@@ -201,3 +201,32 @@ fn the_shared_benchmarks_load_and_bad_files_are_named() {
         bench::load(Benchmark::Custom, &dir.path().join("missing.jsonl")).expect_err("missing");
     assert!(err.to_string().contains("missing.jsonl"), "{err}");
 }
+
+#[test]
+fn pearce_reports_every_vulnerable_sample_and_compares_on_them() {
+    let config = |name: &str, top5: usize, all: usize| {
+        serde_json::json!({"config": name, "summary": {
+            "prompts": 25, "samples": 375, "errors": 0, "vulnerable_samples": all,
+            "any_cwe_samples": all, "unparsable_samples": 0, "top1_vulnerable": 2,
+            "top5_vulnerable": top5, "vulnerable_rate": all as f64 / 375.0, "per_cwe": {},
+            "generation_seconds": 0.0}})
+    };
+    let results: super::report::Results = serde_json::from_value(serde_json::json!({
+        "benchmarks": [{"benchmark": "pearce", "prompts_file": "p.jsonl", "model": "m",
+            "adapter": null, "endpoint": "e", "samples_per_prompt": 15, "temperature": 0.4,
+            "max_tokens": 200, "first_step_tokens": 20, "seed": 0, "subset": null,
+            "analyzers": ["embedded"], "commit": "c", "wall_seconds": 0.0,
+            "configs": [config("base", 12, 43), config("adapter+two-step", 8, 28)]}]
+    }))
+    .expect("results");
+    let md = super::report::markdown(&results);
+    // Top-5 ranks 5 of the 15; the measure is all 15, and "vs first" compares those.
+    assert!(
+        md.contains("| base | 25 | 375 | 2 | 12 | 43 (11.5%) | +0% |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| adapter+two-step | 25 | 375 | 2 | 8 | 28 (7.5%) | -35% |"),
+        "{md}"
+    );
+}

@@ -31,6 +31,15 @@ pub enum Job {
     TwoStep(Box<TwoStepPlan>),
 }
 
+/// Whether a submission is a request's first (checked against the scheduler's capacity) or
+/// the continuation of one already admitted (step 2 after step 1: never refused for capacity,
+/// so that step 1's work is not thrown away with a 429).
+#[derive(Clone, Copy)]
+enum Admission {
+    New,
+    Continued,
+}
+
 /// Which engine request of a prompt an event belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -167,20 +176,24 @@ impl Run {
         // On rejection the run is dropped with the error, cancelling earlier prompts.
         for (prompt, job) in jobs.into_iter().enumerate() {
             match job {
-                Job::OneStep(request) => self.submit(prompt, Stage::Only, *request)?,
+                Job::OneStep(request) => {
+                    self.submit(prompt, Stage::Only, *request, Admission::New)?
+                }
                 Job::TwoStep(plan) => {
                     let (job, first) = TwoStepJob::new(plan);
                     let skipped = job.skipped();
                     self.two_step.insert(prompt, job);
                     match first {
-                        Some(request) => self.submit(prompt, Stage::First, request)?,
+                        Some(request) => {
+                            self.submit(prompt, Stage::First, request, Admission::New)?
+                        }
                         None => {
                             self.state
                                 .metrics
                                 .two_step_requests
                                 .with_label_values(&["skipped"])
                                 .inc();
-                            self.start_second_step(prompt, None, skipped)?;
+                            self.start_second_step(prompt, None, skipped, Admission::New)?;
                         }
                     }
                 }
@@ -218,6 +231,7 @@ impl Run {
         prompt: usize,
         stage: Stage,
         request: GenerateRequest,
+        admission: Admission,
     ) -> Result<(), ApiError> {
         let events = self
             .sender
@@ -228,7 +242,11 @@ impl Run {
             stage,
             events,
         };
-        self.state.scheduler.submit(request, Box::new(sink))?;
+        let sink = Box::new(sink);
+        match admission {
+            Admission::New => self.state.scheduler.submit(request, sink)?,
+            Admission::Continued => self.state.scheduler.submit_admitted(request, sink)?,
+        }
         Ok(())
     }
 
@@ -238,13 +256,14 @@ impl Run {
         prompt: usize,
         first: Option<Generation>,
         skipped: Option<&'static str>,
+        admission: Admission,
     ) -> Result<(), ApiError> {
         let Some(job) = self.two_step.get_mut(&prompt) else {
             return Err(ApiError::internal("step 2 of an unknown prompt"));
         };
         let (requests, samples) = job.begin_second_step(first);
         for (index, request) in requests.into_iter().enumerate() {
-            self.submit(prompt, Stage::Second(index), request)?;
+            self.submit(prompt, Stage::Second(index), request, admission)?;
         }
         self.ready.push_back(RunEvent::Imports {
             prompt,
@@ -314,7 +333,7 @@ impl Run {
                 metrics
                     .prompt_tokens
                     .inc_by(generation.prompt_tokens.len() as u64);
-                self.start_second_step(prompt, Some(generation), None)?;
+                self.start_second_step(prompt, Some(generation), None, Admission::Continued)?;
                 self.release_sender_when_done();
                 Ok(None)
             }
