@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from engine_vs_llamacpp import cpu_model, model_path
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "peft-venv"
 PEER = ["torch==2.11.0", "transformers==5.17.0", "peft==0.21.0", "gguf==0.19.0", "safetensors==0.8.0"]
@@ -45,23 +47,6 @@ def ensure_peer(python):
         subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER], check=True)
         stamp.write_text("\n".join(PEER))
     return py
-
-
-def cpu_model():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def model_path(model):
-    if Path(model).is_file():
-        return Path(model)
-    out = subprocess.run(
-        ["cargo", "run", "--release", "--quiet", "-p", "hexacoder-server", "--", "fetch", model],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 # ---- the peer, run inside the venv ---------------------------------------------------------
