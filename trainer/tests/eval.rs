@@ -280,7 +280,9 @@ fn an_evaluation_of_our_server_reports_what_its_samples_show_and_resumes_after_k
         assert_eq!(summary["top1_vulnerable"], top1, "{name}");
         assert_eq!(summary["unparsable_samples"], unparsable, "{name}");
         assert!(
-            report.contains(&format!("| {name} | 6 | 12 | {top1} | {vulnerable} (")),
+            report.contains(&format!(
+                "| {name} | 6 | 12 | {top1} | {vulnerable} | {vulnerable} ("
+            )),
             "{report}"
         );
     }
