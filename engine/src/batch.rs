@@ -375,12 +375,16 @@ impl<'a> Batch<'a> {
                     };
                     if done {
                         active.start_decoding()?;
-                        active.decoding_since = Some(Instant::now());
                         let n = active.request.n;
                         for sample in 0..n {
                             report.generated_tokens += active.sample_next(engine, sample, &row);
                         }
-                        active.time_to_first_token = Some(active.started.elapsed());
+                        // One instant for both, so the newline deadline and the
+                        // reported decode time measure the same span (llama.cpp
+                        // counts `t_max_predict_ms` from the first token).
+                        let first_token_at = Instant::now();
+                        active.decoding_since = Some(first_token_at);
+                        active.time_to_first_token = Some(first_token_at - active.started);
                         tracing::debug!(
                             n_prompt = active.prompt.len(),
                             cached = active.cached,
