@@ -611,7 +611,7 @@ impl<'a> Active<'a> {
     }
 
     fn into_generation(self, engine: &mut Engine) -> (Box<dyn Sink + 'a>, Result<Generation>) {
-        let Phase::Decode { samples } = self.phase else {
+        let Phase::Decode { mut samples } = self.phase else {
             let err = Error::InvalidRequest("request retired before decoding".into());
             return (self.sink, Err(err));
         };
@@ -621,13 +621,18 @@ impl<'a> Active<'a> {
         // A sample's cache holds the prompt and every generated token but the last (never fed
         // back). Remembering all of it lets a follow-up that contains the completion (an
         // accepted suggestion, step 2 of two-step generation) skip its prefill too.
-        if !cancelled && let Some(seq) = samples.iter().find(|s| s.cache.len() >= self.prompt.len())
+        if !cancelled
+            && let Some(seq) = samples
+                .iter_mut()
+                .find(|s| s.cache.len() >= self.prompt.len())
         {
             let fed = (seq.cache.len() - self.prompt.len()).min(seq.tokens.len());
             let mut tokens = self.prompt.clone();
             tokens.extend(seq.tokens[..fed].iter().map(|t| t.id));
             let namespace = prefix_namespace(&self.request);
-            if let Err(err) = engine.prefix_cache.insert(namespace, &tokens, &seq.cache) {
+            // The sample is done with its cache: the prefix cache takes it whole.
+            let cache = std::mem::replace(&mut seq.cache, KvCache::empty());
+            if let Err(err) = engine.prefix_cache.insert(namespace, &tokens, cache) {
                 tracing::warn!(%err, "prefix cache insert failed");
             }
         }

@@ -104,8 +104,12 @@ impl PrefixCache {
         }
     }
 
-    /// Remembers the KV state of `tokens` (the first `tokens.len()` positions of `kv`).
-    pub fn insert(&mut self, namespace: u64, tokens: &[u32], kv: &KvCache) -> Result<()> {
+    /// Remembers the KV state of `tokens` (the first `tokens.len()` positions of `kv`),
+    /// taking the cache itself: a finished request's buffers become the entry without a
+    /// copy. Only buffers with much unused room (a request that stopped far short of its
+    /// `max_tokens`) are copied down to size first, so that an entry never holds more memory
+    /// than its positions need by over a quarter.
+    pub fn insert(&mut self, namespace: u64, tokens: &[u32], mut kv: KvCache) -> Result<()> {
         if self.max_bytes == 0 || tokens.len() < self.min_match || kv.len() < tokens.len() {
             return Ok(());
         }
@@ -122,7 +126,15 @@ impl PrefixCache {
         // An entry whose tokens are a prefix of the new ones is superseded by it.
         self.entries
             .retain(|e| !(e.namespace == namespace && tokens.starts_with(&e.tokens)));
-        let bytes = tokens.len() * kv.bytes_per_position();
+        let needed = tokens.len() * kv.bytes_per_position();
+        if needed > self.max_bytes {
+            return Ok(());
+        }
+        kv.truncate(tokens.len());
+        if kv.allocated_bytes() > needed + needed / 4 {
+            kv = kv.fork(tokens.len(), 0)?;
+        }
+        let bytes = kv.allocated_bytes().max(needed);
         if bytes > self.max_bytes {
             return Ok(());
         }
@@ -139,7 +151,6 @@ impl PrefixCache {
             };
             used -= self.entries.swap_remove(oldest).bytes;
         }
-        let kv = kv.fork(tokens.len(), 0)?;
         self.entries.push(Entry {
             namespace,
             tokens: tokens.to_vec(),
@@ -158,5 +169,86 @@ impl PrefixCache {
     /// Forgets every entry of `namespace` (an adapter was replaced or unloaded).
     pub fn invalidate(&mut self, namespace: u64) {
         self.entries.retain(|e| e.namespace != namespace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    /// A 2-layer cache holding `len` positions whose values count up from `start`, with room
+    /// for `room` positions in all.
+    fn cache(len: usize, room: usize, start: f32) -> KvCache {
+        let (heads, dim) = (2, 4);
+        let mut kv = KvCache::new(2, heads, dim, &Device::Cpu);
+        kv.reserve(room).expect("test cache");
+        let values: Vec<f32> = (0..heads * len * dim).map(|i| start + i as f32).collect();
+        let t = Tensor::from_vec(values, (heads, len, dim), &Device::Cpu).expect("test cache");
+        for layer in 0..2 {
+            kv.write(layer, &t, &t).expect("test cache");
+        }
+        kv.advance(len);
+        kv
+    }
+
+    fn first_layer_keys(kv: &KvCache, len: usize) -> Vec<f32> {
+        let (keys, _) = kv.layer(0).expect("test cache");
+        keys.narrow(1, 0, len)
+            .expect("test cache")
+            .flatten_all()
+            .expect("test cache")
+            .to_vec1()
+            .expect("test cache")
+    }
+
+    #[test]
+    fn an_inserted_cache_is_found_again_with_its_values() {
+        let mut prefix = PrefixCache::new(1 << 20, 2);
+        let tokens: Vec<u32> = (0..8).collect();
+        let kv = cache(8, 8, 100.0);
+        let expected = first_layer_keys(&kv, 6);
+        prefix.insert(0, &tokens, kv).expect("test cache");
+        let query: Vec<u32> = (0..6).chain([99, 98]).collect();
+        let (hit, common) = prefix
+            .lookup(0, &query, 4)
+            .expect("test cache")
+            .expect("a hit");
+        assert_eq!(common, 6);
+        assert_eq!(first_layer_keys(&hit, 6), expected);
+        assert!(
+            prefix.lookup(1, &query, 4).expect("test cache").is_none(),
+            "other namespace"
+        );
+    }
+
+    #[test]
+    fn entries_hold_their_real_allocation_within_the_budget() {
+        let bytes_per_position = cache(1, 1, 0.0).bytes_per_position();
+        // Room for 1,000 positions, 10 used: the entry must not keep the other 990.
+        let mut prefix = PrefixCache::new(bytes_per_position * 100, 2);
+        prefix
+            .insert(0, &(0..10).collect::<Vec<u32>>(), cache(10, 1000, 0.0))
+            .expect("test cache");
+        let held = prefix.stats().bytes as usize;
+        assert_eq!(prefix.stats().entries, 1, "kept, copied down to size");
+        assert!(
+            held <= 10 * bytes_per_position * 5 / 4,
+            "{held} bytes for 10 positions of {bytes_per_position}"
+        );
+        // Distinct prompts until the budget has evicted some: never over it.
+        for i in 0..20u32 {
+            let tokens: Vec<u32> = (0..30).map(|t| t + 1000 * (i + 1)).collect();
+            prefix
+                .insert(0, &tokens, cache(30, 32, 0.0))
+                .expect("test cache");
+            let stats = prefix.stats();
+            assert!(
+                stats.bytes as usize <= bytes_per_position * 100,
+                "{stats:?}"
+            );
+        }
+        assert!(prefix.stats().entries >= 2);
     }
 }

@@ -115,6 +115,15 @@ impl KvCache {
         ))
     }
 
+    /// Keys and values of `layer_idx` at the positions held.
+    #[cfg(test)]
+    pub(crate) fn layer(&self, layer_idx: usize) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.keys[layer_idx].narrow(1, 0, self.len)?,
+            self.values[layer_idx].narrow(1, 0, self.len)?,
+        ))
+    }
+
     /// Commits `n` positions written to every layer.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
