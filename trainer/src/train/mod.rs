@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod fused;
 pub mod model;
 pub mod optim;
 pub mod report;

@@ -4,9 +4,10 @@
 //! Why not the serving forward pass: candle's fused `rms_norm`, `rope` and `softmax_last_dim`
 //! have no backward and cut the gradient silently, the KV cache writes in place, and a plain
 //! matmul's backward also computes the gradient of the frozen weight (a third more work and a
-//! second copy of the weights). Here norms, RoPE and softmax are composed of primitive ops,
-//! and every frozen projection is a [`FrozenLinear`] whose backward returns only the input's
-//! gradient. The parity test holds this forward pass to the serving one's logits.
+//! second copy of the weights). Here norms, RoPE and the causal softmax are single nodes
+//! with hand-written backward passes on the CPU ([`super::fused`]) and composed of primitive
+//! ops elsewhere, and every frozen projection is a [`FrozenLinear`] whose backward returns
+//! only the input's gradient. The parity test holds this forward pass to the serving one's logits.
 //!
 //! Why one file of about 750 lines: the whole training decoder, op by op, so that it reads line
 //! by line against the serving one it must equal (tested to 1e-4).
@@ -24,7 +25,7 @@ use hexacoder_engine::nn::Proj;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Error, Result};
+use super::{Error, Result, fused};
 
 /// `y = x·Wᵀ` for a frozen `W` (`[out, in]`): the backward pass gives `x` its gradient and
 /// computes nothing for `W`.
@@ -106,9 +107,38 @@ impl FrozenLinear {
     }
 }
 
+/// An RMSNorm: on the CPU one fused node ([`fused::RmsNorm`]), elsewhere composed.
+struct Norm {
+    weight: Tensor,
+    eps: f64,
+    fused: Option<Arc<Box<dyn CustomOp1 + Send + Sync>>>,
+}
+
+impl Norm {
+    fn new(weight: Tensor, eps: f64) -> Result<Self> {
+        let fused = if weight.device().is_cpu() {
+            let op: Box<dyn CustomOp1 + Send + Sync> = Box::new(fused::RmsNorm {
+                weight: weight.flatten_all()?.to_vec1()?,
+                eps: eps as f32,
+            });
+            Some(Arc::new(op))
+        } else {
+            None
+        };
+        Ok(Norm { weight, eps, fused })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.fused {
+            Some(op) => Ok(xs.contiguous()?.apply_op1_arc(op.clone())?),
+            None => rms_norm(xs, &self.weight, self.eps),
+        }
+    }
+}
+
 struct Layer {
-    input_layernorm: Tensor,
-    post_attention_layernorm: Tensor,
+    input_layernorm: Norm,
+    post_attention_layernorm: Norm,
     /// In [`Proj::ALL`] order.
     projections: Vec<FrozenLinear>,
 }
@@ -118,10 +148,12 @@ pub struct TrainModel {
     config: TransformerConfig,
     embed_tokens: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: FrozenLinear,
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as values, `[max_positions, head_dim / 2]`, for the CPU's fused ops.
+    cpu_tables: Option<(Vec<f32>, Vec<f32>)>,
     device: Device,
 }
 
@@ -338,8 +370,11 @@ impl TrainModel {
             .iter()
             .map(|layer| {
                 Ok(Layer {
-                    input_layernorm: on(&layer.input_layernorm)?,
-                    post_attention_layernorm: on(&layer.post_attention_layernorm)?,
+                    input_layernorm: Norm::new(on(&layer.input_layernorm)?, config.rms_norm_eps)?,
+                    post_attention_layernorm: Norm::new(
+                        on(&layer.post_attention_layernorm)?,
+                        config.rms_norm_eps,
+                    )?,
                     projections: layer
                         .projections
                         .iter()
@@ -358,13 +393,19 @@ impl TrainModel {
         };
         let (cos, sin) = model.rope_tables();
         let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
+        let cpu_tables = if device.is_cpu() {
+            Some((cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?))
+        } else {
+            None
+        };
         Ok(TrainModel {
             embed_tokens,
             layers,
-            norm: on(&dense.norm)?,
+            norm: Norm::new(on(&dense.norm)?, config.rms_norm_eps)?,
             lm_head: FrozenLinear::new(lm_head, None),
             cos,
             sin,
+            cpu_tables,
             device: device.clone(),
             config,
         })
@@ -420,8 +461,7 @@ impl TrainModel {
         }
         let c = &self.config;
         let mut rng = dropout.map(|d| StdRng::seed_from_u64(d.seed));
-        let mask = causal_mask(n, &self.device)?;
-        let (cos, sin) = (self.cos.narrow(0, 0, n)?, self.sin.narrow(0, 0, n)?);
+        let attention = self.attention(n)?;
         let mut xs = self
             .embed_tokens
             .index_select(&Tensor::new(ids, &self.device)?, 0)?;
@@ -441,7 +481,7 @@ impl TrainModel {
                     .matmul(&pair.b.as_tensor().t()?)?;
                 Ok((ys + (delta * pair.scale)?)?)
             };
-            let hs = rms_norm(&xs, &layer.input_layernorm, c.rms_norm_eps)?;
+            let hs = layer.input_layernorm.forward(&xs)?;
             let q = project(Proj::Q, &hs)?;
             let k = project(Proj::K, &hs)?;
             let v = project(Proj::V, &hs)?;
@@ -450,13 +490,13 @@ impl TrainModel {
                     .transpose(0, 1)?
                     .contiguous()?)
             };
-            let q = rope(&heads(q, c.num_attention_heads)?, &cos, &sin, c.rope_style)?;
-            let k = rope(&heads(k, c.num_key_value_heads)?, &cos, &sin, c.rope_style)?;
+            let q = attention.rope(&heads(q, c.num_attention_heads)?)?;
+            let k = attention.rope(&heads(k, c.num_key_value_heads)?)?;
             let v = heads(v, c.num_key_value_heads)?;
-            let attn = attend(&q, &k, &v, &mask)?;
+            let attn = attention.attend(&q, &k, &v)?;
             let attn = project(Proj::O, &attn)?;
             xs = (xs + attn)?;
-            let hs = rms_norm(&xs, &layer.post_attention_layernorm, c.rms_norm_eps)?;
+            let hs = layer.post_attention_layernorm.forward(&xs)?;
             let gate = project(Proj::Gate, &hs)?.silu()?;
             let up = project(Proj::Up, &hs)?;
             let down = project(Proj::Down, &(gate * up)?)?;
@@ -465,13 +505,41 @@ impl TrainModel {
         Ok(xs)
     }
 
+    /// Rotary embedding and causal attention for one sequence of `n` tokens.
+    fn attention(&self, n: usize) -> Result<Attention> {
+        let c = &self.config;
+        Ok(match &self.cpu_tables {
+            Some((cos, sin)) => {
+                let half = c.head_dim / 2;
+                let rope: Box<dyn CustomOp1 + Send + Sync> = Box::new(fused::Rope {
+                    cos: cos[..n * half].to_vec(),
+                    sin: sin[..n * half].to_vec(),
+                    style: c.rope_style,
+                });
+                let softmax: Box<dyn CustomOp1 + Send + Sync> = Box::new(fused::CausalSoftmax {
+                    scale: 1.0 / (c.head_dim as f32).sqrt(),
+                });
+                Attention::Fused {
+                    rope: Arc::new(rope),
+                    softmax: Arc::new(softmax),
+                }
+            }
+            None => Attention::Composed {
+                cos: self.cos.narrow(0, 0, n)?,
+                sin: self.sin.narrow(0, 0, n)?,
+                style: c.rope_style,
+                mask: causal_mask(n, &self.device)?,
+            },
+        })
+    }
+
     /// Logits at `positions` of `hidden` (`[positions.len(), vocab]`).
     ///
     /// # Errors
     /// Tensor failures.
     pub fn logits_at(&self, hidden: &Tensor, positions: &[u32]) -> Result<Tensor> {
         let hs = hidden.index_select(&Tensor::new(positions, &self.device)?, 0)?;
-        let hs = rms_norm(&hs, &self.norm, self.config.rms_norm_eps)?;
+        let hs = self.norm.forward(&hs)?;
         self.lm_head.forward(&hs)
     }
 
@@ -523,14 +591,14 @@ pub fn gradients(lora: &Lora, grads: &GradStore) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+pub(super) fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (mean_square + eps)?.sqrt()?.recip()?;
     Ok(xs.broadcast_mul(&inv)?.broadcast_mul(weight)?)
 }
 
 /// `xs` is `[heads, n, d]`; `cos`/`sin` are `[n, d/2]`.
-fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+pub(super) fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
     let (heads, n, d) = xs.dims3()?;
     let half = d / 2;
     let rotate = |x1: &Tensor, x2: &Tensor| -> Result<(Tensor, Tensor)> {
@@ -563,7 +631,7 @@ pub(crate) fn rope_for_tests(
     rope(xs, cos, sin, style)
 }
 
-fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
+pub(super) fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..n)
         .flat_map(|row| (0..n).map(move |col| if col <= row { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
@@ -571,7 +639,7 @@ fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// Softmax from primitives: candle's fused one has no backward.
-fn softmax(xs: &Tensor) -> Result<Tensor> {
+pub(super) fn softmax(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let exp = xs.broadcast_sub(&max)?.exp()?;
     Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
@@ -705,23 +773,58 @@ fn log_sum_exp(row: &[f32]) -> f32 {
     max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
 }
 
-/// Grouped-query causal attention of one whole sequence: `q` `[heads, n, d]`, `k`/`v`
-/// `[kv_heads, n, d]`; returns `[n, heads·d]`.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (heads, n, d) = q.dims3()?;
-    let kv_heads = k.dim(0)?;
-    let group = heads / kv_heads;
-    let q = q.reshape((kv_heads, group * n, d))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = scores
-        .reshape((kv_heads, group, n, n))?
-        .broadcast_add(mask)?
-        .reshape((kv_heads, group * n, n))?;
-    let out = softmax(&scores)?.matmul(v)?;
-    Ok(out
-        .reshape((heads, n, d))?
-        .transpose(0, 1)?
-        .reshape((n, heads * d))?)
+/// RoPE and causal attention for one sequence length: fused nodes on the CPU
+/// ([`fused::Rope`], [`fused::CausalSoftmax`]), primitives elsewhere.
+enum Attention {
+    Fused {
+        rope: Arc<Box<dyn CustomOp1 + Send + Sync>>,
+        softmax: Arc<Box<dyn CustomOp1 + Send + Sync>>,
+    },
+    Composed {
+        cos: Tensor,
+        sin: Tensor,
+        style: RopeStyle,
+        mask: Tensor,
+    },
+}
+
+impl Attention {
+    /// Rotates `[heads, n, d]` as positions `0..n`.
+    fn rope(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Attention::Fused { rope, .. } => Ok(xs.contiguous()?.apply_op1_arc(rope.clone())?),
+            Attention::Composed {
+                cos, sin, style, ..
+            } => rope(xs, cos, sin, *style),
+        }
+    }
+
+    /// Grouped-query causal attention of one whole sequence: `q` `[heads, n, d]`, `k`/`v`
+    /// `[kv_heads, n, d]`; returns `[n, heads·d]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (heads, n, d) = q.dims3()?;
+        let kv_heads = k.dim(0)?;
+        let group = heads / kv_heads;
+        let q = q.reshape((kv_heads, group * n, d))?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = match self {
+            Attention::Fused { softmax, .. } => {
+                scores.contiguous()?.apply_op1_arc(softmax.clone())?
+            }
+            Attention::Composed { mask, .. } => {
+                let scores = (scores * (1.0 / (d as f64).sqrt()))?
+                    .reshape((kv_heads, group, n, n))?
+                    .broadcast_add(mask)?
+                    .reshape((kv_heads, group * n, n))?;
+                softmax(&scores)?
+            }
+        };
+        Ok(probs
+            .matmul(v)?
+            .reshape((heads, n, d))?
+            .transpose(0, 1)?
+            .reshape((n, heads * d))?)
+    }
 }
 
 fn dropout_mask(xs: &Tensor, p: f64, rng: &mut StdRng) -> Result<Tensor> {

@@ -1,0 +1,390 @@
+//! The training forward pass's norms, rotary embedding and causal softmax as single CPU
+//! nodes with hand-written backward passes.
+//!
+//! Composed from candle primitives (as the other devices run them, in `model.rs`), an RMSNorm
+//! is six tensors forward and more backward, a RoPE eight, a masked softmax six over every
+//! `[heads, n, n]` score: most of a training step's element-wise time and its buffer zeroing
+//! (`benches/RESULTS.md`). Each op here reads its input once and writes its output once in
+//! each direction. Their values and gradients are tested against the composed forms.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+
+use hexacoder_engine::config::RopeStyle;
+
+fn contiguous<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(all), Some((start, end))) => Ok(&all[start..end]),
+        _ => candle_core::bail!("{op} wants contiguous f32 input on the CPU"),
+    }
+}
+
+/// The f32 values of a CPU tensor, in order.
+fn values(t: &Tensor, op: &str) -> candle_core::Result<Vec<f32>> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(contiguous(cpu, layout, op)?.to_vec()),
+        _ => candle_core::bail!("{op} runs on the CPU"),
+    }
+}
+
+/// `x / rms(x) · weight` over the last dimension, with the weight frozen.
+pub struct RmsNorm {
+    pub weight: Vec<f32>,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    fn inverse_rms(&self, row: &[f32]) -> f32 {
+        let mean_square = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+        1.0 / (mean_square + self.eps).sqrt()
+    }
+
+    fn check(&self, shape: &Shape) -> candle_core::Result<usize> {
+        let width = shape.dims().last().copied().unwrap_or(0);
+        if width != self.weight.len() {
+            candle_core::bail!(
+                "rms-norm: rows of {width} for a weight of {}",
+                self.weight.len()
+            );
+        }
+        Ok(width)
+    }
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let width = self.check(layout.shape())?;
+        let xs = contiguous(storage, layout, self.name())?;
+        let mut ys = Vec::with_capacity(xs.len());
+        for row in xs.chunks_exact(width) {
+            let inv = self.inverse_rms(row);
+            ys.extend(row.iter().zip(&self.weight).map(|(x, w)| x * inv * w));
+        }
+        Ok((CpuStorage::F32(ys), layout.shape().clone()))
+    }
+
+    fn bwd(&self, xs: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let width = self.check(xs.shape())?;
+        let (x, g) = (values(xs, self.name())?, values(grad, self.name())?);
+        let mut gx = Vec::with_capacity(x.len());
+        for (row, grow) in x.chunks_exact(width).zip(g.chunks_exact(width)) {
+            // y_j = x_j·r·w_j with r = (Σx²/h + ε)^-½, so
+            // ∂L/∂x_j = r·w_j·g_j − x_j·r³/h · Σ_i g_i·w_i·x_i.
+            let inv = self.inverse_rms(row);
+            let dot: f32 = row
+                .iter()
+                .zip(grow)
+                .zip(&self.weight)
+                .map(|((x, g), w)| x * g * w)
+                .sum();
+            let coefficient = inv * inv * inv * dot / width as f32;
+            gx.extend(
+                row.iter()
+                    .zip(grow)
+                    .zip(&self.weight)
+                    .map(|((x, g), w)| inv * w * g - x * coefficient),
+            );
+        }
+        Ok(Some(Tensor::from_vec(gx, xs.shape(), xs.device())?))
+    }
+}
+
+/// Rotary embedding of `[heads, n, d]` at positions `0..n`; the backward pass rotates the
+/// gradient back (the rotation's transpose).
+pub struct Rope {
+    /// `[n, d/2]` each.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub style: RopeStyle,
+}
+
+impl Rope {
+    /// Rotates every `d`-wide row of `xs` by its position's angles; `direction` −1 undoes it.
+    fn rotate(&self, xs: &[f32], shape: &Shape, direction: f32) -> candle_core::Result<Vec<f32>> {
+        let (_, n, d) = shape.dims3()?;
+        let half = d / 2;
+        if d % 2 != 0 || self.cos.len() != n * half || self.sin.len() != n * half {
+            candle_core::bail!(
+                "rope: tables of {} for {n} positions of width {d}",
+                self.cos.len()
+            );
+        }
+        let mut ys = vec![0f32; xs.len()];
+        for (index, (x, y)) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)).enumerate() {
+            let position = index % n;
+            let cos = &self.cos[position * half..][..half];
+            let sin = &self.sin[position * half..][..half];
+            for i in 0..half {
+                let (a, b) = match self.style {
+                    RopeStyle::Half => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (c, s) = (cos[i], direction * sin[i]);
+                y[a] = x[a] * c - x[b] * s;
+                y[b] = x[a] * s + x[b] * c;
+            }
+        }
+        Ok(ys)
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let xs = contiguous(storage, layout, self.name())?;
+        let ys = self.rotate(xs, layout.shape(), 1.0)?;
+        Ok((CpuStorage::F32(ys), layout.shape().clone()))
+    }
+
+    fn bwd(&self, xs: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = values(grad, self.name())?;
+        let gx = self.rotate(&g, xs.shape(), -1.0)?;
+        Ok(Some(Tensor::from_vec(gx, xs.shape(), xs.device())?))
+    }
+}
+
+/// `softmax(scale · scores)` over the last dimension with a causal mask: `scores` is
+/// `[.., n, n]` blocks whose row `q` sees columns `0..=q`. Masked probabilities are 0.
+pub struct CausalSoftmax {
+    pub scale: f32,
+}
+
+impl CausalSoftmax {
+    fn width(shape: &Shape) -> candle_core::Result<usize> {
+        let dims = shape.dims();
+        match dims {
+            [.., rows, cols] if rows % cols == 0 => Ok(*cols),
+            _ => candle_core::bail!("causal softmax wants [.., n, n] scores, got {shape:?}"),
+        }
+    }
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let n = Self::width(layout.shape())?;
+        let scores = contiguous(storage, layout, self.name())?;
+        let mut probs = vec![0f32; scores.len()];
+        for (index, (s, p)) in scores
+            .chunks_exact(n)
+            .zip(probs.chunks_exact_mut(n))
+            .enumerate()
+        {
+            let seen = index % n + 1;
+            let (s, p) = (&s[..seen], &mut p[..seen]);
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max) * self.scale;
+            let mut sum = 0f32;
+            for (p, s) in p.iter_mut().zip(s) {
+                *p = (s * self.scale - max).exp();
+                sum += *p;
+            }
+            let inv = 1.0 / sum;
+            p.iter_mut().for_each(|p| *p *= inv);
+        }
+        Ok((CpuStorage::F32(probs), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        scores: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let n = Self::width(scores.shape())?;
+        let (p, g) = (values(probs, self.name())?, values(grad, self.name())?);
+        let mut gs = vec![0f32; p.len()];
+        for (index, ((p, g), gs)) in p
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(gs.chunks_exact_mut(n))
+            .enumerate()
+        {
+            let seen = index % n + 1;
+            // ∂L/∂s_j = scale · p_j · (g_j − Σ_k p_k·g_k); masked columns stay 0.
+            let dot: f32 = p[..seen].iter().zip(&g[..seen]).map(|(p, g)| p * g).sum();
+            for ((gs, p), g) in gs[..seen].iter_mut().zip(&p[..seen]).zip(&g[..seen]) {
+                *gs = self.scale * p * (g - dot);
+            }
+        }
+        Ok(Some(Tensor::from_vec(gs, scores.shape(), scores.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{D, Device, Tensor, Var};
+
+    use super::*;
+    use crate::train::model::{causal_mask, rms_norm, rope, softmax};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let count = shape.iter().product::<usize>();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let values: Vec<f32> = (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).expect("random tensor")
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().expect("flat").to_vec1().expect("values")
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32], tolerance: f32) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tolerance * (1.0 + y.abs()),
+                "{what}[{i}]: fused {x}, composed {y}"
+            );
+        }
+    }
+
+    /// Values and input gradients of the fused op against the composed one, under a random
+    /// linear loss.
+    fn compare(
+        what: &str,
+        input: Tensor,
+        fused: impl Fn(&Tensor) -> Tensor,
+        composed: impl Fn(&Tensor) -> Tensor,
+    ) {
+        let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let x = Var::from_tensor(&input).expect("var");
+            let y = f(x.as_tensor());
+            let weights = random(y.dims(), 7);
+            let loss = (&y * &weights).expect("mul").sum_all().expect("sum");
+            let grads = loss.backward().expect("backward");
+            let grad = grads
+                .get(x.as_tensor())
+                .expect("a gradient reaches the input");
+            (flat(&y), flat(grad))
+        };
+        let (fused_y, fused_grad) = run(&fused);
+        let (composed_y, composed_grad) = run(&composed);
+        assert_close(&format!("{what} values"), &fused_y, &composed_y, 1e-5);
+        assert_close(
+            &format!("{what} gradients"),
+            &fused_grad,
+            &composed_grad,
+            1e-4,
+        );
+    }
+
+    fn op(op: impl CustomOp1 + Send + Sync + 'static) -> Arc<Box<dyn CustomOp1 + Send + Sync>> {
+        Arc::new(Box::new(op))
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_norm_and_its_gradient() {
+        let weight = random(&[16], 3);
+        let norm = op(RmsNorm {
+            weight: flat(&weight),
+            eps: 1e-5,
+        });
+        compare(
+            "rms-norm",
+            random(&[5, 16], 1),
+            |x| x.apply_op1_arc(norm.clone()).expect("fused"),
+            |x| rms_norm(x, &weight, 1e-5).expect("composed"),
+        );
+    }
+
+    #[test]
+    fn rope_matches_the_composed_rotation_in_both_styles() {
+        let (n, d) = (6, 8);
+        let cos = random(&[n, d / 2], 11);
+        let sin = random(&[n, d / 2], 12);
+        for style in [RopeStyle::Half, RopeStyle::Interleaved] {
+            let fused = op(Rope {
+                cos: flat(&cos),
+                sin: flat(&sin),
+                style,
+            });
+            compare(
+                &format!("rope {style:?}"),
+                random(&[3, n, d], 2),
+                |x| x.apply_op1_arc(fused.clone()).expect("fused"),
+                |x| rope(x, &cos, &sin, style).expect("composed"),
+            );
+        }
+    }
+
+    #[test]
+    fn causal_softmax_matches_scale_mask_and_softmax() {
+        let (kv_heads, group, n) = (2, 3, 5);
+        let scale = 0.35;
+        let fused = op(CausalSoftmax { scale });
+        let mask = causal_mask(n, &Device::Cpu).expect("mask");
+        compare(
+            "causal softmax",
+            random(&[kv_heads, group * n, n], 4),
+            |x| x.apply_op1_arc(fused.clone()).expect("fused"),
+            |x| {
+                let masked = (x * scale as f64)
+                    .and_then(|s| s.reshape((kv_heads, group, n, n)))
+                    .and_then(|s| s.broadcast_add(&mask))
+                    .and_then(|s| s.reshape((kv_heads, group * n, n)))
+                    .expect("masked scores");
+                softmax(&masked).expect("composed")
+            },
+        );
+        // Every row sums to one over what it may see.
+        let probs = random(&[1, n, n], 5)
+            .apply_op1_arc(fused)
+            .expect("fused")
+            .sum_keepdim(D::Minus1)
+            .expect("sums");
+        assert_close("row sums", &flat(&probs), &[1.0; 5], 1e-6);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let norm = RmsNorm {
+            weight: vec![1.0; 4],
+            eps: 1e-5,
+        };
+        assert!(random(&[2, 5], 1).apply_op1(norm).is_err());
+        let softmax = CausalSoftmax { scale: 1.0 };
+        assert!(random(&[2, 5, 3], 1).apply_op1(softmax).is_err());
+        let rope = Rope {
+            cos: vec![1.0; 4],
+            sin: vec![0.0; 4],
+            style: RopeStyle::Half,
+        };
+        assert!(random(&[1, 3, 4], 1).apply_op1(rope).is_err());
+    }
+}
