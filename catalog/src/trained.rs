@@ -52,7 +52,7 @@ pub const TRAINED_ADAPTERS: &[TrainedAdapter] = &[
         weights: include_bytes!(
             "../../adapters/trained/smollm2-135m-secure/adapter_model.safetensors"
         ),
-        weights_sha256: "6f739284f70e00cdb76623646529a7053bbb6a4a05c1029224e87a359576547a",
+        weights_sha256: "d4410e21333b685a7e3a0615362361f436e32cce2f97042c639fcb47c138c9b0",
     },
 ];
 
