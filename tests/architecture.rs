@@ -19,11 +19,28 @@ struct Graph {
     normal: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// The triple rustc builds for by default (`host:` of `rustc -vV`).
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names its host")
+        .to_string()
+}
+
 impl Graph {
     fn load() -> Graph {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The graph of the platform we build for: without the filter cargo wants every
+        // platform's crates (Windows-only ones a Linux build never downloads), offline.
         let output = Command::new(cargo)
             .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+            .args(["--filter-platform", &host_triple()])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("run cargo metadata");
