@@ -8,7 +8,7 @@
 //! Why one file of about 650 lines: admission, the step, sampling and retirement all change the
 //! same per-request state (`Active`) and must stay in step with one another.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::Sample;
 use crate::lora::RowAdapters;
@@ -105,9 +105,9 @@ struct Active<'a> {
     prompt: Vec<u32>,
     cached: usize,
     started: Instant,
-    time_to_first_token: Option<Duration>,
-    /// When the prompt was in and the first tokens were chosen.
-    decoding_since: Option<Instant>,
+    /// When the prompt was in and the first tokens were chosen: the time to first token
+    /// and the start of the newline deadline (llama.cpp counts `t_max_predict_ms` from it).
+    first_token_at: Option<Instant>,
     phase: Phase,
 }
 
@@ -171,8 +171,7 @@ impl<'a> Batch<'a> {
                 prompt,
                 cached,
                 started,
-                time_to_first_token: None,
-                decoding_since: None,
+                first_token_at: None,
                 phase: Phase::Prefill { cache },
             }),
             Err(err) => {
@@ -379,16 +378,12 @@ impl<'a> Batch<'a> {
                         for sample in 0..n {
                             report.generated_tokens += active.sample_next(engine, sample, &row);
                         }
-                        // One instant for both, so the newline deadline and the
-                        // reported decode time measure the same span (llama.cpp
-                        // counts `t_max_predict_ms` from the first token).
                         let first_token_at = Instant::now();
-                        active.decoding_since = Some(first_token_at);
-                        active.time_to_first_token = Some(first_token_at - active.started);
+                        active.first_token_at = Some(first_token_at);
                         tracing::debug!(
                             n_prompt = active.prompt.len(),
                             cached = active.cached,
-                            ttft = ?active.time_to_first_token,
+                            ttft = ?(first_token_at - active.started),
                             "first tokens"
                         );
                     }
@@ -564,7 +559,7 @@ impl<'a> Active<'a> {
             let past_deadline = request.newline_deadline.is_some_and(|limit| {
                 bytes.contains(&b'\n')
                     && self
-                        .decoding_since
+                        .first_token_at
                         .is_some_and(|since| since.elapsed() > limit)
             });
             match seq.text.push(bytes) {
@@ -650,7 +645,10 @@ impl<'a> Active<'a> {
             samples,
             prompt_tokens: self.prompt,
             cached_prompt_tokens: self.cached,
-            time_to_first_token: self.time_to_first_token.unwrap_or_default(),
+            time_to_first_token: self
+                .first_token_at
+                .map(|at| at - self.started)
+                .unwrap_or_default(),
             elapsed: self.started.elapsed(),
         };
         (self.sink, Ok(generation))
