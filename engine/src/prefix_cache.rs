@@ -8,6 +8,14 @@
 use crate::Result;
 use crate::nn::KvCache;
 
+/// How many tokens an entry may hold past its common prefix with a newer entry and still
+/// be dropped for it: a lookup loses at most this many reusable positions.
+const SUPERSEDE_SLACK: usize = 16;
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// Counters for observability.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefixCacheStats {
@@ -81,13 +89,7 @@ impl PrefixCache {
             .iter_mut()
             .filter(|e| e.namespace == namespace)
             .map(|e| {
-                let common = e
-                    .tokens
-                    .iter()
-                    .zip(tokens)
-                    .take_while(|(a, b)| a == b)
-                    .count()
-                    .min(limit);
+                let common = common_prefix(&e.tokens, tokens).min(limit);
                 (common, e)
             })
             .max_by_key(|(common, e)| (*common, e.last_used));
@@ -123,9 +125,14 @@ impl PrefixCache {
             entry.last_used = clock;
             return Ok(());
         }
-        // An entry whose tokens are a prefix of the new ones is superseded by it.
-        self.entries
-            .retain(|e| !(e.namespace == namespace && tokens.starts_with(&e.tokens)));
+        // An entry that the new one covers all but its last few tokens of is superseded: a
+        // prompt's last token is often re-tokenized once more text follows it ("foo" becomes
+        // "foob" on the next keystroke), so exact prefixes alone would keep one near-copy of
+        // the file per keystroke.
+        self.entries.retain(|e| {
+            e.namespace != namespace
+                || common_prefix(&e.tokens, tokens) + SUPERSEDE_SLACK < e.tokens.len()
+        });
         let needed = tokens.len() * kv.bytes_per_position();
         if needed > self.max_bytes {
             return Ok(());
@@ -221,6 +228,41 @@ mod tests {
             prefix.lookup(1, &query, 4).expect("test cache").is_none(),
             "other namespace"
         );
+    }
+
+    #[test]
+    fn a_newer_entry_supersedes_one_that_differs_only_in_its_last_tokens() {
+        let mut prefix = PrefixCache::new(1 << 20, 2);
+        let file: Vec<u32> = (0..100).collect();
+        prefix
+            .insert(0, &file, cache(100, 100, 0.0))
+            .expect("test cache");
+        // The next keystroke re-tokenizes the last token and adds two.
+        let edited: Vec<u32> = (0..99).chain([500, 501, 502]).collect();
+        prefix
+            .insert(0, &edited, cache(102, 102, 0.0))
+            .expect("test cache");
+        assert_eq!(prefix.stats().entries, 1, "the near-copy was dropped");
+        // Another namespace's entry is never dropped for it.
+        prefix
+            .insert(1, &file, cache(100, 100, 0.0))
+            .expect("test cache");
+        // An entry that diverges earlier than the slack stays: it still holds reusable
+        // positions that the newer one does not.
+        let branch: Vec<u32> = (0..50).chain(1000..1060).collect();
+        prefix
+            .insert(0, &branch, cache(110, 110, 0.0))
+            .expect("test cache");
+        assert_eq!(prefix.stats().entries, 3);
+        let (_, common) = prefix
+            .lookup(
+                0,
+                &(0..99).chain([500, 501, 502, 7]).collect::<Vec<u32>>(),
+                1,
+            )
+            .expect("test cache")
+            .expect("a hit");
+        assert_eq!(common, 102);
     }
 
     #[test]

@@ -178,7 +178,7 @@ fn main() -> Result<()> {
         "prefill": prefill,
         "ttft_cold": cold,
         "ttft_warm": warm,
-        "prefix_cache": {"queries": stats.queries, "hits": stats.hits, "hit_tokens": stats.hit_tokens},
+        "prefix_cache": {"queries": stats.queries, "hits": stats.hits, "hit_tokens": stats.hit_tokens, "entries": stats.entries, "bytes": stats.bytes},
         "peak_rss_bytes": peak_rss_bytes(),
     });
     println!("{doc}");
