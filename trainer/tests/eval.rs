@@ -402,3 +402,44 @@ fn humaneval_samples_run_in_the_sandbox_through_a_whole_evaluation() {
     assert_eq!(summary["pass_at_1"].as_f64(), Some(passed as f64 / 4.0));
     assert!(results["benchmarks"][0]["sandbox"]["landlock"].is_string());
 }
+
+#[test]
+fn report_compares_two_committed_runs_and_names_what_only_one_has() {
+    let runs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../evaluation/runs");
+    let compare = |a: &str, b: &str| {
+        let out = std::process::Command::new(helper())
+            .arg("report")
+            .arg(runs.join(a))
+            .arg(runs.join(b))
+            .output()
+            .expect("hexacoder-train runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    // The subsets share every configuration: a row per metric, no leftovers.
+    let shared = compare("qwen2.5-coder-0.5b-subset28", "qwen2.5-coder-0.5b-full");
+    assert!(shared.contains("| base | top-5 vulnerable |"), "{shared}");
+    assert!(!shared.contains("Only in"), "{shared}");
+    // The two Pearce runs hold disjoint configurations: said so, each named.
+    let disjoint = compare(
+        "qwen2.5-coder-0.5b-pearce",
+        "qwen2.5-coder-0.5b-pearce-rest",
+    );
+    assert!(
+        disjoint.contains("No configuration in common."),
+        "{disjoint}"
+    );
+    assert!(
+        !disjoint.contains("| configuration | metric |"),
+        "{disjoint}"
+    );
+    assert!(
+        disjoint.contains("pearce: base, adapter+two-step.")
+            && disjoint.contains("pearce-rest: base+two-step, adapter."),
+        "{disjoint}"
+    );
+}

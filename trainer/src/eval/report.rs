@@ -443,7 +443,15 @@ pub fn compare(a: &Results, b: &Results, a_name: &str, b_name: &str) -> String {
             continue;
         };
         let _ = writeln!(md, "## {}\n", bench_a.benchmark.name());
-        md.push_str("| configuration | metric | A | B | change |\n|---|---|---|---|---|\n");
+        let (only_a, only_b) = (
+            configs_missing_from(bench_a, bench_b),
+            configs_missing_from(bench_b, bench_a),
+        );
+        if only_a.len() == bench_a.configs.len() {
+            let _ = writeln!(md, "No configuration in common.\n");
+        } else {
+            md.push_str("| configuration | metric | A | B | change |\n|---|---|---|---|---|\n");
+        }
         for ca in &bench_a.configs {
             let Some(cb) = bench_b.configs.iter().find(|c| c.config == ca.config) else {
                 continue;
@@ -482,8 +490,31 @@ pub fn compare(a: &Results, b: &Results, a_name: &str, b_name: &str) -> String {
             }
         }
         md.push('\n');
+        for (name, configs) in [(a_name, only_a), (b_name, only_b)] {
+            if !configs.is_empty() {
+                let _ = writeln!(md, "Only in {name}: {}.\n", configs.join(", "));
+            }
+        }
+    }
+    for bench_b in &b.benchmarks {
+        if !a
+            .benchmarks
+            .iter()
+            .any(|x| x.benchmark == bench_b.benchmark)
+        {
+            let _ = writeln!(md, "{}: only in {b_name}\n", bench_b.benchmark.name());
+        }
     }
     md
+}
+
+/// The configurations of `x` that `y` did not run.
+fn configs_missing_from<'a>(x: &'a BenchmarkResults, y: &BenchmarkResults) -> Vec<&'a str> {
+    x.configs
+        .iter()
+        .filter(|c| !y.configs.iter().any(|d| d.config == c.config))
+        .map(|c| c.config.as_str())
+        .collect()
 }
 
 fn points(a: Option<f64>, b: Option<f64>) -> String {
