@@ -125,14 +125,6 @@ impl PrefixCache {
             entry.last_used = clock;
             return Ok(());
         }
-        // An entry that the new one covers all but its last few tokens of is superseded: a
-        // prompt's last token is often re-tokenized once more text follows it ("foo" becomes
-        // "foob" on the next keystroke), so exact prefixes alone would keep one near-copy of
-        // the file per keystroke.
-        self.entries.retain(|e| {
-            e.namespace != namespace
-                || common_prefix(&e.tokens, tokens) + SUPERSEDE_SLACK < e.tokens.len()
-        });
         let needed = tokens.len() * kv.bytes_per_position();
         if needed > self.max_bytes {
             return Ok(());
@@ -145,6 +137,14 @@ impl PrefixCache {
         if bytes > self.max_bytes {
             return Ok(());
         }
+        // An entry that the new one covers all but its last few tokens of is superseded: a
+        // prompt's last token is often re-tokenized once more text follows it ("foo" becomes
+        // "foob" on the next keystroke), so exact prefixes alone would keep one near-copy of
+        // the file per keystroke. Only now, when the new entry is sure to be kept.
+        self.entries.retain(|e| {
+            e.namespace != namespace
+                || common_prefix(&e.tokens, tokens) + SUPERSEDE_SLACK < e.tokens.len()
+        });
         let mut used: usize = self.entries.iter().map(|e| e.bytes).sum();
         while used + bytes > self.max_bytes {
             let Some(oldest) = self
@@ -263,6 +263,27 @@ mod tests {
             .expect("test cache")
             .expect("a hit");
         assert_eq!(common, 102);
+    }
+
+    #[test]
+    fn an_entry_too_large_to_keep_supersedes_nothing() {
+        let bytes_per_position = cache(1, 1, 0.0).bytes_per_position();
+        let mut prefix = PrefixCache::new(bytes_per_position * 120, 2);
+        let file: Vec<u32> = (0..100).collect();
+        prefix
+            .insert(0, &file, cache(100, 100, 0.0))
+            .expect("test cache");
+        // Covers the entry, but does not fit the budget: the old entry must stay.
+        let longer: Vec<u32> = (0..200).collect();
+        prefix
+            .insert(0, &longer, cache(200, 200, 0.0))
+            .expect("test cache");
+        assert_eq!(prefix.stats().entries, 1);
+        let (_, common) = prefix
+            .lookup(0, &(0..150).collect::<Vec<u32>>(), 1)
+            .expect("test cache")
+            .expect("the old entry still answers");
+        assert_eq!(common, 100);
     }
 
     #[test]
