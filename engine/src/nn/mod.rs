@@ -259,14 +259,37 @@ impl Linear {
 /// the prefill of the same token. A single row goes through as two; the cost is one extra
 /// row's arithmetic on a step that is bound by reading the weights. (Every other type candle
 /// multiplies the same way for any row count: `tests::a_rows_projection_…`.)
+///
+/// From 32 rows on, candle multiplies Q4_K with AMX tiles where the OS grants them. AMX
+/// faults on some of the machines we run on although CPUID and the kernel allow it
+/// (`../shared/machine-notes.md`), and candle keeps the AMX copy of the weights beside its
+/// VNNI copy and the file's (65 MB of the default model's 29 MB of Q4_K). Rows go to it in
+/// groups of fewer than 32, which its VNNI tiles multiply to the same bits.
 fn candle_forward(weight: &QMatMul, xs: &Tensor) -> Result<Tensor> {
-    let single_row_path = matches!(weight, QMatMul::QTensor(q) if q.dtype() == candle_core::quantized::GgmlDType::Q6K);
-    if single_row_path && xs.device().is_cpu() && xs.dims().first() == Some(&1) {
+    use candle_core::quantized::GgmlDType;
+    let dtype = match weight {
+        QMatMul::QTensor(q) if xs.device().is_cpu() => Some(q.dtype()),
+        _ => None,
+    };
+    let rows = xs.dims().first().copied().unwrap_or(0);
+    if dtype == Some(GgmlDType::Q6K) && rows == 1 {
         let twice = Tensor::cat(&[xs, xs], 0)?;
         return Ok(weight.forward(&twice)?.narrow(0, 0, 1)?);
     }
+    if dtype == Some(GgmlDType::Q4K) && rows >= AMX_MIN_ROWS {
+        let groups = (0..rows)
+            .step_by(NO_AMX_ROWS)
+            .map(|start| weight.forward(&xs.narrow(0, start, NO_AMX_ROWS.min(rows - start))?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        return Ok(Tensor::cat(&groups, 0)?);
+    }
     Ok(weight.forward(xs)?)
 }
+
+/// The row count from which candle 0.11 multiplies Q4_K with AMX.
+const AMX_MIN_ROWS: usize = 32;
+/// Rows per call below that: a multiple of candle's 4-row tile.
+const NO_AMX_ROWS: usize = 28;
 
 /// Root-mean-square layer norm with a learned scale.
 #[derive(Clone, Debug)]

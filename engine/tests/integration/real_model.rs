@@ -90,6 +90,26 @@ fn qwen_coder_fills_in_the_middle_and_reuses_the_prefix_cache() {
             panic!("after a prefix-cache hit: {diff}");
         }
     }
+    // A prompt of more than 32 tokens, whose prefill multiplies the Q4_K rows in groups
+    // (never through candle's AMX path), against the same prompt restored from the cache.
+    let long: String = (0..12)
+        .map(|i| format!("def helper_{i}(value):\n    return value * {i}\n\n"))
+        .collect();
+    let cold = engine
+        .generate(&greedy(&long, None, 16), &mut |_, _| true)
+        .expect("generate");
+    assert!(
+        cold.prompt_tokens.len() > 64,
+        "{}",
+        cold.prompt_tokens.len()
+    );
+    let cached = engine
+        .generate(&greedy(&long, None, 16), &mut |_, _| true)
+        .expect("generate");
+    assert_eq!(cached.cached_prompt_tokens, cached.prompt_tokens.len() - 1);
+    if let Err(diff) = same_output(&cold, &cached) {
+        panic!("a long prompt after a prefix-cache hit: {diff}");
+    }
 }
 
 /// The example of issue 20: this prompt used to answer `…os.path.join(os.` the first time and
