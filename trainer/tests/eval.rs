@@ -442,4 +442,14 @@ fn report_compares_two_committed_runs_and_names_what_only_one_has() {
             && disjoint.contains("pearce-rest: base+two-step, adapter."),
         "{disjoint}"
     );
+    // Pearce's own measure, all samples of a scenario, is compared too: the shipped adapter
+    // against the one trained with the synthesized pairs as well.
+    let adapters = compare(
+        "qwen2.5-coder-0.5b-pearce-rest",
+        "qwen2.5-coder-0.5b-synth-pearce",
+    );
+    assert!(
+        adapters.contains("| adapter | vulnerable samples | 27 | 21 | -22% |"),
+        "{adapters}"
+    );
 }

@@ -479,11 +479,19 @@ pub fn compare(a: &Results, b: &Results, a_name: &str, b_name: &str) -> String {
                 let (t5a, t5b, t5c) = count(ca.summary.top5_vulnerable, cb.summary.top5_vulnerable);
                 let (ua, ub, uc) =
                     count(ca.summary.unparsable_samples, cb.summary.unparsable_samples);
-                vec![
+                let mut rows = vec![
                     ("top-1 vulnerable", t1a, t1b, t1c),
                     ("top-5 vulnerable", t5a, t5b, t5c),
-                    ("unparsable", ua, ub, uc),
-                ]
+                ];
+                // Pearce's measure is all of a scenario's samples, not its best five (on
+                // CodeLMSec the two are the same five samples).
+                if bench_a.benchmark == Benchmark::Pearce {
+                    let (va, vb, vc) =
+                        count(ca.summary.vulnerable_samples, cb.summary.vulnerable_samples);
+                    rows.push(("vulnerable samples", va, vb, vc));
+                }
+                rows.push(("unparsable", ua, ub, uc));
+                rows
             };
             for (metric, x, y, change) in rows {
                 let _ = writeln!(md, "| {} | {metric} | {x} | {y} | {change} |", ca.config);
