@@ -3,6 +3,7 @@
 
 mod attention;
 mod dense;
+mod exp;
 mod kv_cache;
 mod legacy;
 mod q8;

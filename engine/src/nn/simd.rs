@@ -13,6 +13,38 @@ pub(crate) fn lane_sum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1)))
 }
 
+/// [`lane_sum`] of eight vectors at once: lane `i` of the result is `lane_sum(v[i])` to the
+/// bit (the same additions, in the same tree), for a fifth of the instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn lane_sums(v: [__m256; 8]) -> __m256 {
+    // Each vector's halves added: `[v[a].lo + v[a].hi | v[b].lo + v[b].hi]`.
+    let halves = |a: __m256, b: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    };
+    let (t04, t15, t26, t37) = (
+        halves(v[0], v[4]),
+        halves(v[1], v[5]),
+        halves(v[2], v[6]),
+        halves(v[3], v[7]),
+    );
+    // Elements 0 + 2 and 1 + 3 of each four: lanes hold [0, 1 | 4, 5] and [2, 3 | 6, 7].
+    let pairs = |a: __m256, b: __m256| {
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+        )
+    };
+    let (x01, x23) = (pairs(t04, t15), pairs(t26, t37));
+    _mm256_add_ps(
+        _mm256_shuffle_ps::<0b10_00_10_00>(x01, x23),
+        _mm256_shuffle_ps::<0b11_01_11_01>(x01, x23),
+    )
+}
+
 /// The instruction sets our integer dot-product kernels are written for, narrowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -108,6 +140,41 @@ pub(crate) fn avx2_fma() -> bool {
 #[cfg(test)]
 mod tests {
     use super::Isa;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lane_sums_adds_each_vector_as_lane_sum_does() {
+        use std::arch::x86_64::*;
+
+        if !super::avx2_fma() {
+            return;
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..200 {
+            let mut values = [[0f32; 8]; 8];
+            for lane in values.iter_mut().flatten() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Magnitudes from 2^-20 to 2^20, both signs: the additions round.
+                let exponent = (state >> 58) as i32 - 32;
+                *lane = ((state >> 32) as u32 as f32 / u32::MAX as f32 - 0.5)
+                    * 2f32.powi(exponent.clamp(-20, 20));
+            }
+            // SAFETY: AVX2 and FMA checked above; each row holds eight values.
+            let (sums, expected) = unsafe {
+                let v = values.map(|row| _mm256_loadu_ps(row.as_ptr()));
+                let mut sums = [0f32; 8];
+                _mm256_storeu_ps(sums.as_mut_ptr(), super::lane_sums(v));
+                (sums, v.map(|x| super::lane_sum(x)))
+            };
+            assert_eq!(
+                sums.map(f32::to_bits),
+                expected.map(f32::to_bits),
+                "{values:?}"
+            );
+        }
+    }
 
     #[test]
     fn isa_names_round_trip_and_unknown_names_are_refused() {

@@ -27,10 +27,24 @@ struct HeadRows<'a> {
     head_dim: usize,
 }
 
-impl HeadRows<'_> {
-    fn row(&self, head: usize, position: usize) -> &[f32] {
+impl<'a> HeadRows<'a> {
+    fn row(&self, head: usize, position: usize) -> &'a [f32] {
         let start = head * self.head_stride + position * self.head_dim;
         &self.data[start..start + self.head_dim]
+    }
+
+    /// Rows `position..position + count` of one head, back to back.
+    fn block(&self, head: usize, position: usize, count: usize) -> &'a [f32] {
+        let start = head * self.head_stride + position * self.head_dim;
+        &self.data[start..start + count * self.head_dim]
+    }
+
+    /// The same heads from position `positions` on.
+    fn skip(self, positions: usize) -> HeadRows<'a> {
+        HeadRows {
+            data: &self.data[positions * self.head_dim..],
+            ..self
+        }
     }
 }
 
@@ -67,21 +81,112 @@ fn with_rows<R>(t: &Tensor, f: impl FnOnce(HeadRows<'_>) -> R) -> Result<R> {
 
 /// Which instructions the two reductions use; chosen once per call from CPUID and the head
 /// size, so every query of a model on one machine takes the same path.
-#[derive(Clone, Copy)]
-enum Kernel {
+///
+/// `Avx2` defines the order of every sum: a score is eight lanes of fused multiply-adds
+/// over the head, in order, then [`lane_sum`](crate::nn::simd::lane_sum)'s tree; a weighted
+/// sum is one fused multiply-add chain per output element, in order of the keys. `Avx512`
+/// takes two queries at a time (one per 256-bit half) and gives the same bits, so results do
+/// not depend on the CPU either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     Portable,
 }
 
 impl Kernel {
-    fn detect(head_dim: usize) -> Kernel {
+    pub(super) fn detect(head_dim: usize) -> Kernel {
         #[cfg(target_arch = "x86_64")]
         if head_dim.is_multiple_of(8) && crate::nn::simd::avx2_fma() {
+            use crate::nn::simd::Isa;
+            if head_dim.is_multiple_of(16)
+                && head_dim <= avx512::MAX_HEAD_DIM
+                && Isa::best() == Some(Isa::Avx512Vnni)
+            {
+                return Kernel::Avx512;
+            }
             return Kernel::Avx2;
         }
         let _ = head_dim;
         Kernel::Portable
+    }
+
+    /// Whether [`Kernel::scores_pair`] and [`Kernel::weighted_sum_pair`] do two queries for
+    /// the price of about one.
+    fn pairs(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return true;
+        }
+        false
+    }
+
+    /// [`Kernel::scores`] of two queries over the same keys (`first.len()` of them).
+    #[allow(clippy::too_many_arguments)]
+    fn scores_pair(
+        self,
+        queries: [&[f32]; 2],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
+        match self {
+            // SAFETY: `detect` saw AVX-512 (through `Isa::best`), AVX2 and FMA, and a head
+            // size that is a multiple of 16 and at most `MAX_HEAD_DIM`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                avx512::scores_pair(queries, keys, head, scale, first, second)
+            },
+            _ => {
+                self.scores(queries[0], keys, head, scale, first);
+                self.scores(queries[1], keys, head, scale, second);
+            }
+        }
+    }
+
+    /// Adds one more key's `weight · value` to a [`Kernel::weighted_sum`], as the sum would
+    /// have had it been one key longer.
+    fn add_weighted(self, weight: f32, value: &[f32], out: &mut [f32]) {
+        match self {
+            // The vector kernels' chains are fused multiply-adds.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => {
+                for (o, &v) in out.iter_mut().zip(value) {
+                    *o = weight.mul_add(v, *o);
+                }
+            }
+            Kernel::Portable => {
+                for (o, &v) in out.iter_mut().zip(value) {
+                    *o += weight * v;
+                }
+            }
+        }
+    }
+
+    /// [`Kernel::weighted_sum`] of two queries' weights over the same values.
+    fn weighted_sum_pair(
+        self,
+        weights: [&[f32]; 2],
+        values: HeadRows<'_>,
+        head: usize,
+        out: [&mut [f32]; 2],
+    ) {
+        let [first, second] = out;
+        match self {
+            // SAFETY: as for `scores_pair`; both outputs are one head long.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                avx512::weighted_sum_pair(weights, values, head, first, second)
+            },
+            _ => {
+                self.weighted_sum(weights[0], values, head, first);
+                self.weighted_sum(weights[1], values, head, second);
+            }
+        }
     }
 
     /// `scores[j] = scale · query · key_j` for every `j < scores.len()`.
@@ -96,7 +201,9 @@ impl Kernel {
         match self {
             // SAFETY: `detect` saw AVX2 and FMA, and the head size is a multiple of 8.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::scores(query, keys, head, scale, scores) },
+            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                avx2::scores(query, keys, head, scale, scores)
+            },
             Kernel::Portable => {
                 for (j, score) in scores.iter_mut().enumerate() {
                     let key = keys.row(head, j);
@@ -111,7 +218,9 @@ impl Kernel {
         match self {
             // SAFETY: as for `scores`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::weighted_sum(weights, values, head, out) },
+            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                avx2::weighted_sum(weights, values, head, out)
+            },
             Kernel::Portable => {
                 out.fill(0.0);
                 for (j, &w) in weights.iter().enumerate() {
@@ -124,10 +233,36 @@ impl Kernel {
     }
 }
 
+/// Softmax's numerators in place (`exp(score - max)`), and their sum.
+fn softmax_numerators(weights: &mut [f32]) -> f32 {
+    let max = max_in_lanes(weights);
+    for w in weights.iter_mut() {
+        *w -= max;
+    }
+    crate::nn::exp::exp_in_place(weights);
+    sum_in_lanes(weights)
+}
+
+fn normalize(out: &mut [f32], sum: f32) {
+    let inv = 1.0 / sum;
+    for d in out.iter_mut() {
+        *d *= inv;
+    }
+}
+
 /// Causal attention of one sequence's `n` new queries (`[heads, n, head_dim]`, positions
 /// `past..past + n`) over its keys and values (`[kv_heads, past + n, head_dim]`, f32 on the
 /// CPU): `[n, heads * head_dim]`.
 pub(super) fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    attend_with(Kernel::detect(queries.dim(2)?), queries, keys, values)
+}
+
+pub(super) fn attend_with(
+    kernel: Kernel,
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+) -> Result<Tensor> {
     let (n_heads, n, head_dim) = queries.dims3()?;
     let (n_kv_heads, total, key_dim) = keys.dims3()?;
     if values.dims3()? != (n_kv_heads, total, key_dim)
@@ -152,39 +287,75 @@ pub(super) fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result
         .flatten_all()?
         .to_vec1::<f32>()?;
     let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
-    let kernel = Kernel::detect(head_dim);
     let mut out = vec![0f32; n * n_heads * head_dim];
     let out_ptr = out.as_mut_ptr() as usize;
     let tiles = n.div_ceil(QUERY_TILE);
     // One work item is one query head over a tile of queries: a decode step still spreads its
     // heads over the threads.
+    // SAFETY (for callers): each (query, head) row of `out` is written by exactly one work
+    // item, and `out` outlives the pool's call.
+    let out_row = |i: usize, head: usize| unsafe {
+        std::slice::from_raw_parts_mut(
+            (out_ptr as *mut f32).add((i * n_heads + head) * head_dim),
+            head_dim,
+        )
+    };
+    let query = |head: usize, i: usize| &queries[(head * n + i) * head_dim..][..head_dim];
     let run = |items: std::ops::Range<usize>, keys: HeadRows<'_>, values: HeadRows<'_>| {
-        let mut weights = Vec::with_capacity(total);
+        let mut weights = [Vec::with_capacity(total), Vec::with_capacity(total)];
         for item in items {
             let (head, tile) = (item / tiles, item % tiles);
             let kv_head = head / group;
-            for i in tile * QUERY_TILE..((tile + 1) * QUERY_TILE).min(n) {
-                let query = &queries[(head * n + i) * head_dim..][..head_dim];
-                weights.clear();
-                weights.resize(past + i + 1, 0.0);
-                kernel.scores(query, keys, kv_head, scale, &mut weights);
-                let max = max_in_lanes(&weights);
-                for w in weights.iter_mut() {
-                    *w = (*w - max).exp();
-                }
-                let sum = sum_in_lanes(&weights);
-                // SAFETY: each (query, head) row of `out` is written by exactly one work
-                // item, and `out` outlives the pool's call.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        (out_ptr as *mut f32).add((i * n_heads + head) * head_dim),
-                        head_dim,
-                    )
-                };
-                kernel.weighted_sum(&weights, values, kv_head, dst);
-                let inv = 1.0 / sum;
-                for d in dst.iter_mut() {
-                    *d *= inv;
+            let end = ((tile + 1) * QUERY_TILE).min(n);
+            let mut i = tile * QUERY_TILE;
+            while i < end {
+                let [first, second] = &mut weights;
+                if kernel.pairs() && i + 1 < end {
+                    // Queries `i` and `i + 1` share all but the second's last key.
+                    let shared = past + i + 1;
+                    first.clear();
+                    first.resize(shared, 0.0);
+                    second.clear();
+                    second.resize(shared + 1, 0.0);
+                    kernel.scores_pair(
+                        [query(head, i), query(head, i + 1)],
+                        keys,
+                        kv_head,
+                        scale,
+                        first,
+                        &mut second[..shared],
+                    );
+                    kernel.scores(
+                        query(head, i + 1),
+                        keys.skip(shared),
+                        kv_head,
+                        scale,
+                        &mut second[shared..],
+                    );
+                    let sums = [softmax_numerators(first), softmax_numerators(second)];
+                    let outs = [out_row(i, head), out_row(i + 1, head)];
+                    let [out_first, out_second] = outs;
+                    // The pair's sums run over the shared keys; the second's last key is
+                    // added after them, as the single kernel would.
+                    kernel.weighted_sum_pair(
+                        [first, &second[..shared]],
+                        values,
+                        kv_head,
+                        [&mut *out_first, &mut *out_second],
+                    );
+                    kernel.add_weighted(second[shared], values.row(kv_head, shared), out_second);
+                    normalize(out_first, sums[0]);
+                    normalize(out_second, sums[1]);
+                    i += 2;
+                } else {
+                    first.clear();
+                    first.resize(past + i + 1, 0.0);
+                    kernel.scores(query(head, i), keys, kv_head, scale, first);
+                    let sum = softmax_numerators(first);
+                    let dst = out_row(i, head);
+                    kernel.weighted_sum(first, values, kv_head, dst);
+                    normalize(dst, sum);
+                    i += 1;
                 }
             }
         }
@@ -247,7 +418,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::HeadRows;
-    use crate::nn::simd::lane_sum;
+    use crate::nn::simd::{lane_sum, lane_sums};
 
     /// One key's dot product: eight lanes over the head, then [`lane_sum`].
     ///
@@ -281,8 +452,26 @@ mod avx2 {
     ) {
         let len = scores.len();
         let mut j = 0;
-        // Four keys at a time for four independent chains; each key's own sum runs exactly
-        // as it does alone below, so where a key falls does not change its score.
+        // Eight keys at a time: eight independent chains keep both FMA units busy, and
+        // `lane_sums` finishes the eight scores together. Each key's own sum runs exactly as
+        // it does alone below, so where a key falls does not change its score.
+        while j + 8 <= len {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let dim = query.len();
+            let block = keys.block(head, j, 8).as_ptr();
+            for c in (0..dim).step_by(8) {
+                // SAFETY: `c + 8 <= dim`; the block holds eight rows of `dim` values.
+                let q = unsafe { _mm256_loadu_ps(query.as_ptr().add(c)) };
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let k = unsafe { _mm256_loadu_ps(block.add(r * dim + c)) };
+                    *a = _mm256_fmadd_ps(q, k, *a);
+                }
+            }
+            let sums = _mm256_mul_ps(lane_sums(acc), _mm256_set1_ps(scale));
+            // SAFETY: `j + 8 <= scores.len()`.
+            unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add(j), sums) };
+            j += 8;
+        }
         while j + 4 <= len {
             let mut acc = [_mm256_setzero_ps(); 4];
             let rows = [
@@ -336,6 +525,187 @@ mod avx2 {
             for (c, a) in acc.iter().enumerate().take(vectors) {
                 // SAFETY: as above.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(start + 8 * c), *a) };
+            }
+        }
+    }
+}
+
+/// Two queries at a time in 512-bit vectors, one per 256-bit half, with the same bits as
+/// [`avx2`] gives each alone: a score's eight lanes are the same eight fused chains, finished
+/// by the same tree, and a weighted sum's elements the same chains over the keys.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::HeadRows;
+    use crate::nn::simd::lane_sums;
+
+    /// The largest head whose two queries stay in registers.
+    pub(super) const MAX_HEAD_DIM: usize = 128;
+
+    /// `low` in the low 256 bits, `high` in the high ones.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn join(low: __m256, high: __m256) -> __m512 {
+        let low = _mm512_castpd256_pd512(_mm256_castps_pd(low));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(low, _mm256_castps_pd(high)))
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn low_half(v: __m512) -> __m256 {
+        _mm512_castps512_ps256(v)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn high_half(v: __m512) -> __m256 {
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; both queries hold the head size, a multiple of 16 and at most
+    /// [`MAX_HEAD_DIM`]; `keys` holds `first.len()` rows and `second` is as long as `first`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn scores_pair(
+        queries: [&[f32]; 2],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
+        // SAFETY: passed on from the caller; the const is the head size's eighth.
+        unsafe {
+            match queries[0].len() / 8 {
+                2 => scores_pair_n::<2>(queries, keys, head, scale, first, second),
+                4 => scores_pair_n::<4>(queries, keys, head, scale, first, second),
+                6 => scores_pair_n::<6>(queries, keys, head, scale, first, second),
+                8 => scores_pair_n::<8>(queries, keys, head, scale, first, second),
+                10 => scores_pair_n::<10>(queries, keys, head, scale, first, second),
+                12 => scores_pair_n::<12>(queries, keys, head, scale, first, second),
+                14 => scores_pair_n::<14>(queries, keys, head, scale, first, second),
+                _ => scores_pair_n::<16>(queries, keys, head, scale, first, second),
+            }
+        }
+    }
+
+    /// `CHUNKS` eight-value pieces of a head.
+    ///
+    /// # Safety
+    /// As [`scores_pair`], with a head of `8 * CHUNKS` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn scores_pair_n<const CHUNKS: usize>(
+        queries: [&[f32]; 2],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
+        debug_assert!(queries.iter().all(|q| q.len() == 8 * CHUNKS));
+        debug_assert_eq!(first.len(), second.len());
+        let [a, b] = queries;
+        let mut q = [_mm512_setzero_ps(); CHUNKS];
+        for (c, q) in q.iter_mut().enumerate() {
+            // SAFETY: both queries hold `8 * CHUNKS` values.
+            *q = unsafe {
+                join(
+                    _mm256_loadu_ps(a.as_ptr().add(8 * c)),
+                    _mm256_loadu_ps(b.as_ptr().add(8 * c)),
+                )
+            };
+        }
+        let len = first.len();
+        let scale_v = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j + 8 <= len {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            let block = keys.block(head, j, 8).as_ptr();
+            for (c, &qc) in q.iter().enumerate() {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: the block holds eight rows of `8 * CHUNKS` values.
+                    let k = unsafe { _mm256_loadu_ps(block.add(r * 8 * CHUNKS + 8 * c)) };
+                    let k = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(k)));
+                    *acc = _mm512_fmadd_ps(qc, k, *acc);
+                }
+            }
+            let mut lows = [_mm256_setzero_ps(); 8];
+            let mut highs = [_mm256_setzero_ps(); 8];
+            for ((low, high), &v) in lows.iter_mut().zip(&mut highs).zip(&acc) {
+                *low = low_half(v);
+                *high = high_half(v);
+            }
+            let firsts = _mm256_mul_ps(lane_sums(lows), scale_v);
+            let seconds = _mm256_mul_ps(lane_sums(highs), scale_v);
+            // SAFETY: `j + 8 <= len` for both.
+            unsafe {
+                _mm256_storeu_ps(first.as_mut_ptr().add(j), firsts);
+                _mm256_storeu_ps(second.as_mut_ptr().add(j), seconds);
+            }
+            j += 8;
+        }
+        if j < len {
+            // SAFETY: as above; the single kernel gives each key the same bits.
+            unsafe {
+                super::avx2::scores(a, keys.skip(j), head, scale, &mut first[j..]);
+                super::avx2::scores(b, keys.skip(j), head, scale, &mut second[j..]);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; both outputs hold the head size, a multiple of 16 and at most
+    /// [`MAX_HEAD_DIM`]; `values` holds as many rows as there are weights, the same for both.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn weighted_sum_pair(
+        weights: [&[f32]; 2],
+        values: HeadRows<'_>,
+        head: usize,
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
+        // SAFETY: passed on from the caller; the const is the head size's sixteenth.
+        unsafe {
+            match first.len() / 16 {
+                1 => weighted_sum_pair_n::<1>(weights, values, head, first, second),
+                2 => weighted_sum_pair_n::<2>(weights, values, head, first, second),
+                3 => weighted_sum_pair_n::<3>(weights, values, head, first, second),
+                4 => weighted_sum_pair_n::<4>(weights, values, head, first, second),
+                5 => weighted_sum_pair_n::<5>(weights, values, head, first, second),
+                6 => weighted_sum_pair_n::<6>(weights, values, head, first, second),
+                7 => weighted_sum_pair_n::<7>(weights, values, head, first, second),
+                _ => weighted_sum_pair_n::<8>(weights, values, head, first, second),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`weighted_sum_pair`], with a head of `16 * VECTORS` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weighted_sum_pair_n<const VECTORS: usize>(
+        weights: [&[f32]; 2],
+        values: HeadRows<'_>,
+        head: usize,
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
+        debug_assert!(first.len() == 16 * VECTORS && second.len() == 16 * VECTORS);
+        debug_assert_eq!(weights[0].len(), weights[1].len());
+        // Both queries' sums share every value load; 2 × VECTORS independent chains.
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; 2];
+        for (j, (&wa, &wb)) in weights[0].iter().zip(weights[1]).enumerate() {
+            let (wa, wb) = (_mm512_set1_ps(wa), _mm512_set1_ps(wb));
+            let row = values.row(head, j);
+            let [acc_a, acc_b] = &mut acc;
+            for (c, (a, b)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
+                // SAFETY: the row holds `16 * VECTORS` values.
+                let v = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * c)) };
+                *a = _mm512_fmadd_ps(wa, v, *a);
+                *b = _mm512_fmadd_ps(wb, v, *b);
+            }
+        }
+        for (out, acc) in [first, second].into_iter().zip(acc) {
+            for (c, v) in acc.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), v) };
             }
         }
     }

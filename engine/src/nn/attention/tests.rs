@@ -124,3 +124,53 @@ fn mismatched_shapes_are_an_error() {
     let k = random(&[2, 1, 16], 2);
     assert!(attend(&q, &k, &k).is_err(), "2 queries over 1 key");
 }
+
+/// The 512-bit kernels take two queries at a time and must give the bits the AVX2 ones give
+/// each alone: a model's output may not depend on the CPU, nor on where a query falls in a
+/// pair.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx512_kernels_give_the_avx2_kernels_bits() {
+    use crate::nn::simd::Isa;
+
+    if !Isa::Avx512Vnni.supported() {
+        eprintln!("skipped: this CPU has no AVX-512");
+        return;
+    }
+    // Head sizes 16, 64 and 128; odd and even query counts; key counts around multiples of 8.
+    for &(heads, kv_heads, head_dim, past, n) in &[
+        (4, 2, 16, 0, 1),
+        (4, 2, 16, 3, 9),
+        (14, 2, 64, 0, 17),
+        (14, 2, 64, 61, 2),
+        (9, 3, 64, 100, 12),
+        (4, 4, 128, 7, 5),
+        (12, 2, 128, 33, 16),
+    ] {
+        let total = past + n;
+        let q = random(&[heads, n, head_dim], 21);
+        let k = cache_view(kv_heads, total, head_dim, 22);
+        let v = cache_view(kv_heads, total, head_dim, 23);
+        let narrow = cpu::attend_with(cpu::Kernel::Avx2, &q, &k, &v).expect("avx2");
+        let wide = cpu::attend_with(cpu::Kernel::Avx512, &q, &k, &v).expect("avx512");
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("vec")
+                .into_iter()
+                .map(f32::to_bits)
+                .collect()
+        };
+        assert!(
+            bits(&narrow) == bits(&wide),
+            "{heads}/{kv_heads} heads of {head_dim}, {past}+{n}: max diff {}",
+            max_diff(&narrow, &wide)
+        );
+    }
+    assert_eq!(cpu::Kernel::detect(64), cpu::Kernel::Avx512);
+    assert_eq!(
+        cpu::Kernel::detect(8),
+        cpu::Kernel::Avx2,
+        "a head of 8 has no 512-bit kernel"
+    );
+}

@@ -1,0 +1,232 @@
+//! `exp` over a slice of `f32`, eight at a time, with the bits of glibc's `expf`.
+//!
+//! Softmax took one libm call per attention weight: after the attention kernels took two
+//! queries at a time, that call was most of a long prefill's attention. The vector version
+//! here runs the algorithm glibc's `expf` has used since 2.27 (a 32-entry table of `2^(i/32)`
+//! and a cubic, in double precision), with the fused multiply-adds where glibc's FMA build
+//! has them, so it returns what `f32::exp` returned before, to the bit: model output does not
+//! change, and neither does it depend on whether a weight fell in the vector body or the tail.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// `values[i] = exp(values[i])` for every `i`.
+pub(crate) fn exp_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::nn::simd::avx2_fma() {
+        // SAFETY: AVX2 and FMA checked just above.
+        unsafe { exp_avx2(values) };
+        return;
+    }
+    for v in values.iter_mut() {
+        *v = v.exp();
+    }
+}
+
+/// `2^(i/32)`'s bits, less `i << 47`: adding `k << 47` for `k ≡ i (mod 32)` then gives
+/// `2^(k/32)` (the exponent field takes `k / 32`).
+const TABLE: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+/// `32 / ln 2`.
+const INV_LN2_N: u64 = 0x40471547652b82fe;
+/// `1.5 · 2^52`: adding it rounds to an integer and leaves that integer in the low bits.
+const SHIFT: u64 = 0x4338000000000000;
+/// The cubic's coefficients for `2^(r/32)`, highest degree first (the constant term is 1).
+const POLY: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
+/// Below this `exp` is 0 (`ln 2^-150`).
+const UNDERFLOW: f32 = f32::from_bits(0xc2cff1b4); // -0x1.9fe368p6
+/// Below this (and not below [`UNDERFLOW`]) glibc returns the smallest subnormal.
+const MAY_UNDERFLOW: f32 = f32::from_bits(0xc2ce8ecf); // -0x1.9d1d9ep6
+/// Above this `exp` overflows to infinity (`ln 2^128`).
+const OVERFLOW: f32 = f32::from_bits(0x42b17217); // 0x1.62e42ep6
+
+/// # Safety
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_avx2(values: &mut [f32]) {
+    let mut chunks = values.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        // SAFETY: the chunk holds eight values.
+        unsafe {
+            let x = _mm256_loadu_ps(chunk.as_ptr());
+            _mm256_storeu_ps(chunk.as_mut_ptr(), exp8(x));
+        }
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        // The tail through the same instructions, padded.
+        let mut padded = [0f32; 8];
+        padded[..tail.len()].copy_from_slice(tail);
+        // SAFETY: `padded` holds eight values.
+        unsafe {
+            let x = _mm256_loadu_ps(padded.as_ptr());
+            _mm256_storeu_ps(padded.as_mut_ptr(), exp8(x));
+        }
+        tail.copy_from_slice(&padded[..tail.len()]);
+    }
+}
+
+/// `exp` of eight values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let low = exp4(_mm256_castps256_ps128(x));
+    let high = exp4(_mm256_extractf128_ps::<1>(x));
+    let y = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(low), high);
+    // glibc's cases for |x| ≥ 88: NaN stays NaN (the body gives NaN too), +∞ and overflow
+    // give +∞, -∞ and underflow give 0, and just above the underflow the smallest subnormal.
+    let tiny = _mm256_castsi256_ps(_mm256_set1_epi32(1));
+    let y = _mm256_blendv_ps(
+        y,
+        tiny,
+        _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(MAY_UNDERFLOW)),
+    );
+    let y = _mm256_blendv_ps(
+        y,
+        _mm256_setzero_ps(),
+        _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(UNDERFLOW)),
+    );
+    _mm256_blendv_ps(
+        y,
+        _mm256_set1_ps(f32::INFINITY),
+        _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(OVERFLOW)),
+    )
+}
+
+/// glibc's `expf` body on four values, in the order its FMA build takes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp4(x: __m128) -> __m128 {
+    let constant = |bits: u64| _mm256_set1_pd(f64::from_bits(bits));
+    let xd = _mm256_cvtps_pd(x);
+    let inv_ln2_n = constant(INV_LN2_N);
+    let shift = constant(SHIFT);
+    // `z = x · 32 / ln 2 = k + r`, `k` an integer rounded to nearest, `|r| ≤ 1/2`.
+    let kd_shifted = _mm256_fmadd_pd(inv_ln2_n, xd, shift);
+    let ki = _mm256_castpd_si256(kd_shifted);
+    let kd = _mm256_sub_pd(kd_shifted, shift);
+    let r = _mm256_fmsub_pd(inv_ln2_n, xd, kd);
+    // `s = 2^(k/32)`.
+    let index = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+    // SAFETY: every index is below 32, the table's length.
+    let table = unsafe { _mm256_i64gather_epi64::<8>(TABLE.as_ptr().cast(), index) };
+    let s = _mm256_castsi256_pd(_mm256_add_epi64(table, _mm256_slli_epi64::<47>(ki)));
+    // `2^(r/32) ≈ C0·r³ + C1·r² + C2·r + 1`.
+    let z = _mm256_fmadd_pd(r, constant(POLY[0]), constant(POLY[1]));
+    let r2 = _mm256_mul_pd(r, r);
+    let y = _mm256_fmadd_pd(r, constant(POLY[2]), _mm256_set1_pd(1.0));
+    let y = _mm256_fmadd_pd(z, r2, y);
+    _mm256_cvtpd_ps(_mm256_mul_pd(y, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_in_place;
+
+    fn assert_same_as_libm(inputs: &[f32]) {
+        let mut ours = inputs.to_vec();
+        exp_in_place(&mut ours);
+        for (&x, &y) in inputs.iter().zip(&ours) {
+            let expected = x.exp();
+            assert!(
+                y.to_bits() == expected.to_bits() || (y.is_nan() && expected.is_nan()),
+                "exp({x:e}) = {y:e}, libm says {expected:e}"
+            );
+        }
+    }
+
+    /// Every 61st float from 0 down to below the underflow (a softmax's numerators are
+    /// `exp(score - max) ≤ 1`), the positive side more sparsely, and the edges.
+    #[test]
+    fn gives_the_bits_of_libms_expf() {
+        if !crate::nn::simd::avx2_fma() {
+            // Without FMA, glibc takes another `expf` and so do we: both are libm's.
+            return;
+        }
+        let negative: Vec<f32> = (0..=(-110f32).to_bits() - (-0f32).to_bits())
+            .step_by(61)
+            .map(|i| f32::from_bits((-0f32).to_bits() + i))
+            .collect();
+        assert_same_as_libm(&negative);
+        let positive: Vec<f32> = (0..=90f32.to_bits())
+            .step_by(997)
+            .map(f32::from_bits)
+            .collect();
+        assert_same_as_libm(&positive);
+        let mut edges = vec![
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for edge in [
+            super::UNDERFLOW,
+            super::MAY_UNDERFLOW,
+            super::OVERFLOW,
+            -88.0,
+            88.0,
+        ] {
+            for step in -3i32..=3 {
+                edges.push(f32::from_bits(edge.to_bits().wrapping_add_signed(step)));
+            }
+        }
+        // Lengths that leave every size of tail.
+        for len in 0..edges.len() {
+            assert_same_as_libm(&edges[..len]);
+        }
+    }
+
+    /// All 2^32 inputs (about a minute optimized):
+    /// `cargo test --release -p hexacoder-engine --lib every_float -- --ignored`.
+    #[test]
+    #[ignore = "a minute of CPU; run by hand after touching the kernel"]
+    fn gives_the_bits_of_libms_expf_for_every_float() {
+        if !crate::nn::simd::avx2_fma() {
+            return;
+        }
+        let mut inputs = Vec::with_capacity(1 << 24);
+        for high in 0..=u8::MAX as u32 {
+            inputs.clear();
+            inputs.extend((0..1u32 << 24).map(|low| f32::from_bits(high << 24 | low)));
+            assert_same_as_libm(&inputs);
+        }
+    }
+}
