@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 /// `values[i] = exp(values[i])` for every `i`.
-pub(crate) fn exp_in_place(values: &mut [f32]) {
+pub fn exp_in_place(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::nn::simd::avx2_fma() {
         // SAFETY: AVX2 and FMA checked just above.

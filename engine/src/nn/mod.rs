@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 pub use attention::{Rope, attend, attend_with_matmuls};
 pub use dense::DenseMatrix;
+pub use exp::exp_in_place;
 pub use kv_cache::KvCache;
 pub use legacy::LegacyMatrix;
 pub use q8::Q8Matrix;

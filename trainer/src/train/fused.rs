@@ -1,5 +1,5 @@
-//! The training forward pass's norms, rotary embedding and causal softmax as single CPU
-//! nodes with hand-written backward passes.
+//! The training forward pass's norms, rotary embedding, causal softmax and SwiGLU as single
+//! CPU nodes with hand-written backward passes.
 //!
 //! Composed from candle primitives (as the other devices run them, in `model.rs`), an RMSNorm
 //! is six tensors forward and more backward, a RoPE eight, a masked softmax six over every
@@ -7,7 +7,7 @@
 //! (`benches/RESULTS.md`). Each op here reads its input once and writes its output once in
 //! each direction. Their values and gradients are tested against the composed forms.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 
 use hexacoder_engine::config::RopeStyle;
 
@@ -163,6 +163,36 @@ impl CustomOp1 for Rope {
     }
 }
 
+/// Calls `f(index, row)` for every `row_len`-wide row of `out`, spread over candle's CPU
+/// threads: a softmax over `[heads, n, n]` scores is too much work for one of them.
+fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / row_len.max(1);
+    let base = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for index in range {
+            // SAFETY: the pool hands out every row index once, rows do not overlap, and
+            // `out` outlives the pool's call.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut((base as *mut f32).add(index * row_len), row_len)
+            };
+            f(index, row);
+        }
+    });
+}
+
+/// The sum in eight independent lanes, which vectorize, then the tail.
+fn sum_in_lanes(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `softmax(scale · scores)` over the last dimension with a causal mask: `scores` is
 /// `[.., n, n]` blocks whose row `q` sees columns `0..=q`. Masked probabilities are 0.
 pub struct CausalSoftmax {
@@ -192,22 +222,17 @@ impl CustomOp1 for CausalSoftmax {
         let n = Self::width(layout.shape())?;
         let scores = contiguous(storage, layout, self.name())?;
         let mut probs = vec![0f32; scores.len()];
-        for (index, (s, p)) in scores
-            .chunks_exact(n)
-            .zip(probs.chunks_exact_mut(n))
-            .enumerate()
-        {
+        for_each_row(&mut probs, n, |index, p| {
             let seen = index % n + 1;
-            let (s, p) = (&s[..seen], &mut p[..seen]);
+            let (s, p) = (&scores[index * n..][..seen], &mut p[..seen]);
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max) * self.scale;
-            let mut sum = 0f32;
             for (p, s) in p.iter_mut().zip(s) {
-                *p = (s * self.scale - max).exp();
-                sum += *p;
+                *p = s * self.scale - max;
             }
-            let inv = 1.0 / sum;
+            hexacoder_engine::nn::exp_in_place(p);
+            let inv = 1.0 / sum_in_lanes(p);
             p.iter_mut().for_each(|p| *p *= inv);
-        }
+        });
         Ok((CpuStorage::F32(probs), layout.shape().clone()))
     }
 
@@ -220,21 +245,139 @@ impl CustomOp1 for CausalSoftmax {
         let n = Self::width(scores.shape())?;
         let (p, g) = (values(probs, self.name())?, values(grad, self.name())?);
         let mut gs = vec![0f32; p.len()];
-        for (index, ((p, g), gs)) in p
-            .chunks_exact(n)
-            .zip(g.chunks_exact(n))
-            .zip(gs.chunks_exact_mut(n))
-            .enumerate()
-        {
+        for_each_row(&mut gs, n, |index, gs| {
             let seen = index % n + 1;
+            let (p, g) = (&p[index * n..][..seen], &g[index * n..][..seen]);
             // ∂L/∂s_j = scale · p_j · (g_j − Σ_k p_k·g_k); masked columns stay 0.
-            let dot: f32 = p[..seen].iter().zip(&g[..seen]).map(|(p, g)| p * g).sum();
-            for ((gs, p), g) in gs[..seen].iter_mut().zip(&p[..seen]).zip(&g[..seen]) {
+            let mut products = [0f32; 8];
+            let (p_chunks, g_chunks) = (p.chunks_exact(8), g.chunks_exact(8));
+            let tail: f32 = p_chunks
+                .remainder()
+                .iter()
+                .zip(g_chunks.remainder())
+                .map(|(p, g)| p * g)
+                .sum();
+            for (p, g) in p_chunks.zip(g_chunks) {
+                for ((acc, p), g) in products.iter_mut().zip(p).zip(g) {
+                    *acc += p * g;
+                }
+            }
+            let dot = products.iter().sum::<f32>() + tail;
+            for ((gs, p), g) in gs[..seen].iter_mut().zip(p).zip(g) {
                 *gs = self.scale * p * (g - dot);
             }
-        }
+        });
         Ok(Some(Tensor::from_vec(gs, scores.shape(), scores.device())?))
     }
+}
+
+/// The MLP's `silu(gate) · up`, elementwise. Composed, it was a sigmoid's worth of tensors
+/// forward and about ten passes over the `[n, intermediate]` activations backward.
+pub struct SwiGlu;
+
+impl SwiGlu {
+    /// Elementwise work is cut into pieces of this many values for the threads.
+    const PIECE: usize = 4096;
+
+    /// `σ(x)` of every value, into `out`.
+    fn sigmoid(xs: &[f32], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = -x;
+        }
+        hexacoder_engine::nn::exp_in_place(out);
+        for o in out.iter_mut() {
+            *o = 1.0 / (1.0 + *o);
+        }
+    }
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gate: &CpuStorage,
+        gate_layout: &Layout,
+        up: &CpuStorage,
+        up_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if gate_layout.shape() != up_layout.shape() {
+            candle_core::bail!(
+                "swiglu: gate {:?} and up {:?} differ",
+                gate_layout.shape(),
+                up_layout.shape()
+            );
+        }
+        let (gate, up) = (
+            contiguous(gate, gate_layout, self.name())?,
+            contiguous(up, up_layout, self.name())?,
+        );
+        let mut ys = vec![0f32; gate.len()];
+        for_each_piece(&mut ys, Self::PIECE, |start, ys| {
+            let (g, u) = (&gate[start..][..ys.len()], &up[start..][..ys.len()]);
+            Self::sigmoid(g, ys);
+            for ((y, g), u) in ys.iter_mut().zip(g).zip(u) {
+                *y *= g * u;
+            }
+        });
+        Ok((CpuStorage::F32(ys), gate_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _ys: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let (g, u, dy) = (values(gate, name)?, values(up, name)?, values(grad, name)?);
+        // y = g·σ(g)·u: ∂y/∂u = g·σ(g), ∂y/∂g = u·σ(g)·(1 + g·(1 − σ(g))).
+        let mut d_gate = vec![0f32; g.len()];
+        let mut d_up = vec![0f32; g.len()];
+        let d_up_base = d_up.as_mut_ptr() as usize;
+        let d_up_len = d_up.len();
+        for_each_piece(&mut d_gate, Self::PIECE, |start, d_gate| {
+            let len = d_gate.len();
+            // SAFETY: the pieces of `d_up` match those of `d_gate`, which the pool hands out
+            // once each, and `d_up` outlives the call.
+            let d_up = unsafe {
+                debug_assert!(start + len <= d_up_len);
+                std::slice::from_raw_parts_mut((d_up_base as *mut f32).add(start), len)
+            };
+            let (g, u, dy) = (&g[start..][..len], &u[start..][..len], &dy[start..][..len]);
+            Self::sigmoid(g, d_gate);
+            for ((((dg, du), g), u), dy) in d_gate.iter_mut().zip(d_up).zip(g).zip(u).zip(dy) {
+                let sigmoid = *dg;
+                *du = dy * g * sigmoid;
+                *dg = dy * u * sigmoid * (1.0 + g * (1.0 - sigmoid));
+            }
+        });
+        let d_gate = Tensor::from_vec(d_gate, gate.shape(), gate.device())?;
+        let d_up = Tensor::from_vec(d_up, up.shape(), up.device())?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// Calls `f(start, piece)` for consecutive `len`-wide pieces of `out` (the last may be
+/// shorter), spread over candle's CPU threads.
+fn for_each_piece(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let total = out.len();
+    let base = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(total.div_ceil(len), |range| {
+        for piece in range {
+            let start = piece * len;
+            let end = (start + len).min(total);
+            // SAFETY: the pool hands out every piece once, pieces do not overlap, and `out`
+            // outlives the pool's call.
+            let piece = unsafe {
+                std::slice::from_raw_parts_mut((base as *mut f32).add(start), end - start)
+            };
+            f(start, piece);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -320,6 +463,31 @@ mod tests {
             random(&[5, 16], 1),
             |x| x.apply_op1_arc(norm.clone()).expect("fused"),
             |x| rms_norm(x, &weight, 1e-5).expect("composed"),
+        );
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up_and_both_gradients() {
+        let up = random(&[7, 4099], 5);
+        // Both inputs as one variable, so that `compare` checks both gradients.
+        let both = Tensor::cat(&[random(&[7, 4099], 4), up], 0).expect("cat");
+        let halves = |x: &Tensor| {
+            (
+                x.narrow(0, 0, 7).expect("gate"),
+                x.narrow(0, 7, 7).expect("up"),
+            )
+        };
+        compare(
+            "swiglu",
+            both,
+            |x| {
+                let (gate, up) = halves(x);
+                gate.apply_op2(&up, SwiGlu).expect("fused")
+            },
+            |x| {
+                let (gate, up) = halves(x);
+                (gate.silu().expect("silu") * up).expect("composed")
+            },
         );
     }
 

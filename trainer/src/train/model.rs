@@ -497,9 +497,14 @@ impl TrainModel {
             let attn = project(Proj::O, &attn)?;
             xs = (xs + attn)?;
             let hs = layer.post_attention_layernorm.forward(&xs)?;
-            let gate = project(Proj::Gate, &hs)?.silu()?;
+            let gate = project(Proj::Gate, &hs)?;
             let up = project(Proj::Up, &hs)?;
-            let down = project(Proj::Down, &(gate * up)?)?;
+            let mlp = if self.device.is_cpu() {
+                gate.apply_op2(&up, fused::SwiGlu)?
+            } else {
+                (gate.silu()? * up)?
+            };
+            let down = project(Proj::Down, &mlp)?;
             xs = (xs + down)?;
         }
         Ok(xs)
