@@ -51,7 +51,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    // As `File::create` would: 0o666 less the umask (a temporary file alone is 0o600, and
+    // reports, model cards and pairs are for others to read).
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut file = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     file.write_all(bytes).map_err(|e| Error::io(path, e))?;
     file.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     file.persist(path).map_err(|e| Error::io(path, e.error))?;
@@ -235,5 +243,26 @@ impl Metrics {
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, e))?;
         writeln!(file, "{line}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::write_atomic;
+
+    #[test]
+    fn an_atomically_written_file_gets_the_mode_a_created_one_gets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let created = dir.path().join("created");
+        std::fs::File::create(&created).expect("create");
+        let written = dir.path().join("written");
+        write_atomic(&written, b"report").expect("write");
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&written), mode(&created), "umask-respecting mode");
+        assert_eq!(std::fs::read(&written).expect("read"), b"report");
     }
 }
