@@ -178,3 +178,48 @@ fn synthesis_refuses_a_cwe_no_analyzer_covers_before_starting_anything() {
     );
     assert!(!dir.path().join("out").exists(), "nothing was written");
 }
+
+#[test]
+fn an_unreachable_endpoint_or_a_missing_prompt_file_fails_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Port 9 (discard) on loopback: nothing listens there.
+    let run = |bench: &Path, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hexacoder-train"))
+            .args([
+                "synth",
+                "--generator",
+                "http://127.0.0.1:9",
+                "--generator-model",
+                "m",
+            ])
+            .args(["--repairer", "http://127.0.0.1:9", "--repairer-model", "m"])
+            .arg("--bench-dir")
+            .arg(bench)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("runs")
+    };
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench");
+    let out = dir.path().join("unreachable");
+    let output = run(&shared, &out);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:9") && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing was written");
+
+    let empty = dir.path().join("no-bench");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let out = dir.path().join("no-prompts");
+    let output = run(&empty, &out);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("fewshot_prompt_code_pairs.json") && stderr.contains("missing"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing was written");
+}

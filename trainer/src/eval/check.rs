@@ -95,6 +95,45 @@ impl Compilers {
         Ok(Err(first))
     }
 
+    /// The standard-library names `code` uses that its modules do not define (Python: a
+    /// small model's "fix" calling `subprocess.listescape` parses, and passes the oracle, but
+    /// raises at run time). Only modules of Python's standard library are imported to look;
+    /// third-party ones may not be installed here and are not judged. C: none.
+    /// `Err` when the checker itself cannot run.
+    pub fn unknown_names(&self, language: Language, code: &str) -> Result<Vec<String>, String> {
+        if language != Language::Python {
+            return Ok(Vec::new());
+        }
+        let mut command = Command::new(&self.python);
+        command.args(["-I", "-c", UNKNOWN_NAMES]);
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir(std::env::temp_dir())
+            .spawn()
+            .map_err(|e| format!("running {program}: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(code.as_bytes());
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|e| format!("running {program}: {e}"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(format!(
+                "{program}'s name check failed: {}",
+                stderr.lines().last().unwrap_or("no message")
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Checks that both checkers run, so that a missing compiler is said before anything
     /// is generated, not counted as broken samples.
     pub fn probe(&self) -> Result<(), String> {
@@ -110,6 +149,70 @@ impl Compilers {
         Ok(())
     }
 }
+
+/// Prints, one per line, the dotted names `code` (stdin) takes from standard-library modules
+/// that do not exist: `from m import x` and `m.x.y` chains through modules, where `m` is not
+/// rebound. Modules with side effects on import are left alone.
+const UNKNOWN_NAMES: &str = r#"
+import ast, importlib, sys
+try:
+    tree = ast.parse(sys.stdin.buffer.read())
+except (SyntaxError, ValueError):
+    sys.exit(0)
+SKIP = {"antigravity", "this", "turtle", "turtledemo", "tkinter", "idlelib", "__main__",
+        "__hello__", "__phello__"}
+def stdlib(name):
+    top = name.split(".")[0]
+    return top in sys.stdlib_module_names and top not in SKIP
+def load(name):
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        return None
+def attribute(module, name, attr):
+    if hasattr(module, attr):
+        return getattr(module, attr)
+    return load(name + "." + attr)
+bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+bound |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+bound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+modules, missing = {}, set()
+for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+        for a in node.names:
+            if stdlib(a.name):
+                name = a.name if a.asname else a.name.split(".")[0]
+                modules[a.asname or name] = name
+                if load(a.name) is None:
+                    missing.add(a.name)
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and stdlib(node.module):
+        module = load(node.module)
+        if module is None:
+            missing.add(node.module)
+            continue
+        for a in node.names:
+            if a.name != "*" and attribute(module, node.module, a.name) is None:
+                missing.add(node.module + "." + a.name)
+for node in ast.walk(tree):
+    if not isinstance(node, ast.Attribute):
+        continue
+    chain, inner = [node.attr], node.value
+    while isinstance(inner, ast.Attribute):
+        chain.insert(0, inner.attr)
+        inner = inner.value
+    if not isinstance(inner, ast.Name) or inner.id not in modules or inner.id in bound:
+        continue
+    name = modules[inner.id]
+    value = load(name)
+    for attr in chain:
+        if value is None or not isinstance(value, type(sys)):
+            break
+        found = attribute(value, name, attr)
+        if found is None:
+            missing.add(name + "." + attr)
+        value, name = found, name + "." + attr
+print("\n".join(sorted(missing)))
+"#;
 
 /// Checks the samples of one prompt (one oracle call for all, so external analyzers start
 /// once). `target` is the prompt's CWE.
@@ -151,4 +254,40 @@ pub fn check_samples(
         }
     }
     Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use hexacoder_oracle::Language;
+
+    use super::Compilers;
+
+    #[test]
+    fn names_the_standard_library_does_not_define_are_found() {
+        let code = "import subprocess\nimport os.path\nimport re as rx\nimport json\n\
+                    from os import getcwd, pathx\nimport flask\n\ndef run(cmd, json):\n\
+                    \x20   subprocess.run(subprocess.listescape(cmd))\n\
+                    \x20   os.path.joinx(getcwd())\n    rx.compile(cmd)\n    flask.anything(json.nothere)\n";
+        let found = Compilers::default()
+            .unknown_names(Language::Python, code)
+            .expect("python3 runs");
+        // `flask` is not the standard library's and `json` is a parameter here: not judged.
+        assert_eq!(
+            found,
+            ["os.path.joinx", "os.pathx", "subprocess.listescape"]
+        );
+        let clean = "import subprocess\n\ndef run(cmd):\n    subprocess.run([cmd], check=True)\n";
+        assert!(
+            Compilers::default()
+                .unknown_names(Language::Python, clean)
+                .expect("python3 runs")
+                .is_empty()
+        );
+        assert!(
+            Compilers::default()
+                .unknown_names(Language::C, "int main(void) { return 0; }")
+                .expect("no check for C")
+                .is_empty()
+        );
+    }
 }

@@ -298,6 +298,11 @@ impl Context {
         let map = self.oracle.cwe_map();
         let verdict = report.verdict(&source, &CweSelection::All, &[cwe.to_string()], map);
         let parse = self.settings.compilers.parses(language, code)?;
+        let unknown_names = if parse.is_ok() {
+            self.settings.compilers.unknown_names(language, code)?
+        } else {
+            Vec::new()
+        };
         let lines: Vec<ReportLine> = report
             .findings()
             .filter(|f| map.counts_for(&f.cwe, cwe))
@@ -314,6 +319,7 @@ impl Context {
                 parse_error: parse.err(),
                 flagged: !verdict.targeted.is_empty(),
                 cwes: verdict.cwes,
+                unknown_names: unknown_names.into_iter().collect(),
             },
             lines,
         ))

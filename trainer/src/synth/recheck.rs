@@ -1,5 +1,6 @@
-//! Whether a repair counts: it parses, the oracle no longer finds the target CWE, it brings no
-//! CWE the vulnerable code did not have, and it keeps the functions' signatures.
+//! Whether a repair counts: it parses, the oracle no longer finds the target CWE, it calls no
+//! standard-library name that does not exist, it brings no CWE the vulnerable code did not
+//! have, and it keeps the functions' signatures.
 
 use std::collections::BTreeSet;
 
@@ -17,6 +18,8 @@ pub enum Rejection {
     Unparsable { error: String },
     /// The oracle still finds the target CWE.
     StillFlagged,
+    /// It uses standard-library names that do not exist (it would raise when run).
+    UnknownNames { names: Vec<String> },
     /// The oracle finds a CWE the vulnerable code did not have.
     NewCwe { cwes: Vec<String> },
     /// A function of the vulnerable code is gone or has other parameters.
@@ -33,6 +36,13 @@ impl std::fmt::Display for Rejection {
             Rejection::NoCode { why } => write!(f, "{why}"),
             Rejection::Unparsable { error } => write!(f, "does not parse: {error}"),
             Rejection::StillFlagged => write!(f, "still flagged for the target CWE"),
+            Rejection::UnknownNames { names } => {
+                write!(
+                    f,
+                    "uses names its modules do not define: {}",
+                    names.join(", ")
+                )
+            }
             Rejection::NewCwe { cwes } => write!(f, "brings new weaknesses: {}", cwes.join(", ")),
             Rejection::SignatureChanged { missing } => {
                 write!(f, "changed or dropped: {}", missing.join("; "))
@@ -90,6 +100,10 @@ pub struct Findings {
     /// The target CWE (or its family) is found.
     pub flagged: bool,
     pub cwes: BTreeSet<String>,
+    /// Standard-library names it uses that do not exist (`Compilers::unknown_names`);
+    /// absent from caches written before the rule.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unknown_names: BTreeSet<String>,
 }
 
 /// Applies the rules to a repair, given the checks on the vulnerable code and on the repair.
@@ -107,6 +121,14 @@ pub fn judge(
     }
     if fixed_findings.flagged {
         return Err(Rejection::StillFlagged);
+    }
+    let unknown: Vec<String> = fixed_findings
+        .unknown_names
+        .difference(&vulnerable_findings.unknown_names)
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Rejection::UnknownNames { names: unknown });
     }
     let new: Vec<String> = fixed_findings
         .cwes
@@ -144,6 +166,7 @@ mod tests {
             parse_error: (!parses).then(|| "SyntaxError".to_string()),
             flagged,
             cwes: cwes.iter().map(|c| c.to_string()).collect(),
+            unknown_names: Default::default(),
         }
     }
 
@@ -180,6 +203,17 @@ mod tests {
             ),
             Err(Rejection::NewCwe {
                 cwes: vec!["CWE-094".into()]
+            })
+        );
+        let mut hallucinated = findings(true, false, &[]);
+        hallucinated.unknown_names = ["subprocess.listescape".to_string()].into();
+        assert_eq!(
+            judge_fixed(
+                "import subprocess\n\ndef run(cmd, user):\n    subprocess.run(subprocess.listescape(cmd))\n",
+                hallucinated
+            ),
+            Err(Rejection::UnknownNames {
+                names: vec!["subprocess.listescape".into()]
             })
         );
         assert!(matches!(
