@@ -153,7 +153,8 @@ async fn run_async(args: SynthArgs) -> anyhow::Result<ExitCode> {
             .server_binary
             .clone()
             .unwrap_or_else(serve::default_server_binary);
-        let mut server_args = args.server_args.clone();
+        let mut server_args =
+            serve::server_args(args.request_timeout, args.concurrency, &args.server_args);
         server_args.push("--no-default-adapter".into());
         let log = cache.with_file_name("server.log");
         eprintln!("starting {} serve --model {}", binary.display(), args.serve);

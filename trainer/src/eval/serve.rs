@@ -34,6 +34,41 @@ pub fn default_server_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("hexacoder-server"))
 }
 
+/// Arguments for a server started for a run: ours, unless the user's `--server-arg`s set the
+/// same option (the server takes each option once), then theirs.
+///
+/// The server must not give up on a request before the harness does: a 504 after minutes of
+/// generation throws that work away and the retry repeats it. Its queue counts samples, not
+/// requests, so it must hold every sample of `concurrency` requests of up to `MAX_N` samples
+/// (Pearce asks for 15 per prompt): the default queue answered such runs with 429s.
+///
+/// Those samples are also decoded together, up to `MAX_BATCH` at a time rather than the
+/// server's default 8: decode reads every weight once per step whatever the batch, so on the
+/// 2-core machines a Pearce configuration took 11-13 minutes instead of 25-30 (sampled text
+/// does not change: each sample has its own seeded sampler).
+pub fn server_args(request_timeout: u64, concurrency: usize, user: &[String]) -> Vec<String> {
+    const MAX_N: usize = 16;
+    const MAX_BATCH: usize = 16;
+    let in_flight = concurrency.max(1) * MAX_N;
+    let ours = [
+        ("--request-timeout", request_timeout.to_string()),
+        ("--max-queue", in_flight.to_string()),
+        ("--max-concurrent", in_flight.min(MAX_BATCH).to_string()),
+    ];
+    let given = |flag: &str| {
+        user.iter().any(|a| {
+            a == flag
+                || a.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
+    };
+    ours.iter()
+        .filter(|(flag, _)| !given(flag))
+        .map(|(flag, value)| format!("{flag}={value}"))
+        .chain(user.iter().cloned())
+        .collect()
+}
+
 /// Starts `binary serve --model MODEL --port 0 ARGS…`, its log going to `log`, and waits (up
 /// to `timeout`, which covers a first download of the model) for its address.
 ///
@@ -119,5 +154,50 @@ pub fn start(
                 None => format!("the server printed no address within {timeout:?}"),
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_args;
+
+    #[test]
+    fn the_started_server_queues_every_sample_of_the_requests_in_flight() {
+        assert_eq!(
+            server_args(3600, 4, &[]),
+            [
+                "--request-timeout=3600",
+                "--max-queue=64",
+                "--max-concurrent=16"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_server_arg_replaces_ours_instead_of_repeating_the_option() {
+        let user = [
+            "--max-queue=8".to_string(),
+            "--max-concurrent".into(),
+            "2".into(),
+        ];
+        assert_eq!(
+            server_args(60, 4, &user),
+            [
+                "--request-timeout=60",
+                "--max-queue=8",
+                "--max-concurrent",
+                "2"
+            ]
+        );
+        let user = ["--request-timeout".to_string(), "5".into()];
+        assert_eq!(
+            server_args(60, 1, &user),
+            [
+                "--max-queue=16",
+                "--max-concurrent=16",
+                "--request-timeout",
+                "5"
+            ]
+        );
     }
 }
