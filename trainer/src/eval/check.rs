@@ -49,7 +49,7 @@ impl Compilers {
     /// Whether `code` parses; else the first line of the error. `Err` when the checker
     /// itself cannot run.
     pub fn parses(&self, language: Language, code: &str) -> Result<Result<(), String>, String> {
-        let mut command = match language {
+        let command = match language {
             Language::Python => {
                 let mut c = Command::new(&self.python);
                 c.args([
@@ -66,21 +66,7 @@ impl Compilers {
                 c
             }
         };
-        let program = command.get_program().to_string_lossy().into_owned();
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .current_dir(std::env::temp_dir())
-            .spawn()
-            .map_err(|e| format!("running {program}: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A checker that exits early closes the pipe; its status says what happened.
-            let _ = stdin.write_all(code.as_bytes());
-        }
-        let output = child
-            .wait_with_output()
-            .map_err(|e| format!("running {program}: {e}"))?;
+        let (_, output) = run_with_input(command, code, Stdio::null())?;
         if output.status.success() {
             return Ok(Ok(()));
         }
@@ -106,20 +92,7 @@ impl Compilers {
         }
         let mut command = Command::new(&self.python);
         command.args(["-I", "-c", UNKNOWN_NAMES]);
-        let program = command.get_program().to_string_lossy().into_owned();
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .current_dir(std::env::temp_dir())
-            .spawn()
-            .map_err(|e| format!("running {program}: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(code.as_bytes());
-        }
-        let output = child
-            .wait_with_output()
-            .map_err(|e| format!("running {program}: {e}"))?;
+        let (program, output) = run_with_input(command, code, Stdio::piped())?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(format!(
@@ -148,6 +121,31 @@ impl Compilers {
         }
         Ok(())
     }
+}
+
+/// Runs a checker in the temporary directory with `input` on its stdin: its program's name
+/// (for messages) and its output. The checkers read all of their input before they write.
+fn run_with_input(
+    mut command: Command,
+    input: &str,
+    stdout: Stdio,
+) -> Result<(String, std::process::Output), String> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .current_dir(std::env::temp_dir())
+        .spawn()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A checker that exits early closes the pipe; its status says what happened.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    Ok((program, output))
 }
 
 /// Prints, one per line, the dotted names `code` (stdin) takes from standard-library modules
