@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::finding::{Finding, Severity, Span, normalize_cwe};
 use crate::null_check;
+use crate::redirect_guard;
 
 /// Languages the embedded rules cover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -249,6 +250,9 @@ enum Flow {
     /// The match binds `$P`: report it only if a later statement of the same block uses `$P`
     /// and none checks it against NULL ([`crate::null_check`]).
     NullCheck,
+    /// The match is a redirect to request data: report it unless a check confines the target to allowed hosts or a relative path
+    /// ([`crate::redirect_guard`]).
+    RedirectGuard,
 }
 
 struct Rule {
@@ -465,6 +469,7 @@ impl EmbeddedAnalyzer {
             .collect();
         let mut findings = Vec::new();
         let mut null_check_sites = Vec::new();
+        let mut redirect_judge = None;
         for node in root.root().dfs() {
             let kind = usize::from(node.kind_id());
             for rule in &rules {
@@ -497,6 +502,21 @@ impl EmbeddedAnalyzer {
                 };
                 match rule.flow {
                     None => findings.push(finding),
+                    Some(Flow::RedirectGuard) => {
+                        // The argument, and the name it derives from (`url` of `url.strip()`).
+                        let targets: Vec<String> = node
+                            .field("arguments")
+                            .and_then(|a| a.named_children().next())
+                            .into_iter()
+                            .chain(matched.get_env().get_match("N").cloned())
+                            .map(|t| t.text().into_owned())
+                            .collect();
+                        let judge = redirect_judge
+                            .get_or_insert_with(|| redirect_guard::Judge::new(root.root()));
+                        if !judge.guarded(node, &targets) {
+                            findings.push(finding);
+                        }
+                    }
                     Some(Flow::NullCheck) => {
                         if let Some(pointer) = matched.get_env().get_match("P") {
                             null_check_sites.push(null_check::Site {

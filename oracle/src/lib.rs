@@ -12,6 +12,7 @@ mod external;
 pub mod finding;
 mod null_check;
 mod oracle;
+mod redirect_guard;
 mod sarif;
 
 pub use analyzer::{Analyzer, AnalyzerRun, RunStatus, Skipped, Source};

@@ -470,3 +470,177 @@ fn a_parse_past_its_budget_is_an_error_not_a_clean_scan() {
         "{verdict:?}"
     );
 }
+
+/// Redirects to request data behind checks. `true`: the check leaves the redirect open (still
+/// CWE-601); `false`: it confines the target to allowed hosts or a relative path. The
+/// synthesized repairs read by hand in EVALUATION.md (session 20) are among them.
+const REDIRECT_CHECKS: &[(bool, &str)] = &[
+    // Only the scheme is checked.
+    (
+        true,
+        "url = request.args.get('url')\nparsed = urlparse(url)\nif parsed.scheme == 'http' or parsed.scheme == 'https':\n    return redirect(url)\nreturn 'Invalid', 400\n",
+    ),
+    // A local "allowed host" check that asks only for a scheme and some host.
+    (
+        true,
+        "url = request.args.get('url', '')\nif url_has_allowed_host_and_scheme(url):\n    return redirect(url, code=302)\nreturn 'Invalid', 400\n\ndef url_has_allowed_host_and_scheme(url):\n    try:\n        parsed = urlparse(url)\n        if parsed.scheme in ['http', 'https'] and parsed.netloc:\n            return True\n        else:\n            return False\n    except ValueError:\n        return False\n",
+    ),
+    // Relative targets rejected, absolute ones let through.
+    (
+        true,
+        "target = request.form['target']\nif not urlparse(target).netloc:\n    return 'Invalid target'\nreturn redirect(target, code=302)\n",
+    ),
+    // urlparse called and ignored; startswith('/') lets '//evil.com' through.
+    (
+        true,
+        "url = request.args['next']\nhost = urlparse(url)\nif url.startswith('/'):\n    return redirect(url)\n",
+    ),
+    // A host that is present is not a host that is allowed.
+    (
+        true,
+        "url = request.args['next']\nif urlparse(url).netloc != '':\n    return redirect(url)\n",
+    ),
+    // A substring test is not a check.
+    (
+        true,
+        "url = request.args['next']\nif 'example.com' in url:\n    return redirect(url)\n",
+    ),
+    // The check guards another branch.
+    (
+        true,
+        "url = request.args['next']\nif urlparse(url).netloc in ALLOWED:\n    log(url)\nreturn redirect(url)\n",
+    ),
+    // A local check that only calls itself proves nothing (and must not hang).
+    (
+        true,
+        "url = request.args['next']\nif is_safe_url(url):\n    return redirect(url)\n\ndef is_safe_url(url):\n    return is_safe_url(url)\n",
+    ),
+    // The target, rewritten, is still the request's (a synthesized "repair").
+    (
+        true,
+        "url = request.args.get('next', '/home')\nif url_has_allowed_host_and_scheme(url):\n    return redirect(url)\nelse:\n    return redirect(url.replace('http://', 'https://'))\n",
+    ),
+    (
+        false,
+        "url = request.args.get('next', '/home').strip()\nif url not in ALLOWED:\n    url = '/home'\nreturn redirect(url.lower())\n",
+    ),
+    // The condition is about something else.
+    (
+        true,
+        "if request.method == 'POST':\n    return redirect(request.form['next'])\n",
+    ),
+    // A scheme fixes nothing; '/' + x is '//evil.com' for x = '/evil.com'.
+    (true, "return redirect('https://' + request.args['host'])\n"),
+    (true, "return redirect('/' + request.args['path'])\n"),
+    (true, "return redirect(f\"{request.args['base']}/home\")\n"),
+    // Request data after a path or a host fixed by a literal.
+    (
+        false,
+        "if request.method == 'POST':\n    return redirect('/execute?command=' + request.form['command'])\n",
+    ),
+    (
+        false,
+        "return redirect(f\"/profile/{request.args['user']}\")\n",
+    ),
+    (
+        false,
+        "return redirect('https://example.com/' + request.args['page'] + '.html')\n",
+    ),
+    // A local function defined in the same file, checking the host against an allowlist.
+    (
+        false,
+        "url = request.args.get('next', '/')\nif url_has_allowed_host_and_scheme(url):\n    return redirect(url)\nreturn redirect('/')\n\ndef url_has_allowed_host_and_scheme(url):\n    parsed = urlparse(url)\n    allowed_hosts = ['example.com']\n    return parsed.netloc in allowed_hosts and parsed.scheme in ['http', 'https']\n",
+    ),
+    // Django's own function.
+    (
+        false,
+        "from django.utils.http import url_has_allowed_host_and_scheme\nurl = request.GET['next']\nif not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}):\n    url = '/'\nreturn HttpResponseRedirect(url)\n",
+    ),
+    (
+        false,
+        "url = request.args.get('url')\nparsed_url = urlparse(url)\nif parsed_url.netloc in ['example.com', 'another.com']:\n    return redirect(url)\nelse:\n    return 'Invalid redirect target', 400\n",
+    ),
+    // Relative only: a host sends the user home.
+    (
+        false,
+        "target = request.args.get('next', '')\nif urlparse(target).netloc:\n    return redirect(url_for('index'))\nreturn redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args.get('next', '')\nif not urlparse(target).netloc:\n    return redirect(target)\nabort(400)\n",
+    ),
+    // Django's older idiom: another host returns nothing.
+    (
+        false,
+        "target = request.args['next']\nnetloc = urlparse(target)[1]\nif netloc and netloc != request.host:\n    return None\nreturn redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nif target.startswith('/') and not target.startswith('//'):\n    return redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nif not target.startswith('/') or target.startswith('//'):\n    abort(400)\nreturn redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nif target.startswith(('https://example.com/', 'https://www.example.com/')):\n    return redirect(target)\n",
+    ),
+    // Compared with constants.
+    (
+        false,
+        "target = request.args['next']\nif target not in ALLOWED_REDIRECTS:\n    raise ValueError(target)\nreturn redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nreturn redirect(target if target in ('/home', '/account') else '/')\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nassert urlparse(target).hostname == 'example.com'\nreturn redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nparsed = urlparse(target)\nif parsed.scheme not in ('http', 'https'):\n    abort(400)\nelif parsed.netloc not in ALLOWED_HOSTS:\n    abort(400)\nreturn redirect(target)\n",
+    ),
+    (
+        false,
+        "target = request.args['next']\nparsed = urlparse(target)\nif parsed.netloc not in ALLOWED_HOSTS:\n    pass\nelse:\n    return redirect(target)\n",
+    ),
+];
+
+#[test]
+fn a_redirect_is_cleared_only_by_a_check_that_confines_its_target() {
+    for (open, body) in REDIRECT_CHECKS {
+        let (function, helpers) = body.split_once("\n\n").unwrap_or((body, ""));
+        let indented: String = function.lines().map(|l| format!("    {l}\n")).collect();
+        let source = format!(
+            "from flask import request, redirect, url_for, abort\nfrom urllib.parse import urlparse\n\ndef go():\n{indented}\n{helpers}"
+        );
+        let flagged = cwes(Language::Python, &source)
+            .iter()
+            .any(|c| c == "CWE-601");
+        assert_eq!(flagged, *open, "expected open: {open}\n{source}");
+    }
+}
+
+#[test]
+fn many_redirects_behind_many_checks_are_judged_in_time() {
+    let mut body = String::from("def go():\n    target = request.args['next']\n");
+    for i in 0..2_000 {
+        body.push_str(&format!(
+            "    if urlparse(target).netloc and check_{i}(target):\n        return None\n"
+        ));
+    }
+    for _ in 0..2_000 {
+        body.push_str("    redirect(target)\n");
+    }
+    let started = std::time::Instant::now();
+    let found = cwes(Language::Python, &body);
+    assert_eq!(found.iter().filter(|c| *c == "CWE-601").count(), 2_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
