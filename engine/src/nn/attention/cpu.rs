@@ -123,6 +123,73 @@ impl Kernel {
         false
     }
 
+    /// How many queries [`Kernel::scores_group`] and [`Kernel::weighted_sum_group`] take at
+    /// once for the price of about one: two per 512-bit vector, and two such pairs while the
+    /// four queries fit in registers.
+    fn group_width(self, head_dim: usize) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return if head_dim <= avx512::MAX_QUAD_HEAD_DIM {
+                4
+            } else {
+                2
+            };
+        }
+        let _ = head_dim;
+        1
+    }
+
+    /// [`Kernel::scores`] of one to four queries over the same keys (`out[0].len()` of
+    /// them), as many as [`Kernel::group_width`] allows.
+    fn scores_group(
+        self,
+        queries: &[&[f32]],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        out: &mut [&mut [f32]],
+    ) {
+        match (queries, out) {
+            // SAFETY: `group_width` gave 4 only for `Avx512` (so `detect` saw AVX-512, AVX2
+            // and FMA) and a head of a multiple of 16 up to `MAX_QUAD_HEAD_DIM`.
+            #[cfg(target_arch = "x86_64")]
+            ([a, b, c, d], [w, x, y, z]) if self.group_width(a.len()) == 4 => unsafe {
+                avx512::scores_quad([a, b, c, d], keys, head, scale, [w, x, y, z])
+            },
+            ([a, b], [x, y]) if self.pairs() => self.scores_pair([a, b], keys, head, scale, x, y),
+            (queries, out) => {
+                for (query, out) in queries.iter().zip(out.iter_mut()) {
+                    self.scores(query, keys, head, scale, out);
+                }
+            }
+        }
+    }
+
+    /// [`Kernel::weighted_sum`] of one to four queries' weights over the same values.
+    fn weighted_sum_group(
+        self,
+        weights: &[&[f32]],
+        values: HeadRows<'_>,
+        head: usize,
+        out: &mut [&mut [f32]],
+    ) {
+        match (weights, out) {
+            // SAFETY: as for `scores_group`.
+            #[cfg(target_arch = "x86_64")]
+            ([a, b, c, d], [w, x, y, z]) if self.group_width(w.len()) == 4 => unsafe {
+                avx512::weighted_sum_quad([a, b, c, d], values, head, [w, x, y, z])
+            },
+            ([a, b], [x, y]) if self.pairs() => {
+                self.weighted_sum_pair([a, b], values, head, [&mut **x, &mut **y])
+            }
+            (weights, out) => {
+                for (weights, out) in weights.iter().zip(out.iter_mut()) {
+                    self.weighted_sum(weights, values, head, out);
+                }
+            }
+        }
+    }
+
     /// [`Kernel::scores`] of two queries over the same keys (`first.len()` of them).
     #[allow(clippy::too_many_arguments)]
     fn scores_pair(
@@ -289,9 +356,10 @@ pub(super) fn attend_with(
     let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
     let mut out = vec![0f32; n * n_heads * head_dim];
     let out_ptr = out.as_mut_ptr() as usize;
-    let tiles = n.div_ceil(QUERY_TILE);
-    // One work item is one query head over a tile of queries: a decode step still spreads its
-    // heads over the threads.
+    // A KV head's queries in order of position, then head: the heads of a group at one
+    // position see the same keys, so a group of queries shares every key and value load.
+    let per_kv_head = n * group;
+    let chunks = per_kv_head.div_ceil(QUERY_TILE);
     // SAFETY (for callers): each (query, head) row of `out` is written by exactly one work
     // item, and `out` outlives the pool's call.
     let out_row = |i: usize, head: usize| unsafe {
@@ -301,62 +369,67 @@ pub(super) fn attend_with(
         )
     };
     let query = |head: usize, i: usize| &queries[(head * n + i) * head_dim..][..head_dim];
+    let width = kernel.group_width(head_dim);
     let run = |items: std::ops::Range<usize>, keys: HeadRows<'_>, values: HeadRows<'_>| {
-        let mut weights = [Vec::with_capacity(total), Vec::with_capacity(total)];
+        let mut weights: [Vec<f32>; 4] = Default::default();
         for item in items {
-            let (head, tile) = (item / tiles, item % tiles);
-            let kv_head = head / group;
-            let end = ((tile + 1) * QUERY_TILE).min(n);
-            let mut i = tile * QUERY_TILE;
-            while i < end {
-                let [first, second] = &mut weights;
-                if kernel.pairs() && i + 1 < end {
-                    // Queries `i` and `i + 1` share all but the second's last key.
-                    let shared = past + i + 1;
-                    first.clear();
-                    first.resize(shared, 0.0);
-                    second.clear();
-                    second.resize(shared + 1, 0.0);
-                    kernel.scores_pair(
-                        [query(head, i), query(head, i + 1)],
-                        keys,
-                        kv_head,
-                        scale,
-                        first,
-                        &mut second[..shared],
-                    );
-                    kernel.scores(
-                        query(head, i + 1),
-                        keys.skip(shared),
-                        kv_head,
-                        scale,
-                        &mut second[shared..],
-                    );
-                    let sums = [softmax_numerators(first), softmax_numerators(second)];
-                    let outs = [out_row(i, head), out_row(i + 1, head)];
-                    let [out_first, out_second] = outs;
-                    // The pair's sums run over the shared keys; the second's last key is
-                    // added after them, as the single kernel would.
-                    kernel.weighted_sum_pair(
-                        [first, &second[..shared]],
-                        values,
-                        kv_head,
-                        [&mut *out_first, &mut *out_second],
-                    );
-                    kernel.add_weighted(second[shared], values.row(kv_head, shared), out_second);
-                    normalize(out_first, sums[0]);
-                    normalize(out_second, sums[1]);
-                    i += 2;
-                } else {
-                    first.clear();
-                    first.resize(past + i + 1, 0.0);
-                    kernel.scores(query(head, i), keys, kv_head, scale, first);
-                    let sum = softmax_numerators(first);
-                    let dst = out_row(i, head);
-                    kernel.weighted_sum(first, values, kv_head, dst);
-                    normalize(dst, sum);
-                    i += 1;
+            let (kv_head, chunk) = (item / chunks, item % chunks);
+            let end = ((chunk + 1) * QUERY_TILE).min(per_kv_head);
+            let mut next = chunk * QUERY_TILE;
+            while next < end {
+                // Four, two or one at a time: a kernel takes a whole group or none of it.
+                let count = [4, 2, 1]
+                    .into_iter()
+                    .find(|&c| c <= width && c <= end - next)
+                    .unwrap_or(1);
+                // (head, position, keys seen) of each query in the group.
+                let members: Vec<(usize, usize, usize)> = (next..next + count)
+                    .map(|s| {
+                        let (i, h) = (s / group, s % group);
+                        (kv_head * group + h, i, past + i + 1)
+                    })
+                    .collect();
+                // The first has the fewest keys: all share those, and each adds its own last
+                // ones after them, as its single kernel would.
+                let shared = members[0].2;
+                let group_queries: Vec<&[f32]> =
+                    members.iter().map(|&(h, i, _)| query(h, i)).collect();
+                let weights = &mut weights[..count];
+                for (w, &(_, _, seen)) in weights.iter_mut().zip(&members) {
+                    w.clear();
+                    w.resize(seen, 0.0);
                 }
+                {
+                    let mut heads: Vec<&mut [f32]> =
+                        weights.iter_mut().map(|w| &mut w[..shared]).collect();
+                    kernel.scores_group(&group_queries, keys, kv_head, scale, &mut heads);
+                }
+                for (w, &(h, i, seen)) in weights.iter_mut().zip(&members) {
+                    if seen > shared {
+                        kernel.scores(
+                            query(h, i),
+                            keys.skip(shared),
+                            kv_head,
+                            scale,
+                            &mut w[shared..],
+                        );
+                    }
+                }
+                let sums: Vec<f32> = weights.iter_mut().map(|w| softmax_numerators(w)).collect();
+                let mut outs: Vec<&mut [f32]> =
+                    members.iter().map(|&(h, i, _)| out_row(i, h)).collect();
+                {
+                    let shared_weights: Vec<&[f32]> =
+                        weights.iter().map(|w| &w[..shared]).collect();
+                    kernel.weighted_sum_group(&shared_weights, values, kv_head, &mut outs);
+                }
+                for ((out, w), sum) in outs.into_iter().zip(weights.iter()).zip(sums) {
+                    for (j, &weight) in w.iter().enumerate().skip(shared) {
+                        kernel.add_weighted(weight, values.row(kv_head, j), out);
+                    }
+                    normalize(out, sum);
+                }
+                next += count;
             }
         }
     };
@@ -365,10 +438,10 @@ pub(super) fn attend_with(
     with_rows(keys, |keys| {
         with_rows(values, |values| {
             if work < INLINE_WORK {
-                run(0..n_heads * tiles, keys, values);
+                run(0..n_kv_heads * chunks, keys, values);
             } else {
                 candle_core::utils::barrier_pool()
-                    .execute_chunked(n_heads * tiles, |items| run(items, keys, values));
+                    .execute_chunked(n_kv_heads * chunks, |items| run(items, keys, values));
             }
         })
     })??;
@@ -703,6 +776,156 @@ mod avx512 {
             }
         }
         for (out, acc) in [first, second].into_iter().zip(acc) {
+            for (c, v) in acc.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), v) };
+            }
+        }
+    }
+
+    /// The largest head whose four queries stay in registers beside their sums.
+    pub(super) const MAX_QUAD_HEAD_DIM: usize = 64;
+
+    /// [`scores_pair`] for two pairs of queries: every key load serves four queries.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; the queries hold the head size, a multiple of 16 and at most
+    /// [`MAX_QUAD_HEAD_DIM`]; `keys` holds `out[0].len()` rows, and every `out` is as long.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn scores_quad(
+        queries: [&[f32]; 4],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        out: [&mut [f32]; 4],
+    ) {
+        // SAFETY: passed on from the caller; the const is the head size's eighth.
+        unsafe {
+            match queries[0].len() / 8 {
+                2 => scores_quad_n::<2>(queries, keys, head, scale, out),
+                4 => scores_quad_n::<4>(queries, keys, head, scale, out),
+                6 => scores_quad_n::<6>(queries, keys, head, scale, out),
+                _ => scores_quad_n::<8>(queries, keys, head, scale, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`scores_quad`], with a head of `8 * CHUNKS` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn scores_quad_n<const CHUNKS: usize>(
+        queries: [&[f32]; 4],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        out: [&mut [f32]; 4],
+    ) {
+        debug_assert!(queries.iter().all(|q| q.len() == 8 * CHUNKS));
+        let len = out[0].len();
+        debug_assert!(out.iter().all(|o| o.len() == len));
+        // Pair `p` holds queries `2p` and `2p + 1`, one per half.
+        let mut q = [[_mm512_setzero_ps(); CHUNKS]; 2];
+        for (p, pair) in q.iter_mut().enumerate() {
+            for (c, q) in pair.iter_mut().enumerate() {
+                // SAFETY: every query holds `8 * CHUNKS` values.
+                *q = unsafe {
+                    join(
+                        _mm256_loadu_ps(queries[2 * p].as_ptr().add(8 * c)),
+                        _mm256_loadu_ps(queries[2 * p + 1].as_ptr().add(8 * c)),
+                    )
+                };
+            }
+        }
+        let scale_v = _mm256_set1_ps(scale);
+        let mut j = 0;
+        // Four keys at a time: eight chains, and one `lane_sums` per pair finishes a pair's
+        // eight scores (four keys of each query).
+        while j + 4 <= len {
+            let [mut acc_a, mut acc_b] = [[_mm512_setzero_ps(); 4]; 2];
+            let block = keys.block(head, j, 4).as_ptr();
+            for (c, (&qa, &qb)) in q[0].iter().zip(&q[1]).enumerate() {
+                for (r, (a, b)) in acc_a.iter_mut().zip(&mut acc_b).enumerate() {
+                    // SAFETY: the block holds four rows of `8 * CHUNKS` values.
+                    let k = unsafe { _mm256_loadu_ps(block.add(r * 8 * CHUNKS + 8 * c)) };
+                    let k = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(k)));
+                    *a = _mm512_fmadd_ps(qa, k, *a);
+                    *b = _mm512_fmadd_ps(qb, k, *b);
+                }
+            }
+            let acc = [acc_a, acc_b];
+            for (p, acc) in acc.iter().enumerate() {
+                let mut parts = [_mm256_setzero_ps(); 8];
+                for (r, &v) in acc.iter().enumerate() {
+                    parts[r] = low_half(v);
+                    parts[4 + r] = high_half(v);
+                }
+                let sums = _mm256_mul_ps(lane_sums(parts), scale_v);
+                // SAFETY: `j + 4 <= len` for every output.
+                unsafe {
+                    _mm_storeu_ps(out[2 * p].as_mut_ptr().add(j), _mm256_castps256_ps128(sums));
+                    _mm_storeu_ps(
+                        out[2 * p + 1].as_mut_ptr().add(j),
+                        _mm256_extractf128_ps::<1>(sums),
+                    );
+                }
+            }
+            j += 4;
+        }
+        if j < len {
+            for (query, out) in queries.into_iter().zip(out) {
+                // SAFETY: as above; the single kernel gives each key the same bits.
+                unsafe { super::avx2::scores(query, keys.skip(j), head, scale, &mut out[j..]) };
+            }
+        }
+    }
+
+    /// [`weighted_sum_pair`] for four queries: every value load serves four sums.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; the outputs hold the head size, a multiple of 16 and at most
+    /// [`MAX_QUAD_HEAD_DIM`]; `values` holds as many rows as there are weights, the same for all.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn weighted_sum_quad(
+        weights: [&[f32]; 4],
+        values: HeadRows<'_>,
+        head: usize,
+        out: [&mut [f32]; 4],
+    ) {
+        // SAFETY: passed on from the caller; the const is the head size's sixteenth.
+        unsafe {
+            match out[0].len() / 16 {
+                1 => weighted_sum_quad_n::<1>(weights, values, head, out),
+                2 => weighted_sum_quad_n::<2>(weights, values, head, out),
+                3 => weighted_sum_quad_n::<3>(weights, values, head, out),
+                _ => weighted_sum_quad_n::<4>(weights, values, head, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`weighted_sum_quad`], with a head of `16 * VECTORS` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weighted_sum_quad_n<const VECTORS: usize>(
+        weights: [&[f32]; 4],
+        values: HeadRows<'_>,
+        head: usize,
+        out: [&mut [f32]; 4],
+    ) {
+        debug_assert!(out.iter().all(|o| o.len() == 16 * VECTORS));
+        let len = weights[0].len();
+        debug_assert!(weights.iter().all(|w| w.len() == len));
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; 4];
+        for j in 0..len {
+            let row = values.row(head, j);
+            for c in 0..VECTORS {
+                // SAFETY: the row holds `16 * VECTORS` values.
+                let v = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * c)) };
+                for (acc, w) in acc.iter_mut().zip(&weights) {
+                    acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), v, acc[c]);
+                }
+            }
+        }
+        for (out, acc) in out.into_iter().zip(acc) {
             for (c, v) in acc.into_iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), v) };

@@ -137,8 +137,14 @@ fn the_avx512_kernels_give_the_avx2_kernels_bits() {
         eprintln!("skipped: this CPU has no AVX-512");
         return;
     }
-    // Head sizes 16, 64 and 128; odd and even query counts; key counts around multiples of 8.
+    // Head sizes 16 to 128; odd and even query counts; key counts around multiples of 8;
+    // groups of four queries within one position's heads and across up to four positions
+    // (one head per KV head), whose later members add up to three keys of their own.
     for &(heads, kv_heads, head_dim, past, n) in &[
+        (4, 4, 64, 5, 9),
+        (6, 6, 32, 0, 7),
+        (9, 3, 48, 10, 5),
+        (14, 2, 64, 2047, 1),
         (4, 2, 16, 0, 1),
         (4, 2, 16, 3, 9),
         (14, 2, 64, 0, 17),
