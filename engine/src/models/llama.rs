@@ -443,12 +443,14 @@ impl Model {
             let mlp = &layer.mlp;
             let gate = mlp
                 .gate_proj
-                .forward_hooked(&hs, hook, layer_idx, Proj::Gate)?
-                .silu()?;
+                .forward_hooked(&hs, hook, layer_idx, Proj::Gate)?;
             let up = mlp.up_proj.forward_hooked(&hs, hook, layer_idx, Proj::Up)?;
-            let down = mlp
-                .down_proj
-                .forward_hooked(&(gate * up)?, hook, layer_idx, Proj::Down)?;
+            let down = mlp.down_proj.forward_hooked(
+                &nn::silu_mul(&gate, &up)?,
+                hook,
+                layer_idx,
+                Proj::Down,
+            )?;
             xs = (xs + down)?;
         }
         for seq in seqs.iter_mut() {

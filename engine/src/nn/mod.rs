@@ -1,6 +1,7 @@
 //! Layers shared by every architecture: linear projections with a LoRA hook point,
 //! RMSNorm, rotary embeddings, the KV cache and ragged-batch attention.
 
+mod activation;
 mod attention;
 mod dense;
 mod exp;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+pub use activation::{silu_mul, silu_mul_into};
 pub use attention::{Rope, attend, attend_with_matmuls};
 pub use dense::DenseMatrix;
 pub use exp::exp_in_place;

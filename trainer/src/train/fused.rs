@@ -315,12 +315,10 @@ impl CustomOp2 for SwiGlu {
             contiguous(up, up_layout, self.name())?,
         );
         let mut ys = vec![0f32; gate.len()];
+        // The serving forward pass's own kernel, so that training sees its bits.
         for_each_piece(&mut ys, Self::PIECE, |start, ys| {
             let (g, u) = (&gate[start..][..ys.len()], &up[start..][..ys.len()]);
-            Self::sigmoid(g, ys);
-            for ((y, g), u) in ys.iter_mut().zip(g).zip(u) {
-                *y *= g * u;
-            }
+            hexacoder_engine::nn::silu_mul_into(g, u, ys);
         });
         Ok((CpuStorage::F32(ys), gate_layout.shape().clone()))
     }
