@@ -136,3 +136,58 @@ fn a_rows_result_does_not_depend_on_the_other_rows() {
         }
     }
 }
+
+/// The vector quantizer gives the scalar one's bits, scale and quants, on ordinary values and
+/// on the ones that test its rounding, saturation and NaN handling.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_activation_quantizer_gives_the_scalar_ones_bits() {
+    if !crate::nn::simd::avx2_fma() {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    let specials = [
+        0.0,
+        -0.0,
+        0.5,
+        -0.5,
+        1.5,
+        -2.5,
+        126.5,
+        -126.5,
+        f32::MIN_POSITIVE,
+        1e-45,
+        -1e-45,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        3.0e38,
+        -3.0e38,
+    ];
+    let mut blocks: Vec<Vec<f32>> = (0..2_000u32)
+        .map(|seed| {
+            let scale = [1e-40f32, 1e-3, 1.0, 127.0, 1e30][seed as usize % 5];
+            random(BLOCK, seed).into_iter().map(|v| v * scale).collect()
+        })
+        .collect();
+    // Halves exactly on the rounding boundary: amax 127 makes the scale 1.
+    blocks.push(
+        (0..BLOCK)
+            .map(|i| if i == 0 { 127.0 } else { i as f32 - 16.5 })
+            .collect(),
+    );
+    for (i, &special) in specials.iter().enumerate() {
+        let mut block = random(BLOCK, 9_000 + i as u32);
+        block[i % BLOCK] = special;
+        blocks.push(block);
+        blocks.push(vec![special; BLOCK]);
+    }
+    for block in &blocks {
+        let (mut scalar, mut vector) = ([0i8; BLOCK], [0i8; BLOCK]);
+        let d_scalar = quantize_block(block, &mut scalar);
+        // SAFETY: AVX2 and FMA checked above; both hold `BLOCK` values.
+        let d_vector = unsafe { quantize_block_avx2(block, &mut vector) };
+        assert_eq!(d_scalar.to_bits(), d_vector.to_bits(), "scale of {block:?}");
+        assert_eq!(scalar, vector, "quants of {block:?}");
+    }
+}
