@@ -107,6 +107,37 @@ impl Compilers {
             .collect())
     }
 
+    /// The `subprocess` calls in `code` that run a whole command line without a shell
+    /// (Python): with `shell` absent or false, a string argument is the program's name, so
+    /// `subprocess.run(f"ping -c 1 {host}")` or `subprocess.run(request.form["cmd"])` runs
+    /// nothing with arguments. A small model's "fix" for command injection drops `shell=True`
+    /// and keeps the string: it passes the oracle and no longer works. A string is a literal
+    /// with a space, an f-string, concatenation or `%`/`.format` with such a literal,
+    /// `' '.join`, `shlex.join`, `subprocess.list2cmdline`, request data, or a name assigned
+    /// only such values in the function. Names it cannot see (parameters) are not judged.
+    /// Each call comes back as its source on one line. C: none. `Err` when the checker cannot
+    /// run.
+    pub fn string_commands(&self, language: Language, code: &str) -> Result<Vec<String>, String> {
+        if language != Language::Python {
+            return Ok(Vec::new());
+        }
+        let mut command = Command::new(&self.python);
+        command.args(["-I", "-c", STRING_COMMANDS]);
+        let (program, output) = run_with_input(command, code, Stdio::piped())?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(format!(
+                "{program}'s command check failed: {}",
+                stderr.lines().last().unwrap_or("no message")
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Checks that both checkers run, so that a missing compiler is said before anything
     /// is generated, not counted as broken samples.
     pub fn probe(&self) -> Result<(), String> {
@@ -212,6 +243,109 @@ for node in ast.walk(tree):
 print("\n".join(sorted(missing)))
 "#;
 
+/// Prints, one per line, the `subprocess` calls of `code` (stdin) that pass a command line as
+/// one string without a shell ([`Compilers::string_commands`]).
+const STRING_COMMANDS: &str = r#"
+import ast, sys
+source = sys.stdin.buffer.read().decode("utf-8", "replace")
+try:
+    tree = ast.parse(source)
+except (SyntaxError, ValueError):
+    sys.exit(0)
+RUNNERS = {"run", "call", "check_call", "check_output", "Popen"}
+subprocess_names = {"subprocess"}
+runner_names = set()
+for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+        for a in node.names:
+            if a.name == "subprocess":
+                subprocess_names.add(a.asname or "subprocess")
+    elif isinstance(node, ast.ImportFrom) and node.module == "subprocess":
+        for a in node.names:
+            if a.name in RUNNERS:
+                runner_names.add(a.asname or a.name)
+def is_runner(func):
+    if isinstance(func, ast.Attribute):
+        return func.attr in RUNNERS and isinstance(func.value, ast.Name) and func.value.id in subprocess_names
+    return isinstance(func, ast.Name) and func.id in runner_names
+def spaced(node):
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and any(c.isspace() for c in node.value.strip())
+def from_request(node):
+    while isinstance(node, (ast.Subscript, ast.Call, ast.Attribute)):
+        node = node.value if not isinstance(node, ast.Call) else node.func
+    return isinstance(node, ast.Name) and node.id == "request"
+def stringish(node, assigned):
+    if spaced(node):
+        return True
+    if isinstance(node, ast.JoinedStr):
+        return any(spaced(v) for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        parts, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Mod)):
+                stack += [n.left, n.right]
+            else:
+                parts.append(n)
+        return any(spaced(p) or (isinstance(p, ast.JoinedStr) and stringish(p, assigned)) for p in parts)
+    if isinstance(node, ast.Call):
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "format" and spaced(f.value):
+            return True
+        if isinstance(f, ast.Attribute) and f.attr == "join" and isinstance(f.value, ast.Constant) and f.value.value == " ":
+            return True
+        if isinstance(f, ast.Attribute) and f.attr in ("join", "list2cmdline") and isinstance(f.value, ast.Name) and f.value.id in ("shlex", "subprocess") and (f.attr == "join") == (f.value.id == "shlex"):
+            return True
+    if from_request(node):
+        return True
+    if isinstance(node, ast.Name) and node.id in assigned:
+        values = assigned[node.id]
+        return bool(values) and all(stringish(v, {}) for v in values)
+    return False
+def scopes(tree):
+    yield tree
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield n
+def own_nodes(scope):
+    stack = list(ast.iter_child_nodes(scope))
+    while stack:
+        n = stack.pop()
+        yield n
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(n))
+found = []
+for scope in scopes(tree):
+    assigned = {}
+    nodes = list(own_nodes(scope))
+    for n in nodes:
+        if isinstance(n, ast.Assign):
+            for t in n.targets:
+                if isinstance(t, ast.Name):
+                    assigned.setdefault(t.id, []).append(n.value)
+        elif isinstance(n, (ast.AnnAssign, ast.AugAssign)) and isinstance(n.target, ast.Name) and n.value is not None:
+            assigned.setdefault(n.target.id, []).append(n.value)
+        elif isinstance(n, (ast.For, ast.withitem, ast.NamedExpr)):
+            # Bound by a loop, `with ... as` or `:=`: what it holds is not seen here.
+            target = getattr(n, "target", None) or getattr(n, "optional_vars", None)
+            if isinstance(target, ast.Name):
+                assigned.setdefault(target.id, []).append(ast.List(elts=[], ctx=ast.Load()))
+    if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for a in scope.args.args + scope.args.kwonlyargs + scope.args.posonlyargs:
+            assigned.pop(a.arg, None)
+    for n in nodes:
+        if not (isinstance(n, ast.Call) and is_runner(n.func)):
+            continue
+        keywords = {k.arg: k.value for k in n.keywords if k.arg}
+        shell = keywords.get("shell")
+        if shell is not None and not (isinstance(shell, ast.Constant) and shell.value in (False, None, 0)):
+            continue
+        command = n.args[0] if n.args else keywords.get("args")
+        if command is not None and stringish(command, assigned):
+            found.append(" ".join((ast.get_source_segment(source, n) or "").split()))
+print("\n".join(sorted(set(found))))
+"#;
+
 /// Checks the samples of one prompt (one oracle call for all, so external analyzers start
 /// once). `target` is the prompt's CWE.
 pub fn check_samples(
@@ -259,6 +393,45 @@ mod tests {
     use hexacoder_oracle::Language;
 
     use super::Compilers;
+
+    #[test]
+    fn command_lines_run_without_a_shell_are_found() {
+        let code = "import subprocess\nfrom subprocess import Popen as P\nfrom flask import request\n\n\
+                    def ping(host, cmd):\n\
+                    \x20   subprocess.run(f'ping -c 1 {host}')\n\
+                    \x20   subprocess.call('ls -l ' + host, shell=False)\n\
+                    \x20   action = request.form.get('action', '')\n\
+                    \x20   subprocess.run(action, shell=False, capture_output=True)\n\
+                    \x20   line = subprocess.list2cmdline([cmd])\n\
+                    \x20   P(line)\n\
+                    \x20   subprocess.run(cmd)\n\
+                    \x20   subprocess.run(['ping', '-c', '1', host])\n\
+                    \x20   subprocess.run('ls')\n\
+                    \x20   subprocess.run(f'ping -c 1 {host}', shell=True)\n\
+                    \x20   mixed = 'ls -l'\n\
+                    \x20   mixed = ['ls', '-l']\n\
+                    \x20   subprocess.run(mixed)\n";
+        let found = Compilers::default()
+            .string_commands(Language::Python, code)
+            .expect("python3 runs");
+        // A parameter, a list, a one-word program, `shell=True` (the oracle's business) and a
+        // name that may hold a list are not judged.
+        assert_eq!(
+            found,
+            [
+                "P(line)",
+                "subprocess.call('ls -l ' + host, shell=False)",
+                "subprocess.run(action, shell=False, capture_output=True)",
+                "subprocess.run(f'ping -c 1 {host}')",
+            ]
+        );
+        assert!(
+            Compilers::default()
+                .string_commands(Language::C, "int main(void) { return 0; }")
+                .expect("no check for C")
+                .is_empty()
+        );
+    }
 
     #[test]
     fn names_the_standard_library_does_not_define_are_found() {

@@ -298,10 +298,14 @@ impl Context {
         let map = self.oracle.cwe_map();
         let verdict = report.verdict(&source, &CweSelection::All, &[cwe.to_string()], map);
         let parse = self.settings.compilers.parses(language, code)?;
-        let unknown_names = if parse.is_ok() {
-            self.settings.compilers.unknown_names(language, code)?
+        let (unknown_names, string_commands) = if parse.is_ok() {
+            let compilers = &self.settings.compilers;
+            (
+                compilers.unknown_names(language, code)?,
+                compilers.string_commands(language, code)?,
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let lines: Vec<ReportLine> = report
             .findings()
@@ -320,6 +324,7 @@ impl Context {
                 flagged: !verdict.targeted.is_empty(),
                 cwes: verdict.cwes,
                 unknown_names: unknown_names.into_iter().collect(),
+                string_commands: string_commands.into_iter().collect(),
             },
             lines,
         ))

@@ -1,6 +1,6 @@
 //! Whether a repair counts: it parses, the oracle no longer finds the target CWE, it calls no
-//! standard-library name that does not exist, it brings no CWE the vulnerable code did not
-//! have, and it keeps the functions' signatures.
+//! standard-library name that does not exist, it runs no command line as one program name,
+//! it brings no CWE the vulnerable code did not have, and it keeps the functions' signatures.
 
 use std::collections::BTreeSet;
 
@@ -20,6 +20,9 @@ pub enum Rejection {
     StillFlagged,
     /// It uses standard-library names that do not exist (it would raise when run).
     UnknownNames { names: Vec<String> },
+    /// It passes a whole command line to `subprocess` without a shell: safe, and it runs no
+    /// command with arguments.
+    CommandLineWithoutShell { calls: Vec<String> },
     /// The oracle finds a CWE the vulnerable code did not have.
     NewCwe { cwes: Vec<String> },
     /// A function of the vulnerable code is gone or has other parameters.
@@ -43,6 +46,11 @@ impl std::fmt::Display for Rejection {
                     names.join(", ")
                 )
             }
+            Rejection::CommandLineWithoutShell { calls } => write!(
+                f,
+                "runs a whole command line as one program name, without a shell: {}",
+                calls.join("; ")
+            ),
             Rejection::NewCwe { cwes } => write!(f, "brings new weaknesses: {}", cwes.join(", ")),
             Rejection::SignatureChanged { missing } => {
                 write!(f, "changed or dropped: {}", missing.join("; "))
@@ -104,6 +112,10 @@ pub struct Findings {
     /// absent from caches written before the rule.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub unknown_names: BTreeSet<String>,
+    /// `subprocess` calls that run a command line without a shell
+    /// (`Compilers::string_commands`); absent from caches written before the rule.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub string_commands: BTreeSet<String>,
 }
 
 /// Applies the rules to a repair, given the checks on the vulnerable code and on the repair.
@@ -129,6 +141,14 @@ pub fn judge(
         .collect();
     if !unknown.is_empty() {
         return Err(Rejection::UnknownNames { names: unknown });
+    }
+    let calls: Vec<String> = fixed_findings
+        .string_commands
+        .difference(&vulnerable_findings.string_commands)
+        .cloned()
+        .collect();
+    if !calls.is_empty() {
+        return Err(Rejection::CommandLineWithoutShell { calls });
     }
     let new: Vec<String> = fixed_findings
         .cwes
@@ -167,6 +187,7 @@ mod tests {
             flagged,
             cwes: cwes.iter().map(|c| c.to_string()).collect(),
             unknown_names: Default::default(),
+            string_commands: Default::default(),
         }
     }
 
@@ -214,6 +235,16 @@ mod tests {
             ),
             Err(Rejection::UnknownNames {
                 names: vec!["subprocess.listescape".into()]
+            })
+        );
+        let shell_less = "import subprocess\n\ndef run(cmd, user):\n    subprocess.run(f'sh -c {cmd}', shell=False)\n";
+        let mut not_run = findings(true, false, &[]);
+        not_run.string_commands =
+            ["subprocess.run(f'sh -c {cmd}', shell=False)".to_string()].into();
+        assert_eq!(
+            judge_fixed(shell_less, not_run),
+            Err(Rejection::CommandLineWithoutShell {
+                calls: vec!["subprocess.run(f'sh -c {cmd}', shell=False)".into()]
             })
         );
         assert!(matches!(
