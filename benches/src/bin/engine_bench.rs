@@ -112,7 +112,10 @@ fn main() -> Result<()> {
     let load_s = load_started.elapsed().as_secs_f64();
     // For profiling the load alone (`HEXACODER_BENCH_LOAD_ONLY=1`).
     if std::env::var_os("HEXACODER_BENCH_LOAD_ONLY").is_some() {
-        println!("{}", json!({ "load_s": load_s, "peak_rss_bytes": peak_rss_bytes() }));
+        println!(
+            "{}",
+            json!({ "load_s": load_s, "peak_rss_bytes": peak_rss_bytes() })
+        );
         return Ok(());
     }
     // One untimed request warms up thread pools and allocators, as the peer gets one too.
