@@ -42,6 +42,9 @@ static EXITS: LazyLock<Regex> =
 static HOST_PREFIX: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\\?#@]+/").expect("valid regex"));
 
+/// How deeply nested a condition is judged.
+const MAX_NESTING: usize = 64;
+
 /// How deep calls into local functions are followed.
 const CALL_DEPTH: usize = 3;
 
@@ -59,6 +62,8 @@ pub(crate) struct Judge<'r> {
     /// What holds the target, as text: the redirect's argument, or a local check's
     /// parameters while its returns are judged.
     subjects: Vec<String>,
+    /// How deep [`Judge::when_true`] and [`Judge::when_false`] are in a condition.
+    nesting: usize,
 }
 
 impl<'r> Judge<'r> {
@@ -69,6 +74,7 @@ impl<'r> Judge<'r> {
             first_blocker: HashMap::new(),
             visiting: HashSet::new(),
             subjects: Vec::new(),
+            nesting: 0,
         }
     }
 
@@ -241,6 +247,15 @@ impl<'r> Judge<'r> {
 
     /// Whether `expression` being true confines the target.
     fn when_true(&mut self, expression: &Node<'r>, depth: usize) -> bool {
+        if !self.enter() {
+            return false;
+        }
+        let confined = self.when_true_inner(expression, depth);
+        self.nesting -= 1;
+        confined
+    }
+
+    fn when_true_inner(&mut self, expression: &Node<'r>, depth: usize) -> bool {
         match expression.kind().as_ref() {
             "parenthesized_expression" => {
                 inner(expression).is_some_and(|e| self.when_true(&e, depth))
@@ -273,6 +288,26 @@ impl<'r> Judge<'r> {
 
     /// Whether `expression` being false confines the target.
     fn when_false(&mut self, expression: &Node<'r>, depth: usize) -> bool {
+        if !self.enter() {
+            return false;
+        }
+        let confined = self.when_false_inner(expression, depth);
+        self.nesting -= 1;
+        confined
+    }
+
+    /// One level deeper into a condition, unless it is nested past [`MAX_NESTING`] (a
+    /// condition that deep confines nothing; the limit keeps the recursion off the end of
+    /// the stack on hostile input).
+    fn enter(&mut self) -> bool {
+        if self.nesting >= MAX_NESTING {
+            return false;
+        }
+        self.nesting += 1;
+        true
+    }
+
+    fn when_false_inner(&mut self, expression: &Node<'r>, depth: usize) -> bool {
         match expression.kind().as_ref() {
             "parenthesized_expression" => {
                 inner(expression).is_some_and(|e| self.when_false(&e, depth))
@@ -525,33 +560,47 @@ fn comparison<'r>(expression: &Node<'r>) -> Option<Comparison<'r>> {
     })
 }
 
-/// `parsed.netloc`, `host`, `urlparse(url)[1]`.
+/// `parsed.netloc`, `host`, `urlparse(url)[1]`, and those through `str(…)` or `.lower()`.
 fn holds_host(node: &Node<'_>) -> bool {
-    match node.kind().as_ref() {
-        "attribute" => node
-            .field("attribute")
-            .is_some_and(|a| HOST_NAME.is_match(&a.text())),
-        "identifier" => HOST_NAME.is_match(&node.text()),
-        "subscript" => {
-            node.field("subscript").is_some_and(|s| s.text() == "1")
-                && node
-                    .field("value")
-                    .and_then(|v| v.field("function"))
-                    .is_some_and(|f| {
-                        f.text().ends_with("urlparse") || f.text().ends_with("urlsplit")
-                    })
+    let mut node = node.clone();
+    // Unwrapped a few calls deep at most: no one writes `str(str(str(host)))`, and hostile
+    // input may nest them past the stack.
+    for _ in 0..8 {
+        match node.kind().as_ref() {
+            "attribute" => {
+                return node
+                    .field("attribute")
+                    .is_some_and(|a| HOST_NAME.is_match(&a.text()));
+            }
+            "identifier" => return HOST_NAME.is_match(&node.text()),
+            "subscript" => {
+                return node.field("subscript").is_some_and(|s| s.text() == "1")
+                    && node
+                        .field("value")
+                        .and_then(|v| v.field("function"))
+                        .is_some_and(|f| {
+                            f.text().ends_with("urlparse") || f.text().ends_with("urlsplit")
+                        });
+            }
+            "call" => {
+                let Some(function) = node.field("function") else {
+                    return false;
+                };
+                let inner = if function.text() == "str" {
+                    node.field("arguments")
+                        .and_then(|a| a.named_children().next())
+                } else if function.text().ends_with(".lower") {
+                    function.field("object")
+                } else {
+                    None
+                };
+                let Some(inner) = inner else { return false };
+                node = inner;
+            }
+            _ => return false,
         }
-        "call" => {
-            node.field("function")
-                .is_some_and(|f| f.text() == "str" || f.text().ends_with(".lower"))
-                && node
-                    .field("arguments")
-                    .and_then(|a| a.named_children().next())
-                    .or_else(|| node.field("function").and_then(|f| f.field("object")))
-                    .is_some_and(|inner| holds_host(&inner))
-        }
-        _ => false,
     }
+    false
 }
 
 /// `x.startswith(prefix)`: the prefix, or prefixes of a tuple.

@@ -586,6 +586,10 @@ const REDIRECT_CHECKS: &[(bool, &str)] = &[
         false,
         "target = request.args['next']\nif target.startswith(('https://example.com/', 'https://www.example.com/')):\n    return redirect(target)\n",
     ),
+    (
+        false,
+        "target = request.args['next']\nif urlparse(target).netloc.lower() not in ALLOWED_HOSTS:\n    abort(400)\nreturn redirect(target)\n",
+    ),
     // Compared with constants.
     (
         false,
@@ -643,4 +647,26 @@ fn many_redirects_behind_many_checks_are_judged_in_time() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_condition_nested_past_any_reason_is_judged_without_running_out_of_stack() {
+    let depth = 20_000;
+    let condition = format!(
+        "{}urlparse(target).netloc in ALLOWED{}",
+        "(".repeat(depth),
+        ")".repeat(depth)
+    );
+    let source = format!(
+        "def go():\n    target = request.args['next']\n    if {condition}:\n        return redirect(target)\n"
+    );
+    // Run on a thread with a small stack, as the server's workers have.
+    let found = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || cwes(Language::Python, &source))
+        .expect("thread")
+        .join()
+        .expect("scanned");
+    // Too deep to judge is not confined: still flagged.
+    assert!(found.iter().any(|c| c == "CWE-601"), "{found:?}");
 }
