@@ -247,96 +247,56 @@ impl<'r> Judge<'r> {
 
     /// Whether `expression` being true confines the target.
     fn when_true(&mut self, expression: &Node<'r>, depth: usize) -> bool {
-        if !self.enter() {
-            return false;
-        }
-        let confined = self.when_true_inner(expression, depth);
-        self.nesting -= 1;
-        confined
-    }
-
-    fn when_true_inner(&mut self, expression: &Node<'r>, depth: usize) -> bool {
-        match expression.kind().as_ref() {
-            "parenthesized_expression" => {
-                inner(expression).is_some_and(|e| self.when_true(&e, depth))
-            }
-            "not_operator" => expression
-                .field("argument")
-                .is_some_and(|e| self.when_false(&e, depth)),
-            "boolean_operator" => {
-                let (Some(left), Some(right)) =
-                    (expression.field("left"), expression.field("right"))
-                else {
-                    return false;
-                };
-                if operator_text(expression) == "and" {
-                    self.when_true(&left, depth)
-                        || self.when_true(&right, depth)
-                        || self.relative_pair(&conjuncts(expression, "and"), true)
-                } else {
-                    self.when_true(&left, depth) && self.when_true(&right, depth)
-                }
-            }
-            "comparison_operator" => comparison(expression).is_some_and(|c| {
-                let of_target = self.is_subject(&c.subject);
-                c.when_true(of_target)
-            }),
-            "call" => self.call_when_true(expression, depth),
-            _ => false,
-        }
+        self.confines_when(expression, true, depth)
     }
 
     /// Whether `expression` being false confines the target.
     fn when_false(&mut self, expression: &Node<'r>, depth: usize) -> bool {
-        if !self.enter() {
-            return false;
-        }
-        let confined = self.when_false_inner(expression, depth);
-        self.nesting -= 1;
-        confined
+        self.confines_when(expression, false, depth)
     }
 
-    /// One level deeper into a condition, unless it is nested past [`MAX_NESTING`] (a
-    /// condition that deep confines nothing; the limit keeps the recursion off the end of
-    /// the stack on hostile input).
-    fn enter(&mut self) -> bool {
+    /// Whether `expression` having the truth value `truth` confines the target. The two
+    /// truths are duals: `not` swaps them, and `and` under one is `or` under the other.
+    fn confines_when(&mut self, expression: &Node<'r>, truth: bool, depth: usize) -> bool {
+        // A condition nested past `MAX_NESTING` confines nothing; the limit keeps the
+        // recursion off the end of the stack on hostile input.
         if self.nesting >= MAX_NESTING {
             return false;
         }
         self.nesting += 1;
-        true
-    }
-
-    fn when_false_inner(&mut self, expression: &Node<'r>, depth: usize) -> bool {
-        match expression.kind().as_ref() {
+        let confined = match expression.kind().as_ref() {
             "parenthesized_expression" => {
-                inner(expression).is_some_and(|e| self.when_false(&e, depth))
+                inner(expression).is_some_and(|e| self.confines_when(&e, truth, depth))
             }
             "not_operator" => expression
                 .field("argument")
-                .is_some_and(|e| self.when_true(&e, depth)),
-            "boolean_operator" => {
-                let (Some(left), Some(right)) =
-                    (expression.field("left"), expression.field("right"))
-                else {
-                    return false;
-                };
-                if operator_text(expression) == "or" {
-                    self.when_false(&left, depth)
-                        || self.when_false(&right, depth)
-                        || self.relative_pair(&conjuncts(expression, "or"), false)
-                } else {
-                    self.when_false(&left, depth) && self.when_false(&right, depth)
+                .is_some_and(|e| self.confines_when(&e, !truth, depth)),
+            "boolean_operator" => match (expression.field("left"), expression.field("right")) {
+                (Some(left), Some(right)) => {
+                    // `a and b` true (or `a or b` false) needs only one side to confine.
+                    let either = if truth { "and" } else { "or" };
+                    if operator_text(expression) == either {
+                        self.confines_when(&left, truth, depth)
+                            || self.confines_when(&right, truth, depth)
+                            || self.relative_pair(&conjuncts(expression, either), truth)
+                    } else {
+                        self.confines_when(&left, truth, depth)
+                            && self.confines_when(&right, truth, depth)
+                    }
                 }
-            }
+                _ => false,
+            },
             "comparison_operator" => comparison(expression).is_some_and(|c| {
                 let of_target = self.is_subject(&c.subject);
-                c.when_false(of_target)
+                c.confines_when(truth, of_target)
             }),
+            "call" => truth && self.call_when_true(expression, depth),
             // `if parsed.netloc: return …`: no host, so a relative target, gets past.
-            "attribute" | "identifier" => holds_host(expression),
+            "attribute" | "identifier" => !truth && holds_host(expression),
             _ => false,
-        }
+        };
+        self.nesting -= 1;
+        confined
     }
 
     fn call_when_true(&mut self, call: &Node<'r>, depth: usize) -> bool {
@@ -500,22 +460,16 @@ struct Comparison<'r> {
 }
 
 impl Comparison<'_> {
+    /// Whether the comparison having the truth value `truth` confines the target;
     /// `of_target`: the subject is what holds the target.
-    fn when_true(&self, of_target: bool) -> bool {
+    fn confines_when(&self, truth: bool, of_target: bool) -> bool {
+        // `in`, `==`, `is` true, or `not in`, `!=`, `is not` false.
+        let matches = self.positive == truth;
         if self.host {
-            // `netloc in ALLOWED`, `netloc == 'example.com'`, `netloc == ''`.
-            self.positive
+            // `netloc in ALLOWED`, `netloc == ''`; `netloc != host` leading to an exit.
+            matches
         } else {
-            of_target && self.positive && self.against_constant && !self.against_empty
-        }
-    }
-
-    fn when_false(&self, of_target: bool) -> bool {
-        if self.host {
-            // `netloc not in ALLOWED`, `netloc != host`, `netloc != ''`.
-            !self.positive
-        } else {
-            of_target && !self.positive && self.against_constant && !self.against_empty
+            of_target && matches && self.against_constant && !self.against_empty
         }
     }
 }

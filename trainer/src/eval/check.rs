@@ -90,21 +90,7 @@ impl Compilers {
         if language != Language::Python {
             return Ok(Vec::new());
         }
-        let mut command = Command::new(&self.python);
-        command.args(["-I", "-c", UNKNOWN_NAMES]);
-        let (program, output) = run_with_input(command, code, Stdio::piped())?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(format!(
-                "{program}'s name check failed: {}",
-                stderr.lines().last().unwrap_or("no message")
-            ));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect())
+        self.python_lines(UNKNOWN_NAMES, "name check", code)
     }
 
     /// The `subprocess` calls in `code` that run a whole command line without a shell
@@ -121,13 +107,19 @@ impl Compilers {
         if language != Language::Python {
             return Ok(Vec::new());
         }
+        self.python_lines(STRING_COMMANDS, "command check", code)
+    }
+
+    /// The non-empty lines `script` prints for `code` on its stdin, run by an isolated
+    /// Python; `Err` naming the `check` when it fails.
+    fn python_lines(&self, script: &str, check: &str, code: &str) -> Result<Vec<String>, String> {
         let mut command = Command::new(&self.python);
-        command.args(["-I", "-c", STRING_COMMANDS]);
+        command.args(["-I", "-c", script]);
         let (program, output) = run_with_input(command, code, Stdio::piped())?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(format!(
-                "{program}'s command check failed: {}",
+                "{program}'s {check} failed: {}",
                 stderr.lines().last().unwrap_or("no message")
             ));
         }
