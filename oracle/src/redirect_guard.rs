@@ -62,7 +62,7 @@ pub(crate) struct Judge<'r> {
     /// What holds the target, as text: the redirect's argument, or a local check's
     /// parameters while its returns are judged.
     subjects: Vec<String>,
-    /// How deep [`Judge::when_true`] and [`Judge::when_false`] are in a condition.
+    /// How deep [`Judge::confines_when`] is in a condition.
     nesting: usize,
 }
 
