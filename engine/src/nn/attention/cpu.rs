@@ -16,6 +16,13 @@ use crate::Result;
 /// heads and a short chunk over the threads.
 const QUERY_TILE: usize = 8;
 
+/// The threads candle's pool runs work on, read once: finding the CPU count reads the
+/// cgroup files, which cost more than a short decode step's attention.
+fn pool_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
+
 /// Calls with fewer multiply-adds than this run on the calling thread.
 const INLINE_WORK: usize = 1 << 16;
 
@@ -359,7 +366,12 @@ pub(super) fn attend_with(
     // A KV head's queries in order of position, then head: the heads of a group at one
     // position see the same keys, so a group of queries shares every key and value load.
     let per_kv_head = n * group;
-    let chunks = per_kv_head.div_ceil(QUERY_TILE);
+    // Up to `QUERY_TILE` queries per work item, in whole groups of four where a thread gets
+    // that many; fewer where there are threads to spare (a decode step on many cores).
+    let threads = pool_threads();
+    let chunk = (n_kv_heads * per_kv_head / threads).clamp(1, QUERY_TILE);
+    let chunk = if chunk >= 4 { chunk / 4 * 4 } else { chunk };
+    let chunks = per_kv_head.div_ceil(chunk);
     // SAFETY (for callers): each (query, head) row of `out` is written by exactly one work
     // item, and `out` outlives the pool's call.
     let out_row = |i: usize, head: usize| unsafe {
@@ -373,9 +385,9 @@ pub(super) fn attend_with(
     let run = |items: std::ops::Range<usize>, keys: HeadRows<'_>, values: HeadRows<'_>| {
         let mut weights: [Vec<f32>; 4] = Default::default();
         for item in items {
-            let (kv_head, chunk) = (item / chunks, item % chunks);
-            let end = ((chunk + 1) * QUERY_TILE).min(per_kv_head);
-            let mut next = chunk * QUERY_TILE;
+            let (kv_head, chunk_index) = (item / chunks, item % chunks);
+            let end = ((chunk_index + 1) * chunk).min(per_kv_head);
+            let mut next = chunk_index * chunk;
             while next < end {
                 // Four, two or one at a time: a kernel takes a whole group or none of it.
                 let count = [4, 2, 1]
