@@ -134,27 +134,25 @@ pub fn judge(
     if fixed_findings.flagged {
         return Err(Rejection::StillFlagged);
     }
-    let unknown: Vec<String> = fixed_findings
-        .unknown_names
-        .difference(&vulnerable_findings.unknown_names)
-        .cloned()
-        .collect();
+    // What the repair brings that the vulnerable code did not have.
+    let added = |fixed: &BTreeSet<String>, vulnerable: &BTreeSet<String>| -> Vec<String> {
+        fixed.difference(vulnerable).cloned().collect()
+    };
+    let unknown = added(
+        &fixed_findings.unknown_names,
+        &vulnerable_findings.unknown_names,
+    );
     if !unknown.is_empty() {
         return Err(Rejection::UnknownNames { names: unknown });
     }
-    let calls: Vec<String> = fixed_findings
-        .string_commands
-        .difference(&vulnerable_findings.string_commands)
-        .cloned()
-        .collect();
+    let calls = added(
+        &fixed_findings.string_commands,
+        &vulnerable_findings.string_commands,
+    );
     if !calls.is_empty() {
         return Err(Rejection::CommandLineWithoutShell { calls });
     }
-    let new: Vec<String> = fixed_findings
-        .cwes
-        .difference(&vulnerable_findings.cwes)
-        .cloned()
-        .collect();
+    let new = added(&fixed_findings.cwes, &vulnerable_findings.cwes);
     if !new.is_empty() {
         return Err(Rejection::NewCwe { cwes: new });
     }
