@@ -9,12 +9,16 @@
 //! Q4_1 in SmolLM2), our kernels on the file's nibbles against the same weight converted to
 //! Q8_0 for our Q8_0 kernels (what the server did before, now `--legacy-quants-to-q8`), on the
 //! widest kernels this CPU runs.
+//!
+//! A third table compares, for the k-quant types of the "Q4_K_M" files (Q4_K and Q6_K: the
+//! 0.5B model's `ffn_down`, nearly all of the 1.5B model), our tiles against candle's kernels
+//! at the shapes where the catalogue's models have them.
 
 use anyhow::{Context, Result};
 use candle_core::Module;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use hexacoder_benches::{cpu_name, median_ms, random_tensor};
-use hexacoder_engine::nn::{Isa, LegacyMatrix, Q8Matrix};
+use hexacoder_engine::nn::{Isa, KQuantMatrix, LegacyMatrix, Q8Matrix};
 
 fn main() -> Result<()> {
     let reps: usize = std::env::args()
@@ -74,7 +78,50 @@ fn main() -> Result<()> {
             println!("{line}");
         }
     }
-    legacy_table(reps, &shapes[..4])
+    legacy_table(reps, &shapes[..4])?;
+    kquant_table(reps, &kernels)
+}
+
+/// Q4_K and Q6_K: our tiles (each kernel this CPU runs) against candle's.
+fn kquant_table(reps: usize, kernels: &[Isa]) -> Result<()> {
+    let mut header = "\n| type | projection (out × in) | rows | candle |".to_string();
+    let mut rule = "|---|---|---|---|".to_string();
+    for isa in kernels {
+        header += &format!(" ours, {isa:?} | candle / ours |");
+        rule += "---|---|";
+    }
+    println!("{header}\n{rule}");
+    let shapes: [(&str, usize, usize); 3] = [
+        ("0.5B down", 896, 4864),
+        ("1.5B gate, up", 8960, 1536),
+        ("1.5B down", 1536, 8960),
+    ];
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for (name, out, inp) in shapes {
+            let weight = QTensor::quantize(&random_tensor(&[out, inp], 1)?, dtype)?;
+            let ours: Vec<KQuantMatrix> = kernels
+                .iter()
+                .map(|&isa| {
+                    KQuantMatrix::from_qtensor(&weight)?
+                        .and_then(|m| m.with_isa(isa))
+                        .context("the k-quant kernels need an x86-64 CPU with AVX2 and FMA")
+                })
+                .collect::<Result<_>>()?;
+            let candle = QMatMul::from_qtensor(weight)?;
+            for m in [1, 8, 64, 512] {
+                let xs = random_tensor(&[m, inp], 2)?;
+                let theirs = median_ms(reps, || Ok(candle.forward(&xs)?))?;
+                let mut line =
+                    format!("| {dtype:?} | {name} ({out} × {inp}) | {m} | {theirs:.3} |");
+                for matrix in &ours {
+                    let t = median_ms(reps, || Ok(matrix.matmul(&xs)?))?;
+                    line += &format!(" {t:.3} | {:.2}× |", theirs / t);
+                }
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Legacy types on their nibbles against the same weights converted to Q8_0.

@@ -5,6 +5,7 @@ mod activation;
 mod attention;
 mod dense;
 mod exp;
+mod kquant;
 mod kv_cache;
 mod legacy;
 mod q8;
@@ -20,6 +21,7 @@ pub use activation::{silu_mul, silu_mul_into};
 pub use attention::{Rope, attend, attend_with_matmuls};
 pub use dense::DenseMatrix;
 pub use exp::exp_in_place;
+pub use kquant::KQuantMatrix;
 pub use kv_cache::KvCache;
 pub use legacy::LegacyMatrix;
 pub use q8::Q8Matrix;
@@ -110,6 +112,7 @@ enum Weight {
     Q8(Arc<Q8Matrix>),
     Dense(Arc<DenseMatrix>),
     Legacy(Arc<LegacyMatrix>),
+    KQuant(Arc<KQuantMatrix>),
 }
 
 /// Which CPU kernel multiplies Q8_0 weights.
@@ -156,6 +159,8 @@ impl Linear {
                     Weight::Q8(Arc::new(matrix))
                 } else if let Some(matrix) = LegacyMatrix::from_qtensor(&weight)? {
                     Weight::Legacy(Arc::new(matrix))
+                } else if let Some(matrix) = KQuantMatrix::from_qtensor(&weight)? {
+                    Weight::KQuant(Arc::new(matrix))
                 } else {
                     Weight::Candle(QMatMul::from_arc(weight)?)
                 }
@@ -194,6 +199,7 @@ impl Linear {
             Weight::Q8(matrix) => matrix.dequantize(&Device::Cpu)?,
             Weight::Dense(matrix) => matrix.to_tensor()?,
             Weight::Legacy(matrix) => matrix.dequantize(&Device::Cpu)?,
+            Weight::KQuant(matrix) => matrix.dequantize(&Device::Cpu)?,
         })
     }
 
@@ -218,7 +224,7 @@ impl Linear {
             Weight::Candle(QMatMul::Tensor(t)) | Weight::Candle(QMatMul::TensorF16(t)) => {
                 t.device().clone()
             }
-            Weight::Q8(_) | Weight::Dense(_) | Weight::Legacy(_) => Device::Cpu,
+            Weight::Q8(_) | Weight::Dense(_) | Weight::Legacy(_) | Weight::KQuant(_) => Device::Cpu,
         }
     }
 
@@ -229,6 +235,7 @@ impl Linear {
             Weight::Q8(matrix) => matrix.matmul(xs)?,
             Weight::Dense(matrix) => matrix.matmul(xs)?,
             Weight::Legacy(matrix) => matrix.matmul(xs)?,
+            Weight::KQuant(matrix) => matrix.matmul(xs)?,
         };
         Ok(match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
@@ -338,6 +345,8 @@ pub enum Embedding {
     Q8(Arc<Q8Matrix>),
     /// The tied output head's 4/5-bit tiles.
     Legacy(Arc<LegacyMatrix>),
+    /// The tied output head's Q4_K/Q6_K tiles.
+    KQuant(Arc<KQuantMatrix>),
 }
 
 impl Embedding {
@@ -364,6 +373,7 @@ impl Embedding {
             Embedding::Quantized(table) => Ok(table.embedding(&Tensor::new(ids, device)?)?),
             Embedding::Q8(table) => gather(table.dims(), &|row, out| table.row_into(row, out)),
             Embedding::Legacy(table) => gather(table.dims(), &|row, out| table.row_into(row, out)),
+            Embedding::KQuant(table) => gather(table.dims(), &|row, out| table.row_into(row, out)),
         }
     }
 
@@ -374,6 +384,7 @@ impl Embedding {
             Embedding::Quantized(table) => table.dequantize(&table.device())?,
             Embedding::Q8(table) => table.dequantize(&Device::Cpu)?,
             Embedding::Legacy(table) => table.dequantize(&Device::Cpu)?,
+            Embedding::KQuant(table) => table.dequantize(&Device::Cpu)?,
         })
     }
 
@@ -384,6 +395,7 @@ impl Embedding {
             Embedding::Quantized(table) => table.shape().dims2()?,
             Embedding::Q8(table) => table.dims(),
             Embedding::Legacy(table) => table.dims(),
+            Embedding::KQuant(table) => table.dims(),
         })
     }
 
@@ -401,6 +413,7 @@ impl Embedding {
             Embedding::Quantized(table) => Linear::quantized(table.clone(), None, kernel),
             Embedding::Q8(table) => Ok(shared(Weight::Q8(table.clone()))),
             Embedding::Legacy(table) => Ok(shared(Weight::Legacy(table.clone()))),
+            Embedding::KQuant(table) => Ok(shared(Weight::KQuant(table.clone()))),
         }
     }
 
@@ -412,6 +425,7 @@ impl Embedding {
         let embedding = match &head.weight {
             Weight::Q8(table) => Embedding::Q8(table.clone()),
             Weight::Legacy(table) => Embedding::Legacy(table.clone()),
+            Weight::KQuant(table) => Embedding::KQuant(table.clone()),
             Weight::Candle(_) | Weight::Dense(_) => self,
         };
         Ok((embedding, head))

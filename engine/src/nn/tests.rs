@@ -76,6 +76,7 @@ fn a_tied_embedding_reads_the_heads_tiles_to_the_bit() {
         (GgmlDType::Q4_1, 96),
         (GgmlDType::Q5_0, 96),
         (GgmlDType::Q5_1, 96),
+        (GgmlDType::Q4K, 256),
         (GgmlDType::Q6K, 256),
     ] {
         let w = Tensor::from_vec(random(rows * cols, 17), (rows, cols), &Device::Cpu).expect("w");
@@ -87,10 +88,13 @@ fn a_tied_embedding_reads_the_heads_tiles_to_the_bit() {
             .clone()
             .tied_with_head(Q8Kernel::Fastest)
             .expect("tied");
-        let tiled = matches!(tied, Embedding::Q8(_) | Embedding::Legacy(_));
+        let tiled = matches!(
+            tied,
+            Embedding::Q8(_) | Embedding::Legacy(_) | Embedding::KQuant(_)
+        );
         let expect_tiles = match dtype {
             GgmlDType::Q8_0 => Q8Matrix::supported(),
-            GgmlDType::Q6K => false,
+            GgmlDType::Q4K | GgmlDType::Q6K => KQuantMatrix::supported(),
             _ => LegacyMatrix::supported(),
         };
         assert_eq!(tiled, expect_tiles, "{dtype:?}: tiled {tiled}");

@@ -80,7 +80,7 @@ fn qwen_coder_fills_in_the_middle_and_reuses_the_prefix_cache() {
     );
     assert_ne!(sample.finish_reason, FinishReason::Cancelled);
     // The same request again reuses all but one prompt token and gives the same tokens and
-    // logprobs to the bit (Q5_0 re-quantized, Q4_K, Q6_K and Q8_0 weights all take part).
+    // logprobs to the bit (Q5_0, Q4_K, Q6_K and Q8_0 weights all take part).
     for _ in 0..2 {
         let again = engine
             .generate(&greedy(prefix, Some(suffix), 24), &mut |_, _| true)
@@ -90,8 +90,8 @@ fn qwen_coder_fills_in_the_middle_and_reuses_the_prefix_cache() {
             panic!("after a prefix-cache hit: {diff}");
         }
     }
-    // A prompt of more than 32 tokens, whose prefill multiplies the Q4_K rows in groups
-    // (never through candle's AMX path), against the same prompt restored from the cache.
+    // A prompt of more than one 64-row tile of activations (and of the 32 rows from which
+    // candle would take its AMX path for Q4_K), against the same prompt restored from the cache.
     let long: String = (0..12)
         .map(|i| format!("def helper_{i}(value):\n    return value * {i}\n\n"))
         .collect();
