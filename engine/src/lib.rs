@@ -26,6 +26,7 @@ mod request;
 mod sampling;
 mod text;
 
+pub mod alloc;
 pub mod batch;
 pub mod config;
 pub mod fim;

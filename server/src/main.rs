@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use hexacoder_server::cli::{Command, FetchArgs};
 
+// Large blocks (KV buffers, activations) on reused, huge-page memory: see the module.
+#[global_allocator]
+static ALLOCATOR: hexacoder_engine::alloc::HugePageAlloc = hexacoder_engine::alloc::HugePageAlloc;
+
 fn main() -> ExitCode {
     let cli = match hexacoder_server::config::parse() {
         Ok(cli) => cli,

@@ -292,6 +292,10 @@ fn dirs_cache() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("hexacoder"))
 }
 
+// Large blocks (KV buffers, activations) on reused, huge-page memory: see the module.
+#[global_allocator]
+static ALLOCATOR: hexacoder_engine::alloc::HugePageAlloc = hexacoder_engine::alloc::HugePageAlloc;
+
 fn main() -> ExitCode {
     // The sandbox's confined side runs before anything else (it must stay single-threaded).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

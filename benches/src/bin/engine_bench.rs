@@ -71,7 +71,21 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+// As the server does: large blocks (KV buffers) on transparent huge pages.
+#[global_allocator]
+static ALLOCATOR: hexacoder_engine::alloc::HugePageAlloc = hexacoder_engine::alloc::HugePageAlloc;
+
 fn main() -> Result<()> {
+    // On a thread of its own, as the server's scheduler runs the engine: glibc gives other
+    // threads other heaps (arenas), and they reuse and return memory differently.
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(bench)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?
+}
+
+fn bench() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, model, workload] = args.as_slice() else {
         anyhow::bail!("usage: engine-bench MODEL.gguf WORKLOAD.json");

@@ -63,6 +63,10 @@ fn row_flops(model: &TrainModel, example: &Example) -> f64 {
     c.num_hidden_layers as f64 * (projections + attention) + head
 }
 
+// As the binaries do: large blocks on reused, huge-page memory.
+#[global_allocator]
+static ALLOCATOR: hexacoder_engine::alloc::HugePageAlloc = hexacoder_engine::alloc::HugePageAlloc;
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let model_path = args

@@ -139,6 +139,10 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+// As the binaries do: large blocks on reused, huge-page memory.
+#[global_allocator]
+static ALLOCATOR: hexacoder_engine::alloc::HugePageAlloc = hexacoder_engine::alloc::HugePageAlloc;
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let text = std::fs::read_to_string(&args.prompts)
