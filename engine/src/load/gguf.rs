@@ -7,6 +7,7 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -196,7 +197,8 @@ impl GgufFile {
             .map_err(|_| Error::invalid_model(&self.path, format!("tensor {name} is not 2-D")))
     }
 
-    /// Reads every tensor into memory.
+    /// Maps the file's tensor data for loading: tensors are read from the mapping as the
+    /// model asks for them, and our kernels lay their tiles out straight from it.
     pub fn load_tensors(
         &self,
         device: &Device,
@@ -204,30 +206,27 @@ impl GgufFile {
         q8_kernel: Q8Kernel,
     ) -> Result<GgufWeights> {
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        let mut reader = BufReader::new(file);
-        let mut tensors = HashMap::with_capacity(self.content.tensor_infos.len());
-        for name in self.content.tensor_infos.keys() {
-            let tensor = self
-                .content
-                .tensor(&mut reader, name, device)
-                .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
-            let convert = match requantize {
-                Requantize::Keep | Requantize::Dequantize => false,
-                Requantize::LegacyToQ8_0 => is_slow_legacy(tensor.dtype()),
-                Requantize::AllToQ8_0 => {
-                    tensor.rank() == 2 && is_quantized_not_q8_0(tensor.dtype())
-                }
-            };
-            let tensor = if convert {
-                QTensor::quantize(&tensor.dequantize(device)?, GgmlDType::Q8_0)?
-            } else {
-                tensor
-            };
-            tensors.insert(name.clone(), Arc::new(tensor));
-        }
+        // SAFETY: the mapping is only read, and only while the model loads (every tensor is
+        // copied out of it); as with any memory-mapped weights, a file truncated or rewritten
+        // underneath in those moments is outside what we guard against.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&self.path, e))?;
+        let tensors = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| {
+                let stored = StoredTensor {
+                    dtype: info.ggml_dtype,
+                    dims: info.shape.dims().to_vec(),
+                    offset: self.content.tensor_data_offset.saturating_add(info.offset),
+                };
+                (name.clone(), stored)
+            })
+            .collect();
         Ok(GgufWeights {
             path: self.path.clone(),
-            dequantize: requantize == Requantize::Dequantize,
+            map,
+            requantize,
             q8_kernel,
             tensors: RefCell::new(tensors),
             device: device.clone(),
@@ -314,38 +313,103 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{gguf_module}.{suffix}"))
 }
 
-/// The tensors of a GGUF file, in memory.
+/// Where a tensor lies in the file, and what it is.
+struct StoredTensor {
+    dtype: GgmlDType,
+    dims: Vec<usize>,
+    /// From the start of the file.
+    offset: u64,
+}
+
+/// The tensors of a GGUF file, read from a memory mapping of it as they are handed out.
 ///
-/// Projections are handed out by moving their tensor out of the map, so that a weight the
-/// kernel re-lays out is freed right away instead of living twice until loading ends.
+/// Projections are handed out once (their entry is removed), and the mapping is dropped with
+/// this value when the model is built, so the file's pages are not held after loading.
 pub struct GgufWeights {
     path: PathBuf,
-    /// Hand out dense f32 projections and embeddings ([`Requantize::Dequantize`]).
-    dequantize: bool,
+    map: memmap2::Mmap,
+    requantize: Requantize,
     q8_kernel: Q8Kernel,
-    tensors: RefCell<HashMap<String, Arc<QTensor>>>,
+    tensors: RefCell<HashMap<String, StoredTensor>>,
     device: Device,
 }
 
 impl GgufWeights {
-    fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
+    /// The GGUF name of `hf_name` and its type, shape and bytes, checked against `shape`.
+    fn stored(&self, hf_name: &str, shape: &[usize]) -> Result<(String, GgmlDType, &[u8])> {
         let name = gguf_name(hf_name).ok_or_else(|| {
             Error::invalid_model(&self.path, format!("no GGUF name for {hf_name}"))
         })?;
-        let tensor =
-            self.tensors.borrow().get(&name).cloned().ok_or_else(|| {
-                Error::invalid_model(&self.path, format!("missing tensor {name}"))
-            })?;
-        if tensor.shape().dims() != shape {
+        let tensors = self.tensors.borrow();
+        let stored = tensors
+            .get(&name)
+            .ok_or_else(|| Error::invalid_model(&self.path, format!("missing tensor {name}")))?;
+        if stored.dims != shape {
             return Err(Error::invalid_model(
                 &self.path,
                 format!(
                     "tensor {name} has shape {:?}, expected {shape:?}",
-                    tensor.shape().dims()
+                    stored.dims
                 ),
             ));
         }
-        Ok(tensor)
+        let elements: usize = stored.dims.iter().product();
+        let block = stored.dtype.block_size();
+        let bytes = (elements / block).checked_mul(stored.dtype.type_size());
+        let start = usize::try_from(stored.offset).ok();
+        let data = match (bytes, start) {
+            (Some(bytes), Some(start)) if elements.is_multiple_of(block) => start
+                .checked_add(bytes)
+                .and_then(|end| self.map.get(start..end)),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::invalid_model(
+                &self.path,
+                format!("tensor {name} does not fit in the file"),
+            )
+        })?;
+        Ok((name, stored.dtype, data))
+    }
+
+    /// A tensor as candle's [`QTensor`] (a copy of its bytes), converted as `requantize` says.
+    fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
+        let (name, dtype, data) = self.stored(hf_name, shape)?;
+        let tensor = qtensor_from_ggml(dtype, data, shape.to_vec(), &self.device)
+            .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
+        Ok(Arc::new(if self.converts(dtype, shape.len()) {
+            QTensor::quantize(&tensor.dequantize(&self.device)?, GgmlDType::Q8_0)?
+        } else {
+            tensor
+        }))
+    }
+
+    /// Whether `requantize` converts a tensor of this type and rank to Q8_0.
+    fn converts(&self, dtype: GgmlDType, rank: usize) -> bool {
+        match self.requantize {
+            Requantize::Keep | Requantize::Dequantize => false,
+            Requantize::LegacyToQ8_0 => is_slow_legacy(dtype),
+            Requantize::AllToQ8_0 => rank == 2 && is_quantized_not_q8_0(dtype),
+        }
+    }
+
+    /// Forgets a tensor handed out for good, and lets its pages of the mapping go: they
+    /// counted in our resident memory beside the copy made of them (the page cache keeps
+    /// them for the next load).
+    fn hand_out(&self, hf_name: &str, shape: &[usize]) {
+        let Ok((name, _, data)) = self.stored(hf_name, shape) else {
+            return;
+        };
+        let offset = data.as_ptr() as usize - self.map.as_ptr() as usize;
+        #[cfg(unix)]
+        // SAFETY: the mapping is shared and read-only, so dropped pages read back as the
+        // file's bytes on the next access; nothing is written or zeroed. Failing leaves the
+        // pages mapped, which only costs memory.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+        };
+        self.tensors.borrow_mut().remove(&name);
     }
 }
 
@@ -365,29 +429,37 @@ impl WeightSource for GgufWeights {
         bias: bool,
     ) -> Result<Linear> {
         let name = format!("{prefix}.weight");
-        let weight = self.get(&name, &[out_features, in_features])?;
-        if let Some(gguf) = gguf_name(&name) {
-            self.tensors.borrow_mut().remove(&gguf);
-        }
+        let shape = [out_features, in_features];
         let bias = if bias {
             Some(self.dense(&format!("{prefix}.bias"), &[out_features])?)
         } else {
             None
         };
-        if self.dequantize {
-            return Linear::dense(weight.dequantize(&self.device)?.to_dtype(DType::F32)?, bias);
-        }
-        Linear::quantized(weight, bias, self.q8_kernel)
+        let (_, dtype, data) = self.stored(&name, &shape)?;
+        let linear = if self.requantize == Requantize::Dequantize {
+            let weight = self.get(&name, &shape)?;
+            Linear::dense(weight.dequantize(&self.device)?.to_dtype(DType::F32)?, bias)
+        } else if self.device.is_cpu() && !self.converts(dtype, shape.len()) {
+            Linear::quantized_from_file_bytes(
+                dtype,
+                (out_features, in_features),
+                data,
+                bias,
+                self.q8_kernel,
+            )
+        } else {
+            Linear::quantized(self.get(&name, &shape)?, bias, self.q8_kernel)
+        };
+        self.hand_out(&name, &shape);
+        linear
     }
 
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
         let table = self.get(name, &[vocab, hidden])?;
-        // Handed out like the projections, so that a tied head re-laid in tiles frees it.
-        if let Some(gguf) = gguf_name(name) {
-            self.tensors.borrow_mut().remove(&gguf);
-        }
+        // Handed out like the projections.
+        self.hand_out(name, &[vocab, hidden]);
         Ok(match table.dtype() {
-            _ if self.dequantize => {
+            _ if self.requantize == Requantize::Dequantize => {
                 Embedding::Dense(table.dequantize(&self.device)?.to_dtype(DType::F32)?)
             }
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {

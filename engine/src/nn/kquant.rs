@@ -215,18 +215,29 @@ impl KQuantMatrix {
 
     /// Lays out a CPU tensor of type Q4_K or Q6_K; `None` for other types or devices.
     pub fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
-        let (Some(kind), Some(isa)) = (Kind::of(tensor.dtype()), Isa::best()) else {
-            return Ok(None);
-        };
         if !matches!(tensor.device(), Device::Cpu) {
             return Ok(None);
         }
         let (rows, cols) = tensor.shape().dims2()?;
-        let data = tensor.data()?;
+        Ok(Self::from_file_bytes(
+            tensor.dtype(),
+            (rows, cols),
+            &tensor.data()?,
+        ))
+    }
+
+    /// Lays out a `[rows, cols]` weight from its bytes as a GGUF file stores them; `None` for
+    /// other types, a size that does not match, or where the CPU runs none of our kernels.
+    pub fn from_file_bytes(
+        dtype: GgmlDType,
+        (rows, cols): (usize, usize),
+        data: &[u8],
+    ) -> Option<Self> {
+        let (kind, isa) = (Kind::of(dtype)?, Isa::best()?);
         let (kb, ks) = (cols / BLOCK, cols / SUPER);
         let super_bytes = kind.super_bytes();
         if !cols.is_multiple_of(SUPER) || data.len() != rows * ks * super_bytes {
-            return Ok(None);
+            return None;
         }
         let tiles = rows.div_ceil(TILE_ROWS);
         let sizes = TileSizes::of(kind, kb);
@@ -314,7 +325,7 @@ impl KQuantMatrix {
                 lay_out(tile, part);
             }
         });
-        Ok(Some(matrix))
+        Some(matrix)
     }
 
     /// This matrix multiplied by the kernel written for `isa`, or `None` where this CPU

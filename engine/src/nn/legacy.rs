@@ -131,18 +131,29 @@ impl LegacyMatrix {
 
     /// Lays out a CPU tensor of a legacy type; `None` for other types or devices.
     pub fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
-        let (Some(kind), Some(isa)) = (Kind::of(tensor.dtype()), Isa::best()) else {
-            return Ok(None);
-        };
         if !matches!(tensor.device(), Device::Cpu) {
             return Ok(None);
         }
         let (rows, cols) = tensor.shape().dims2()?;
-        let data = tensor.data()?;
+        Ok(Self::from_file_bytes(
+            tensor.dtype(),
+            (rows, cols),
+            &tensor.data()?,
+        ))
+    }
+
+    /// Lays out a `[rows, cols]` weight from its bytes as a GGUF file stores them; `None` for
+    /// other types, a size that does not match, or where the CPU runs none of our kernels.
+    pub fn from_file_bytes(
+        dtype: GgmlDType,
+        (rows, cols): (usize, usize),
+        data: &[u8],
+    ) -> Option<Self> {
+        let (kind, isa) = (Kind::of(dtype)?, Isa::best()?);
         let kb = cols / BLOCK;
         let block_bytes = kind.block_bytes();
         if !cols.is_multiple_of(BLOCK) || data.len() != rows * kb * block_bytes {
-            return Ok(None);
+            return None;
         }
         let tiles = rows.div_ceil(TILE_ROWS);
         let high_bytes = if kind.five_bits() { TILE_HIGH_BYTES } else { 0 };
@@ -231,7 +242,7 @@ impl LegacyMatrix {
                 }
             }
         });
-        Ok(Some(matrix))
+        Some(matrix)
     }
 
     /// This matrix multiplied by the kernel written for `isa`, or `None` where this CPU

@@ -153,19 +153,15 @@ impl Linear {
             return Linear::dense(weight.dequantize(&weight.device())?, bias);
         }
         let (out_features, in_features) = weight.shape().dims2()?;
-        let weight = match kernel {
-            Q8Kernel::Fastest if Q8Matrix::supported() => {
-                if let Some(matrix) = Q8Matrix::from_qtensor(&weight)? {
-                    Weight::Q8(Arc::new(matrix))
-                } else if let Some(matrix) = LegacyMatrix::from_qtensor(&weight)? {
-                    Weight::Legacy(Arc::new(matrix))
-                } else if let Some(matrix) = KQuantMatrix::from_qtensor(&weight)? {
-                    Weight::KQuant(Arc::new(matrix))
-                } else {
-                    Weight::Candle(QMatMul::from_arc(weight)?)
-                }
+        let tiled = match kernel {
+            Q8Kernel::Fastest if weight.device().is_cpu() => {
+                tiled_weight(weight.dtype(), (out_features, in_features), &weight.data()?)
             }
-            _ => Weight::Candle(QMatMul::from_arc(weight)?),
+            _ => None,
+        };
+        let weight = match tiled {
+            Some(weight) => weight,
+            None => Weight::Candle(QMatMul::from_arc(weight)?),
         };
         Ok(Linear {
             weight,
@@ -173,6 +169,39 @@ impl Linear {
             out_features,
             in_features,
         })
+    }
+
+    /// A quantized CPU weight of shape `[out, in]` from its bytes as a GGUF file stores them:
+    /// our kernels lay their tiles out from these bytes directly (a memory-mapped file is
+    /// read once); other types, or candle's kernels, get a copy as a [`QTensor`].
+    pub fn quantized_from_file_bytes(
+        dtype: candle_core::quantized::GgmlDType,
+        (out_features, in_features): (usize, usize),
+        data: &[u8],
+        bias: Option<Tensor>,
+        kernel: Q8Kernel,
+    ) -> Result<Self> {
+        let tiled = match kernel {
+            Q8Kernel::Fastest => tiled_weight(dtype, (out_features, in_features), data),
+            Q8Kernel::Candle => None,
+        };
+        match tiled {
+            Some(weight) => Ok(Linear {
+                weight,
+                bias,
+                out_features,
+                in_features,
+            }),
+            None => {
+                let tensor = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    data,
+                    vec![out_features, in_features],
+                    &Device::Cpu,
+                )?;
+                Linear::quantized(Arc::new(tensor), bias, kernel)
+            }
+        }
     }
 
     /// The bias, if any.
@@ -260,6 +289,22 @@ impl Linear {
             Some(delta) => Ok((ys + delta)?),
             None => Ok(ys),
         }
+    }
+}
+
+/// Our tiles for a `[rows, cols]` weight of type `dtype` stored as `data`, where one of our
+/// kernels takes the type and this CPU runs it.
+fn tiled_weight(
+    dtype: candle_core::quantized::GgmlDType,
+    dims: (usize, usize),
+    data: &[u8],
+) -> Option<Weight> {
+    if let Some(matrix) = Q8Matrix::from_file_bytes(dtype, dims, data) {
+        Some(Weight::Q8(Arc::new(matrix)))
+    } else if let Some(matrix) = LegacyMatrix::from_file_bytes(dtype, dims, data) {
+        Some(Weight::Legacy(Arc::new(matrix)))
+    } else {
+        KQuantMatrix::from_file_bytes(dtype, dims, data).map(|m| Weight::KQuant(Arc::new(m)))
     }
 }
 

@@ -52,21 +52,32 @@ impl Q8Matrix {
     /// Re-lays out a CPU Q8_0 tensor, for the widest kernel this CPU runs; `None` for other
     /// types or devices, or where the CPU runs none of ours.
     pub fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
-        let Some(isa) = Isa::best() else {
-            return Ok(None);
-        };
-        if tensor.dtype() != GgmlDType::Q8_0 || !matches!(tensor.device(), Device::Cpu) {
+        if !matches!(tensor.device(), Device::Cpu) {
             return Ok(None);
         }
         let (rows, cols) = tensor.shape().dims2()?;
-        if !cols.is_multiple_of(BLOCK) {
-            return Ok(None);
+        Ok(Self::from_file_bytes(
+            tensor.dtype(),
+            (rows, cols),
+            &tensor.data()?,
+        ))
+    }
+
+    /// Lays out a `[rows, cols]` weight from its bytes as a GGUF file stores them; `None` for
+    /// other types, a size that does not match, or where the CPU runs none of our kernels.
+    pub fn from_file_bytes(
+        dtype: GgmlDType,
+        (rows, cols): (usize, usize),
+        data: &[u8],
+    ) -> Option<Self> {
+        let isa = Isa::best()?;
+        if dtype != GgmlDType::Q8_0 || !cols.is_multiple_of(BLOCK) {
+            return None;
         }
-        let data = tensor.data()?;
         let block_bytes = 2 + BLOCK;
         let kb = cols / BLOCK;
         if data.len() != rows * kb * block_bytes {
-            return Ok(None);
+            return None;
         }
         let tiles = rows.div_ceil(TILE_ROWS);
         let mut quants = vec![0i8; tiles * kb * TILE_BLOCK_BYTES];
@@ -110,13 +121,13 @@ impl Q8Matrix {
                 lay_out(tile, quants, scales);
             }
         });
-        Ok(Some(Q8Matrix {
+        Some(Q8Matrix {
             rows,
             cols,
             quants,
             scales,
             isa,
-        }))
+        })
     }
 
     /// This matrix multiplied by the kernel written for `isa` (benchmarks and tests compare
