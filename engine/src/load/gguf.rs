@@ -455,6 +455,16 @@ impl WeightSource for GgufWeights {
     }
 
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        let (_, dtype, data) = self.stored(name, &[vocab, hidden])?;
+        if self.device.is_cpu()
+            && self.requantize != Requantize::Dequantize
+            && !self.converts(dtype, 2)
+        {
+            let table =
+                Embedding::quantized_from_file_bytes(dtype, (vocab, hidden), data, self.q8_kernel);
+            self.hand_out(name, &[vocab, hidden]);
+            return table;
+        }
         let table = self.get(name, &[vocab, hidden])?;
         // Handed out like the projections.
         self.hand_out(name, &[vocab, hidden]);

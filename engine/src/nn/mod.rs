@@ -395,6 +395,42 @@ pub enum Embedding {
 }
 
 impl Embedding {
+    /// A quantized CPU table `[vocab, hidden]` from its bytes as a GGUF file stores them: in
+    /// our kernels' tiles where one takes the type (lookups read the tiles, and a tied head
+    /// shares them), otherwise a copy as a [`QTensor`].
+    pub fn quantized_from_file_bytes(
+        dtype: candle_core::quantized::GgmlDType,
+        dims: (usize, usize),
+        data: &[u8],
+        kernel: Q8Kernel,
+    ) -> Result<Self> {
+        use candle_core::quantized::GgmlDType;
+        let tiled = match (kernel, dtype) {
+            (_, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => None,
+            (Q8Kernel::Fastest, _) => tiled_weight(dtype, dims, data),
+            (Q8Kernel::Candle, _) => None,
+        };
+        Ok(match tiled {
+            Some(Weight::Q8(table)) => Embedding::Q8(table),
+            Some(Weight::Legacy(table)) => Embedding::Legacy(table),
+            Some(Weight::KQuant(table)) => Embedding::KQuant(table),
+            _ => {
+                let table = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    data,
+                    vec![dims.0, dims.1],
+                    &Device::Cpu,
+                )?;
+                match dtype {
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        Embedding::Dense(table.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)
+                    }
+                    _ => Embedding::Quantized(Arc::new(table)),
+                }
+            }
+        })
+    }
+
     /// Rows for `ids`, as `[ids.len(), hidden]` f32.
     pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         let gather = |(rows, cols): (usize, usize), row_into: &dyn Fn(usize, &mut [f32])| {

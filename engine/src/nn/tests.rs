@@ -137,3 +137,46 @@ fn a_tied_embedding_reads_the_heads_tiles_to_the_bit() {
         }
     }
 }
+
+/// A table built from a file's bytes looks rows up to the bit as candle's copy of it does,
+/// for every type a catalogue GGUF brings it in, tiled or not.
+#[test]
+fn a_table_from_file_bytes_looks_up_what_candles_copy_does() {
+    let (rows, cols) = (37, 256);
+    let ids = [0u32, 36, 15, 16, 17, 5];
+    let w = Tensor::from_vec(random(rows * cols, 23), (rows, cols), &Device::Cpu).expect("w");
+    for dtype in [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5K,
+    ] {
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let expected =
+            Embedding::Quantized(Arc::new(QTensor::quantize(&w, dtype).expect("quantize")))
+                .forward(&ids, &Device::Cpu)
+                .expect("lookup")
+                .to_vec2::<f32>()
+                .expect("vec");
+        for kernel in [Q8Kernel::Fastest, Q8Kernel::Candle] {
+            let table = Embedding::quantized_from_file_bytes(
+                dtype,
+                (rows, cols),
+                &q.data().expect("bytes"),
+                kernel,
+            )
+            .expect("table");
+            assert_eq!(table.dims().expect("dims"), (rows, cols));
+            let rows_found = table
+                .forward(&ids, &Device::Cpu)
+                .expect("lookup")
+                .to_vec2::<f32>()
+                .expect("vec");
+            assert_eq!(rows_found, expected, "{dtype:?} ({kernel:?})");
+        }
+    }
+}
