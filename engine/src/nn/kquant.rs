@@ -28,6 +28,7 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
+use super::tiles::{ROW_GROUP, in_fours};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -205,6 +206,22 @@ struct KQuantTile<'a> {
 struct ActivationSums<'a> {
     scaled: &'a [f32],
     half_offsets: &'a [i32],
+}
+
+impl<'a> ActivationSums<'a> {
+    /// Rows `from..from + count` of these, of `kb` blocks each.
+    fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationSums<'a> {
+        ActivationSums {
+            scaled: self
+                .scaled
+                .get(from * kb..(from + count) * kb)
+                .unwrap_or(&[]),
+            half_offsets: self
+                .half_offsets
+                .get(2 * from * kb..2 * (from + count) * kb)
+                .unwrap_or(&[]),
+        }
+    }
 }
 
 impl KQuantMatrix {
@@ -412,7 +429,7 @@ impl KQuantMatrix {
             ),
             Kind::Q6K => (Vec::new(), half_sums.iter().map(|s| 32 * s).collect()),
         };
-        let out = super::tiles::grouped_product::<TILE_ROWS>(
+        let out = super::tiles::grouped_product::<TILE_ROWS, ROW_GROUP>(
             (m, self.rows, k),
             ROW_TILE,
             1,
@@ -429,21 +446,26 @@ impl KQuantMatrix {
                         .get(2 * row * kb..2 * (row + n_rows) * kb)
                         .unwrap_or(&[]),
                 };
-                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
-                // `kb` blocks, the activations `kb` blocks per row and `x_sums` the kind's sums.
-                unsafe {
-                    match (self.isa, self.kind) {
-                        (Isa::Avx2, Kind::Q4K) => {
-                            tile_dots_avx2::<false>(&w, &x, &x_sums, kb, sums)
-                        }
-                        (Isa::Avx2, Kind::Q6K) => tile_dots_avx2::<true>(&w, &x, &x_sums, kb, sums),
-                        (Isa::Avx512Vnni, Kind::Q4K) => {
-                            tile_dots_avx512::<false>(&w, &x, &x_sums, kb, sums)
-                        }
-                        (Isa::Avx512Vnni, Kind::Q6K) => {
-                            tile_dots_avx512::<true>(&w, &x, &x_sums, kb, sums)
+                let avx2 = |from, rows, part: &mut [[f32; TILE_ROWS]; 4]| {
+                    let (x, x_sums) = (x.rows(from, rows, kb), x_sums.rows(from, rows, kb));
+                    // SAFETY: as below, for rows `from..from + rows`.
+                    unsafe {
+                        match self.kind {
+                            Kind::Q4K => tile_dots_avx2::<false>(&w, &x, &x_sums, kb, part),
+                            Kind::Q6K => tile_dots_avx2::<true>(&w, &x, &x_sums, kb, part),
                         }
                     }
+                };
+                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
+                // `kb` blocks, the activations `kb` blocks per row and `x_sums` the kind's sums.
+                match (self.isa, self.kind) {
+                    (Isa::Avx2, _) => in_fours(n_rows, sums, avx2),
+                    (Isa::Avx512Vnni, Kind::Q4K) => unsafe {
+                        tile_dots_avx512::<false>(&w, &x, &x_sums, kb, sums)
+                    },
+                    (Isa::Avx512Vnni, Kind::Q6K) => unsafe {
+                        tile_dots_avx512::<true>(&w, &x, &x_sums, kb, sums)
+                    },
                 }
             },
         );
@@ -620,7 +642,7 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
 /// results are its bits.
 ///
 /// # Safety
-/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`].
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`] and up to [`ROW_GROUP`] activation rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_dots_avx512<const SIX: bool>(
@@ -628,13 +650,13 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
     x: &ActivationRows,
     x_sums: &ActivationSums,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; 4],
+    sums: &mut [[f32; TILE_ROWS]; ROW_GROUP],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(kb.is_multiple_of(BLOCKS_PER_SUPER));
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES);
     debug_assert!(w.block_scales.len() >= kb * 2 * TILE_ROWS);
-    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(if SIX {
         w.high_bits.len() >= kb * TILE_HIGH_BYTES && x_sums.half_offsets.len() >= 2 * x.count * kb
     } else {
@@ -644,7 +666,7 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
     let per_row = if SIX { 1 } else { 2 };
     let low = _mm512_set1_epi8(0x0F);
     let pair = _mm512_set1_epi8(0x30);
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
     for b in 0..kb {
         let s = b / BLOCKS_PER_SUPER;
         // SAFETY (all loads): as in `tile_dots_avx2`.
@@ -742,7 +764,7 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
     _: &ActivationRows,
     _: &ActivationSums,
     _: usize,
-    _: &mut [[f32; TILE_ROWS]; 4],
+    _: &mut [[f32; TILE_ROWS]; ROW_GROUP],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }

@@ -25,6 +25,7 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
+use super::tiles::{ROW_GROUP, in_fours};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -116,6 +117,17 @@ struct LegacyTile<'a> {
 struct ActivationSums<'a> {
     offsets: &'a [i32],
     scaled: &'a [f32],
+}
+
+impl<'a> ActivationSums<'a> {
+    /// Rows `from..from + count` of these, of `kb` blocks each.
+    fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationSums<'a> {
+        let range = from * kb..(from + count) * kb;
+        ActivationSums {
+            offsets: &self.offsets[range.clone()],
+            scaled: self.scaled.get(range).unwrap_or(&[]),
+        }
+    }
 }
 
 impl LegacyMatrix {
@@ -326,7 +338,7 @@ impl LegacyMatrix {
         } else {
             Vec::new()
         };
-        let out = super::tiles::grouped_product::<TILE_ROWS>(
+        let out = super::tiles::grouped_product::<TILE_ROWS, ROW_GROUP>(
             (m, self.rows, k),
             ROW_TILE,
             1,
@@ -344,11 +356,12 @@ impl LegacyMatrix {
                 };
                 // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
                 // `kb` blocks and the activations `kb` blocks per row.
-                unsafe {
-                    match self.isa {
-                        Isa::Avx2 => tile_dots_avx2(&w, &x, &x_sums, kb, sums),
-                        Isa::Avx512Vnni => tile_dots_avx512(&w, &x, &x_sums, kb, sums),
-                    }
+                match self.isa {
+                    Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
+                        let sums = x_sums.rows(from, rows, kb);
+                        tile_dots_avx2(&w, &x.rows(from, rows, kb), &sums, kb, part)
+                    }),
+                    Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &x, &x_sums, kb, sums) },
                 }
             },
         );
@@ -456,7 +469,7 @@ unsafe fn tile_dots_avx2(
 /// additions are the AVX2 kernel's, so the results are its bits.
 ///
 /// # Safety
-/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`].
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`] and up to [`ROW_GROUP`] activation rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_dots_avx512(
@@ -464,18 +477,18 @@ unsafe fn tile_dots_avx512(
     x: &ActivationRows,
     x_sums: &ActivationSums,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; 4],
+    sums: &mut [[f32; TILE_ROWS]; ROW_GROUP],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
-    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(x_sums.offsets.len() >= x.count * kb);
     let k = kb * BLOCK;
     let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
     debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
     let low = _mm512_set1_epi8(0x0F);
     let fifth = _mm512_set1_epi8(0x10);
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
     for b in 0..kb {
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let np = unsafe { w.nibbles.as_ptr().add(b * TILE_NIBBLE_BYTES) };
@@ -555,7 +568,7 @@ unsafe fn tile_dots_avx512(
     _: &ActivationRows,
     _: &ActivationSums,
     _: usize,
-    _: &mut [[f32; TILE_ROWS]; 4],
+    _: &mut [[f32; TILE_ROWS]; ROW_GROUP],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }

@@ -20,6 +20,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::simd::Isa;
+use super::tiles::{ROW_GROUP, in_fours};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -182,7 +183,7 @@ impl Q8Matrix {
             .chunks_exact(BLOCK)
             .map(|q| 128 * q.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
-        let out = super::tiles::grouped_product::<TILE_ROWS>(
+        let out = super::tiles::grouped_product::<TILE_ROWS, ROW_GROUP>(
             (m, self.rows, k),
             ROW_TILE,
             1,
@@ -199,11 +200,11 @@ impl Q8Matrix {
                 let offsets = &x_offsets[row * kb..(row + n_rows) * kb];
                 // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
                 // `kb` blocks and the activations `kb` blocks per row.
-                unsafe {
-                    match self.isa {
-                        Isa::Avx2 => tile_dots_avx2(&w, &x, kb, sums),
-                        Isa::Avx512Vnni => tile_dots_avx512(&w, &x, offsets, kb, sums),
-                    }
+                match self.isa {
+                    Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
+                        tile_dots_avx2(&w, &x.rows(from, rows, kb), kb, part)
+                    }),
+                    Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &x, offsets, kb, sums) },
                 }
             },
         );
@@ -371,7 +372,8 @@ unsafe fn tile_dots_avx2(
 /// exact and equal to the AVX2 kernel's; so are the scaling and the order of the additions.
 ///
 /// # Safety
-/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`]; `offsets` holds `x.count` rows of `kb`.
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`] and up to [`ROW_GROUP`] activation rows;
+/// `offsets` holds `x.count` rows of `kb`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_dots_avx512(
@@ -379,15 +381,15 @@ unsafe fn tile_dots_avx512(
     x: &ActivationRows,
     offsets: &[i32],
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; 4],
+    sums: &mut [[f32; TILE_ROWS]; ROW_GROUP],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.quants.len() >= kb * TILE_BLOCK_BYTES && w.scales.len() >= kb * TILE_ROWS);
-    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(offsets.len() >= x.count * kb);
     let k = kb * BLOCK;
     let flip = _mm512_set1_epi8(i8::MIN);
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
     for b in 0..kb {
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let wq = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
@@ -433,16 +435,27 @@ unsafe fn tile_dots_avx512(
     _: &ActivationRows,
     _: &[i32],
     _: usize,
-    _: &mut [[f32; 16]; 4],
+    _: &mut [[f32; 16]; ROW_GROUP],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
-/// Up to four Q8_0-quantized activation rows of as many blocks as the weight row.
+/// Up to [`ROW_GROUP`] Q8_0-quantized activation rows of as many blocks as the weight row.
 pub(super) struct ActivationRows<'a> {
     pub quants: &'a [i8],
     pub scales: &'a [f32],
     pub count: usize,
+}
+
+impl<'a> ActivationRows<'a> {
+    /// Rows `from..from + count` of these, of `kb` blocks each.
+    pub fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationRows<'a> {
+        ActivationRows {
+            quants: &self.quants[from * kb * BLOCK..(from + count) * kb * BLOCK],
+            scales: &self.scales[from * kb..(from + count) * kb],
+            count,
+        }
+    }
 }
 
 /// Operands for an unsigned-by-signed byte multiply (`vpmaddubsw`) whose products are `w · x`

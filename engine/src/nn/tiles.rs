@@ -44,7 +44,7 @@ pub(crate) fn tiled_product(
     col_tile: usize,
     dot: impl Fn(usize, usize, usize, &mut [f32; 4]) + Sync,
 ) -> Vec<f32> {
-    grouped_product::<1>(dims, row_tile, col_tile, |col, row, rows, sums| {
+    grouped_product::<1, 4>(dims, row_tile, col_tile, |col, row, rows, sums| {
         let mut flat = [0f32; 4];
         dot(col, row, rows, &mut flat);
         for (sum, value) in sums.iter_mut().zip(flat) {
@@ -53,15 +53,15 @@ pub(crate) fn tiled_product(
     })
 }
 
-/// [`tiled_product`] for kernels that produce `G` adjacent columns at once: `dot(group, row,
-/// rows, sums)` fills `sums[j][c]` with entry `(row + j, group * G + c)` for `j < rows`
-/// (entries past `n` are dropped), and tiles are `row_tile` activation rows by `group_tile`
-/// groups.
-pub(crate) fn grouped_product<const G: usize>(
+/// [`tiled_product`] for kernels that produce `G` adjacent columns for up to `R` activation
+/// rows at once: `dot(group, row, rows, sums)` fills `sums[j][c]` with entry `(row + j,
+/// group * G + c)` for `j < rows` (entries past `n` are dropped), and tiles are `row_tile`
+/// activation rows by `group_tile` groups.
+pub(crate) fn grouped_product<const G: usize, const R: usize>(
     (m, n, k): (usize, usize, usize),
     row_tile: usize,
     group_tile: usize,
-    dot: impl Fn(usize, usize, usize, &mut [[f32; G]; 4]) + Sync,
+    dot: impl Fn(usize, usize, usize, &mut [[f32; G]; R]) + Sync,
 ) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let out_ptr = out.as_mut_ptr() as usize;
@@ -78,8 +78,8 @@ pub(crate) fn grouped_product<const G: usize>(
                 let cols = group * G..((group + 1) * G).min(n);
                 let mut row = rows.start;
                 while row < rows.end {
-                    let n_rows = (rows.end - row).min(4);
-                    let mut sums = [[0f32; G]; 4];
+                    let n_rows = (rows.end - row).min(R);
+                    let mut sums = [[0f32; G]; R];
                     dot(group, row, n_rows, &mut sums);
                     for (j, sums) in sums.iter().take(n_rows).enumerate() {
                         for (col, sum) in cols.clone().zip(sums) {
@@ -104,3 +104,22 @@ pub(crate) fn grouped_product<const G: usize>(
 /// Products with fewer multiply-adds than this run on the calling thread: waking the pool
 /// costs more than they do, and far more when other processes hold the cores.
 const INLINE_WORK: usize = 1 << 17;
+
+/// Activation rows per call of the AVX-512 integer kernels: a block of weights unpacked once
+/// in registers serves eight rows (32 vector registers hold the weights and eight sums).
+pub(crate) const ROW_GROUP: usize = 8;
+
+/// Runs `kernel`, which takes at most four rows (the AVX2 kernels: 16 registers), over the
+/// first `count` of up to [`ROW_GROUP`] rows: `kernel(from, rows, sums)` for each four.
+pub(crate) fn in_fours<const G: usize>(
+    count: usize,
+    sums: &mut [[f32; G]; ROW_GROUP],
+    mut kernel: impl FnMut(usize, usize, &mut [[f32; G]; 4]),
+) {
+    for from in (0..count).step_by(4) {
+        let rows = (count - from).min(4);
+        let mut part = [[0f32; G]; 4];
+        kernel(from, rows, &mut part);
+        sums[from..from + rows].copy_from_slice(&part[..rows]);
+    }
+}
