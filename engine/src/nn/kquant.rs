@@ -43,6 +43,9 @@ const TILE_ROWS: usize = 16;
 const TILE_NIBBLE_BYTES: usize = TILE_ROWS * 16;
 /// Q6_K: bytes of high bit pairs per tile block, eight for each row.
 const TILE_HIGH_BYTES: usize = TILE_ROWS * 8;
+/// Bytes of block scales per tile block: Q4_K's `sc` then `m` of each row, or Q6_K's scale of
+/// each row's first 16 values, then of its second 16.
+const TILE_SCALE_BYTES: usize = 2 * TILE_ROWS;
 
 /// Which k-quant type a [`KQuantMatrix`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +72,6 @@ impl Kind {
             Kind::Q4K => 2 + 2 + 12 + SUPER / 2,
             // 128 bytes of low nibbles, 64 of high bit pairs, 16 scales, d.
             Kind::Q6K => SUPER / 2 + SUPER / 4 + SUPER / 16 + 2,
-        }
-    }
-
-    /// Bytes of per-block scales (and minimums) per tile block.
-    fn block_scale_bytes(self) -> usize {
-        match self {
-            // `sc`, then `m`, of each row.
-            Kind::Q4K => 2 * TILE_ROWS,
-            // The first half's scale of each row, then the second's.
-            Kind::Q6K => 2 * TILE_ROWS,
         }
     }
 
@@ -186,7 +179,7 @@ pub struct KQuantMatrix {
     /// Q6_K, per tile, per block: two vectors of `[row][4]` bytes; bits `2g..2g+2` of byte
     /// `(h, row, i)` are the high bits of value `4(4h + g) + i`.
     high_bits: Vec<u8>,
-    /// Per tile, per block: [`Kind::block_scale_bytes`] bytes.
+    /// Per tile, per block: [`TILE_SCALE_BYTES`] bytes.
     block_scales: Vec<u8>,
     /// Per tile, per super-block: `d` of each row (then `dmin` of each row, Q4_K).
     super_scales: Vec<f32>,
@@ -283,7 +276,7 @@ impl KQuantMatrix {
                 for j in 0..BLOCKS_PER_SUPER {
                     let b = s * BLOCKS_PER_SUPER + j;
                     let quants = &block.quants[j * BLOCK..][..BLOCK];
-                    let scales = &mut part.block_scales[b * 2 * TILE_ROWS..][..2 * TILE_ROWS];
+                    let scales = &mut part.block_scales[b * TILE_SCALE_BYTES..][..TILE_SCALE_BYTES];
                     match kind {
                         Kind::Q4K => {
                             scales[lane] = block.scales[j];
@@ -374,7 +367,7 @@ impl KQuantMatrix {
         for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
             let s = b / BLOCKS_PER_SUPER;
             let d = tile.super_scales[s * per_row * TILE_ROWS + lane];
-            let scales = &tile.block_scales[b * 2 * TILE_ROWS..];
+            let scales = &tile.block_scales[b * TILE_SCALE_BYTES..];
             for (index, out) in out.iter_mut().enumerate() {
                 let (g, i) = (index / 4, index % 4);
                 let byte =
@@ -487,7 +480,7 @@ impl TileSizes {
         TileSizes {
             nibbles: kb * TILE_NIBBLE_BYTES,
             high_bits: kb * kind.high_bytes(),
-            block_scales: kb * kind.block_scale_bytes(),
+            block_scales: kb * TILE_SCALE_BYTES,
             super_scales: kb / BLOCKS_PER_SUPER * kind.super_values() * TILE_ROWS,
         }
     }
@@ -521,7 +514,7 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
     use std::arch::x86_64::*;
     debug_assert!(kb.is_multiple_of(BLOCKS_PER_SUPER));
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES);
-    debug_assert!(w.block_scales.len() >= kb * 2 * TILE_ROWS);
+    debug_assert!(w.block_scales.len() >= kb * TILE_SCALE_BYTES);
     debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(if SIX {
         w.high_bits.len() >= kb * TILE_HIGH_BYTES && x_sums.half_offsets.len() >= 2 * x.count * kb
@@ -548,7 +541,7 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
                 q[v] = _mm256_and_si256(raw, low);
                 q[v + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
             }
-            let bp = unsafe { w.block_scales.as_ptr().add(b * 2 * TILE_ROWS + half * 8) };
+            let bp = unsafe { w.block_scales.as_ptr().add(b * TILE_SCALE_BYTES + half * 8) };
             let first = unsafe { _mm_loadl_epi64(bp as *const __m128i) };
             let second = unsafe { _mm_loadl_epi64(bp.add(TILE_ROWS) as *const __m128i) };
             let d = unsafe {
@@ -655,7 +648,7 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
     use std::arch::x86_64::*;
     debug_assert!(kb.is_multiple_of(BLOCKS_PER_SUPER));
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES);
-    debug_assert!(w.block_scales.len() >= kb * 2 * TILE_ROWS);
+    debug_assert!(w.block_scales.len() >= kb * TILE_SCALE_BYTES);
     debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(if SIX {
         w.high_bits.len() >= kb * TILE_HIGH_BYTES && x_sums.half_offsets.len() >= 2 * x.count * kb
@@ -677,7 +670,7 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
             q[v] = _mm512_and_si512(raw, low);
             q[v + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
         }
-        let bp = unsafe { w.block_scales.as_ptr().add(b * 2 * TILE_ROWS) };
+        let bp = unsafe { w.block_scales.as_ptr().add(b * TILE_SCALE_BYTES) };
         let first = unsafe { _mm_loadu_si128(bp as *const __m128i) };
         let second = unsafe { _mm_loadu_si128(bp.add(TILE_ROWS) as *const __m128i) };
         let d = unsafe { _mm512_loadu_ps(w.super_scales.as_ptr().add(s * per_row * TILE_ROWS)) };
