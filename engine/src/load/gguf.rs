@@ -7,7 +7,6 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -375,7 +374,7 @@ impl GgufWeights {
     /// A tensor as candle's [`QTensor`] (a copy of its bytes), converted as `requantize` says.
     fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
         let (name, dtype, data) = self.stored(hf_name, shape)?;
-        let tensor = qtensor_from_ggml(dtype, data, shape.to_vec(), &self.device)
+        let tensor = crate::nn::qtensor_from_file_bytes(dtype, shape, data, &self.device)
             .map_err(|e| Error::invalid_model(&self.path, format!("tensor {name}: {e}")))?;
         Ok(Arc::new(if self.converts(dtype, shape.len()) {
             QTensor::quantize(&tensor.dequantize(&self.device)?, GgmlDType::Q8_0)?

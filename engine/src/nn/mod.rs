@@ -193,10 +193,10 @@ impl Linear {
                 in_features,
             }),
             None => {
-                let tensor = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                let tensor = qtensor_from_file_bytes(
                     dtype,
+                    &[out_features, in_features],
                     data,
-                    vec![out_features, in_features],
                     &Device::Cpu,
                 )?;
                 Linear::quantized(Arc::new(tensor), bias, kernel)
@@ -290,6 +290,32 @@ impl Linear {
             None => Ok(ys),
         }
     }
+}
+
+/// A [`QTensor`] of `dims` from its bytes as a GGUF file stores them. candle views the bytes
+/// as blocks in place, which must be aligned for them; bytes from a memory-mapped file are
+/// aligned as the file's tensor offsets are, which a file may declare as 1 (only powers of
+/// two are checked), so such bytes are copied to an aligned buffer first.
+pub(crate) fn qtensor_from_file_bytes(
+    dtype: candle_core::quantized::GgmlDType,
+    dims: &[usize],
+    data: &[u8],
+    device: &Device,
+) -> Result<QTensor> {
+    use candle_core::quantized::ggml_file::qtensor_from_ggml;
+    // The largest alignment of candle's block types (`f32`, `f16` and byte arrays).
+    const ALIGN: usize = std::mem::align_of::<u64>();
+    if (data.as_ptr() as usize).is_multiple_of(ALIGN) {
+        return Ok(qtensor_from_ggml(dtype, data, dims.to_vec(), device)?);
+    }
+    let mut words = vec![0u64; data.len().div_ceil(ALIGN)];
+    // SAFETY: `words` holds at least `data.len()` bytes, and the two do not overlap; the view
+    // covers bytes of `words` just written.
+    let aligned = unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), words.as_mut_ptr() as *mut u8, data.len());
+        std::slice::from_raw_parts(words.as_ptr() as *const u8, data.len())
+    };
+    Ok(qtensor_from_ggml(dtype, aligned, dims.to_vec(), device)?)
 }
 
 /// Our tiles for a `[rows, cols]` weight of type `dtype` stored as `data`, where one of our
@@ -415,12 +441,7 @@ impl Embedding {
             Some(Weight::Legacy(table)) => Embedding::Legacy(table),
             Some(Weight::KQuant(table)) => Embedding::KQuant(table),
             _ => {
-                let table = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    data,
-                    vec![dims.0, dims.1],
-                    &Device::Cpu,
-                )?;
+                let table = qtensor_from_file_bytes(dtype, &[dims.0, dims.1], data, &Device::Cpu)?;
                 match dtype {
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         Embedding::Dense(table.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)

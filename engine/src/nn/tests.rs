@@ -180,3 +180,51 @@ fn a_table_from_file_bytes_looks_up_what_candles_copy_does() {
         }
     }
 }
+
+/// Bytes at an odd address (a file whose tensor offsets are not aligned, memory-mapped) give
+/// the same table and projection as aligned ones, through candle's types and ours.
+#[test]
+fn unaligned_file_bytes_are_read_as_aligned_ones() {
+    let (rows, cols) = (5, 256);
+    let w = Tensor::from_vec(random(rows * cols, 31), (rows, cols), &Device::Cpu).expect("w");
+    let xs = Tensor::from_vec(random(2 * cols, 3), (2, cols), &Device::Cpu).expect("xs");
+    for dtype in [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::Q8_0,
+        GgmlDType::Q5K,
+    ] {
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let bytes = q.data().expect("bytes");
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        for kernel in [Q8Kernel::Fastest, Q8Kernel::Candle] {
+            let product = |data: &[u8]| {
+                Linear::quantized_from_file_bytes(dtype, (rows, cols), data, None, kernel)
+                    .expect("linear")
+                    .forward(&xs)
+                    .expect("forward")
+                    .to_vec2::<f32>()
+                    .expect("vec")
+            };
+            assert_eq!(
+                product(&bytes),
+                product(&shifted[1..]),
+                "{dtype:?} ({kernel:?})"
+            );
+            let lookup = |data: &[u8]| {
+                Embedding::quantized_from_file_bytes(dtype, (rows, cols), data, kernel)
+                    .expect("table")
+                    .forward(&[4, 0, 2], &Device::Cpu)
+                    .expect("lookup")
+                    .to_vec2::<f32>()
+                    .expect("vec")
+            };
+            assert_eq!(
+                lookup(&bytes),
+                lookup(&shifted[1..]),
+                "{dtype:?} ({kernel:?})"
+            );
+        }
+    }
+}
