@@ -225,15 +225,7 @@ impl KQuantMatrix {
 
     /// Lays out a CPU tensor of type Q4_K or Q6_K; `None` for other types or devices.
     pub fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
-        if !matches!(tensor.device(), Device::Cpu) {
-            return Ok(None);
-        }
-        let (rows, cols) = tensor.shape().dims2()?;
-        Ok(Self::from_file_bytes(
-            tensor.dtype(),
-            (rows, cols),
-            &tensor.data()?,
-        ))
+        super::tiles::from_cpu_qtensor(tensor, Self::from_file_bytes)
     }
 
     /// Lays out a `[rows, cols]` weight from its bytes as a GGUF file stores them; `None` for

@@ -53,15 +53,7 @@ impl Q8Matrix {
     /// Re-lays out a CPU Q8_0 tensor, for the widest kernel this CPU runs; `None` for other
     /// types or devices, or where the CPU runs none of ours.
     pub fn from_qtensor(tensor: &QTensor) -> Result<Option<Self>> {
-        if !matches!(tensor.device(), Device::Cpu) {
-            return Ok(None);
-        }
-        let (rows, cols) = tensor.shape().dims2()?;
-        Ok(Self::from_file_bytes(
-            tensor.dtype(),
-            (rows, cols),
-            &tensor.data()?,
-        ))
+        super::tiles::from_cpu_qtensor(tensor, Self::from_file_bytes)
     }
 
     /// Lays out a `[rows, cols]` weight from its bytes as a GGUF file stores them; `None` for

@@ -2,9 +2,23 @@
 //! tiles of (activation rows × weight rows) on candle's thread pool, each output written by
 //! exactly one work item.
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
 use crate::Result;
+
+/// `build(dtype, (rows, cols), bytes)` on a 2-D CPU tensor's bytes as a GGUF file stores them
+/// (our matrices' `from_qtensor`); `None` for other devices.
+pub(crate) fn from_cpu_qtensor<T>(
+    tensor: &QTensor,
+    build: impl FnOnce(GgmlDType, (usize, usize), &[u8]) -> Option<T>,
+) -> Result<Option<T>> {
+    if !tensor.device().is_cpu() {
+        return Ok(None);
+    }
+    let dims = tensor.shape().dims2()?;
+    Ok(build(tensor.dtype(), dims, &tensor.data()?))
+}
 
 /// `xs` (`[m, cols]`) as `m` and its f32 values row-major, or a shape error naming `op`
 /// against a `[rows, cols]` weight.
