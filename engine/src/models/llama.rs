@@ -409,9 +409,18 @@ impl Model {
             let residual = &xs;
             let hs = layer.input_layernorm.forward(&xs)?;
             let attn = &layer.self_attn;
-            let q = attn.q_proj.forward_hooked(&hs, hook, layer_idx, Proj::Q)?;
-            let k = attn.k_proj.forward_hooked(&hs, hook, layer_idx, Proj::K)?;
-            let v = attn.v_proj.forward_hooked(&hs, hook, layer_idx, Proj::V)?;
+            let [q, k, v]: [Tensor; 3] = Linear::forward_each_hooked(
+                &[
+                    (&attn.q_proj, Proj::Q),
+                    (&attn.k_proj, Proj::K),
+                    (&attn.v_proj, Proj::V),
+                ],
+                &hs,
+                hook,
+                layer_idx,
+            )?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("three projections gave another count".into()))?;
             let mut per_seq = Vec::with_capacity(seqs.len());
             let mut offset = 0;
             for seq in seqs.iter_mut() {
@@ -441,10 +450,14 @@ impl Model {
             xs = (residual + attn_out)?;
             let hs = layer.post_attention_layernorm.forward(&xs)?;
             let mlp = &layer.mlp;
-            let gate = mlp
-                .gate_proj
-                .forward_hooked(&hs, hook, layer_idx, Proj::Gate)?;
-            let up = mlp.up_proj.forward_hooked(&hs, hook, layer_idx, Proj::Up)?;
+            let [gate, up]: [Tensor; 2] = Linear::forward_each_hooked(
+                &[(&mlp.gate_proj, Proj::Gate), (&mlp.up_proj, Proj::Up)],
+                &hs,
+                hook,
+                layer_idx,
+            )?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("two projections gave another count".into()))?;
             let down = mlp.down_proj.forward_hooked(
                 &nn::silu_mul(&gate, &up)?,
                 hook,

@@ -28,17 +28,13 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
-use super::tiles::{ROW_GROUP, in_fours};
+use super::tiles::{QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours};
 use crate::Result;
 
 const BLOCK: usize = 32;
 /// Values per super-block: one `d` (and `dmin`) per row.
 const SUPER: usize = 256;
 const BLOCKS_PER_SUPER: usize = SUPER / BLOCK;
-/// Activation rows per tile, as for Q8_0.
-const ROW_TILE: usize = 64;
-/// Weight rows interleaved in one tile.
-const TILE_ROWS: usize = 16;
 /// Bytes of low nibbles per tile block: sixteen for each row.
 const TILE_NIBBLE_BYTES: usize = TILE_ROWS * 16;
 /// Q6_K: bytes of high bit pairs per tile block, eight for each row.
@@ -395,11 +391,18 @@ impl KQuantMatrix {
 
     /// `xs · Wᵀ` for `xs` of shape `[m, cols]`: `[m, rows]`.
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
-        let (m, xs) = super::tiles::activations(xs, self.rows, self.cols, "kquant_matmul")?;
-        let (x_quants, x_scales) = super::q8::quantize_rows(&xs);
+        let x = QuantizedRows::new(xs, self.rows, self.cols, "kquant_matmul")?;
+        let out = super::tiles::tiled_products(x.m, self.cols, &[(self.rows, self.tile_dot(&x))]);
+        let out = out.into_iter().next().unwrap_or_default();
+        Ok(Tensor::from_vec(out, (x.m, self.rows), &Device::Cpu)?)
+    }
+
+    /// The kernel against `x` (of `self.cols` values per row), one tile at a time.
+    pub(crate) fn tile_dot<'a>(&'a self, x: &'a QuantizedRows) -> TileDot<'a> {
         let k = self.cols;
         let kb = k / BLOCK;
-        let half_sums: Vec<i32> = x_quants
+        let half_sums: Vec<i32> = x
+            .quants
             .chunks_exact(BLOCK / 2)
             .map(|q| q.iter().map(|&v| v as i32).sum())
             .collect();
@@ -407,54 +410,48 @@ impl KQuantMatrix {
             Kind::Q4K => (
                 half_sums
                     .chunks_exact(2)
-                    .zip(&x_scales)
+                    .zip(&x.scales)
                     .map(|(s, &d)| d * (s[0] + s[1]) as f32)
                     .collect(),
                 Vec::new(),
             ),
             Kind::Q6K => (Vec::new(), half_sums.iter().map(|s| 32 * s).collect()),
         };
-        let out = super::tiles::grouped_product::<TILE_ROWS, ROW_GROUP>(
-            (m, self.rows, k),
-            ROW_TILE,
-            1,
-            |tile, row, n_rows, sums| {
-                let w = self.tile(tile);
-                let x = ActivationRows {
-                    quants: &x_quants[row * k..(row + n_rows) * k],
-                    scales: &x_scales[row * kb..(row + n_rows) * kb],
-                    count: n_rows,
-                };
-                let x_sums = ActivationSums {
-                    scaled: scaled.get(row * kb..(row + n_rows) * kb).unwrap_or(&[]),
-                    half_offsets: half_offsets
-                        .get(2 * row * kb..2 * (row + n_rows) * kb)
-                        .unwrap_or(&[]),
-                };
-                let avx2 = |from, rows, part: &mut [[f32; TILE_ROWS]; 4]| {
-                    let (x, x_sums) = (x.rows(from, rows, kb), x_sums.rows(from, rows, kb));
-                    // SAFETY: as below, for rows `from..from + rows`.
-                    unsafe {
-                        match self.kind {
-                            Kind::Q4K => tile_dots_avx2::<false>(&w, &x, &x_sums, kb, part),
-                            Kind::Q6K => tile_dots_avx2::<true>(&w, &x, &x_sums, kb, part),
-                        }
+        Box::new(move |tile, row, n_rows, sums| {
+            let w = self.tile(tile);
+            let xr = ActivationRows {
+                quants: &x.quants[row * k..(row + n_rows) * k],
+                scales: &x.scales[row * kb..(row + n_rows) * kb],
+                count: n_rows,
+            };
+            let x_sums = ActivationSums {
+                scaled: scaled.get(row * kb..(row + n_rows) * kb).unwrap_or(&[]),
+                half_offsets: half_offsets
+                    .get(2 * row * kb..2 * (row + n_rows) * kb)
+                    .unwrap_or(&[]),
+            };
+            let avx2 = |from, rows, part: &mut [[f32; TILE_ROWS]; 4]| {
+                let (x, x_sums) = (xr.rows(from, rows, kb), x_sums.rows(from, rows, kb));
+                // SAFETY: as below, for rows `from..from + rows`.
+                unsafe {
+                    match self.kind {
+                        Kind::Q4K => tile_dots_avx2::<false>(&w, &x, &x_sums, kb, part),
+                        Kind::Q6K => tile_dots_avx2::<true>(&w, &x, &x_sums, kb, part),
                     }
-                };
-                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
-                // `kb` blocks, the activations `kb` blocks per row and `x_sums` the kind's sums.
-                match (self.isa, self.kind) {
-                    (Isa::Avx2, _) => in_fours(n_rows, sums, avx2),
-                    (Isa::Avx512Vnni, Kind::Q4K) => unsafe {
-                        tile_dots_avx512::<false>(&w, &x, &x_sums, kb, sums)
-                    },
-                    (Isa::Avx512Vnni, Kind::Q6K) => unsafe {
-                        tile_dots_avx512::<true>(&w, &x, &x_sums, kb, sums)
-                    },
                 }
-            },
-        );
-        Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
+            };
+            // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
+            // `kb` blocks, the activations `kb` blocks per row and `x_sums` the kind's sums.
+            match (self.isa, self.kind) {
+                (Isa::Avx2, _) => in_fours(n_rows, sums, avx2),
+                (Isa::Avx512Vnni, Kind::Q4K) => unsafe {
+                    tile_dots_avx512::<false>(&w, &xr, &x_sums, kb, sums)
+                },
+                (Isa::Avx512Vnni, Kind::Q6K) => unsafe {
+                    tile_dots_avx512::<true>(&w, &xr, &x_sums, kb, sums)
+                },
+            }
+        })
     }
 }
 

@@ -25,14 +25,10 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
-use super::tiles::{ROW_GROUP, in_fours};
+use super::tiles::{QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours};
 use crate::Result;
 
 const BLOCK: usize = 32;
-/// Activation rows per tile, as for Q8_0.
-const ROW_TILE: usize = 64;
-/// Weight rows interleaved in one tile.
-const TILE_ROWS: usize = 16;
 /// Bytes of nibbles per tile block: sixteen for each row.
 const TILE_NIBBLE_BYTES: usize = TILE_ROWS * 16;
 /// Bytes of fifth bits per tile block: four for each row.
@@ -312,11 +308,18 @@ impl LegacyMatrix {
 
     /// `xs · Wᵀ` for `xs` of shape `[m, cols]`: `[m, rows]`.
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
-        let (m, xs) = super::tiles::activations(xs, self.rows, self.cols, "legacy_matmul")?;
-        let (x_quants, x_scales) = super::q8::quantize_rows(&xs);
+        let x = QuantizedRows::new(xs, self.rows, self.cols, "legacy_matmul")?;
+        let out = super::tiles::tiled_products(x.m, self.cols, &[(self.rows, self.tile_dot(&x))]);
+        let out = out.into_iter().next().unwrap_or_default();
+        Ok(Tensor::from_vec(out, (x.m, self.rows), &Device::Cpu)?)
+    }
+
+    /// The kernel against `x` (of `self.cols` values per row), one tile at a time.
+    pub(crate) fn tile_dot<'a>(&'a self, x: &'a QuantizedRows) -> TileDot<'a> {
         let k = self.cols;
         let kb = k / BLOCK;
-        let block_sums: Vec<i32> = x_quants
+        let block_sums: Vec<i32> = x
+            .quants
             .chunks_exact(BLOCK)
             .map(|q| q.iter().map(|&v| v as i32).sum())
             .collect();
@@ -324,40 +327,34 @@ impl LegacyMatrix {
         let scaled: Vec<f32> = if self.kind.has_min() {
             block_sums
                 .iter()
-                .zip(&x_scales)
+                .zip(&x.scales)
                 .map(|(&s, &d)| d * s as f32)
                 .collect()
         } else {
             Vec::new()
         };
-        let out = super::tiles::grouped_product::<TILE_ROWS, ROW_GROUP>(
-            (m, self.rows, k),
-            ROW_TILE,
-            1,
-            |tile, row, n_rows, sums| {
-                let w = self.tile(tile);
-                let x = ActivationRows {
-                    quants: &x_quants[row * k..(row + n_rows) * k],
-                    scales: &x_scales[row * kb..(row + n_rows) * kb],
-                    count: n_rows,
-                };
-                let rows = row * kb..(row + n_rows) * kb;
-                let x_sums = ActivationSums {
-                    offsets: &offsets[rows.clone()],
-                    scaled: scaled.get(rows).unwrap_or(&[]),
-                };
-                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
-                // `kb` blocks and the activations `kb` blocks per row.
-                match self.isa {
-                    Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
-                        let sums = x_sums.rows(from, rows, kb);
-                        tile_dots_avx2(&w, &x.rows(from, rows, kb), &sums, kb, part)
-                    }),
-                    Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &x, &x_sums, kb, sums) },
-                }
-            },
-        );
-        Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
+        Box::new(move |tile, row, n_rows, sums| {
+            let w = self.tile(tile);
+            let xr = ActivationRows {
+                quants: &x.quants[row * k..(row + n_rows) * k],
+                scales: &x.scales[row * kb..(row + n_rows) * kb],
+                count: n_rows,
+            };
+            let rows = row * kb..(row + n_rows) * kb;
+            let x_sums = ActivationSums {
+                offsets: &offsets[rows.clone()],
+                scaled: scaled.get(rows).unwrap_or(&[]),
+            };
+            // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
+            // `kb` blocks and the activations `kb` blocks per row.
+            match self.isa {
+                Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
+                    let sums = x_sums.rows(from, rows, kb);
+                    tile_dots_avx2(&w, &xr.rows(from, rows, kb), &sums, kb, part)
+                }),
+                Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &xr, &x_sums, kb, sums) },
+            }
+        })
     }
 }
 

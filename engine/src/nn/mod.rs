@@ -272,6 +272,72 @@ impl Linear {
         })
     }
 
+    /// This projection's tiled integer kernel against `x`, where its weight has one.
+    fn tile_dot<'a>(&'a self, x: &'a tiles::QuantizedRows) -> Option<tiles::TileDot<'a>> {
+        match &self.weight {
+            Weight::Q8(matrix) => Some(matrix.tile_dot(x)),
+            Weight::Legacy(matrix) => Some(matrix.tile_dot(x)),
+            Weight::KQuant(matrix) => Some(matrix.tile_dot(x)),
+            Weight::Candle(_) | Weight::Dense(_) => None,
+        }
+    }
+
+    /// [`Linear::forward`] of several projections of the same `xs` (a layer's query, key and
+    /// value): where all of them run on our integer kernels, the activations are quantized
+    /// once and every product runs in one call on the thread pool, each giving exactly what
+    /// it gives alone.
+    pub fn forward_each(linears: &[&Linear], xs: &Tensor) -> Result<Vec<Tensor>> {
+        let tiled = linears.len() > 1
+            && linears
+                .iter()
+                .all(|l| l.has_tile_dot() && l.in_features == linears[0].in_features);
+        if !tiled {
+            return linears.iter().map(|l| l.forward(xs)).collect();
+        }
+        let first = linears[0];
+        let x = tiles::QuantizedRows::new(xs, first.out_features, first.in_features, "linear")?;
+        let products: Vec<(usize, tiles::TileDot<'_>)> = linears
+            .iter()
+            .filter_map(|l| Some((l.out_features, l.tile_dot(&x)?)))
+            .collect();
+        let outs = tiles::tiled_products(x.m, first.in_features, &products);
+        linears
+            .iter()
+            .zip(outs)
+            .map(|(l, out)| {
+                let ys = Tensor::from_vec(out, (x.m, l.out_features), &Device::Cpu)?;
+                Ok(match &l.bias {
+                    Some(bias) => ys.broadcast_add(bias)?,
+                    None => ys,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether [`Linear::tile_dot`] gives a kernel.
+    fn has_tile_dot(&self) -> bool {
+        matches!(
+            self.weight,
+            Weight::Q8(_) | Weight::Legacy(_) | Weight::KQuant(_)
+        )
+    }
+
+    /// [`Linear::forward_each`] with each projection's side branch from the hook, if any.
+    pub(crate) fn forward_each_hooked(
+        linears: &[(&Linear, Proj)],
+        xs: &Tensor,
+        hook: Option<&dyn LinearHook>,
+        layer_idx: usize,
+    ) -> Result<Vec<Tensor>> {
+        let plain: Vec<&Linear> = linears.iter().map(|&(l, _)| l).collect();
+        let outs = Linear::forward_each(&plain, xs)?;
+        linears
+            .iter()
+            .zip(outs)
+            .map(|(&(_, proj), ys)| with_hook_delta(ys, xs, hook, layer_idx, proj))
+            .collect()
+    }
+
     /// The projection plus the hook's side branch, if any.
     pub(crate) fn forward_hooked(
         &self,
@@ -280,15 +346,26 @@ impl Linear {
         layer_idx: usize,
         proj: Proj,
     ) -> Result<Tensor> {
-        let ys = self.forward(xs)?;
-        match hook
-            .map(|hook| hook.delta(layer_idx, proj, xs))
-            .transpose()?
-            .flatten()
-        {
-            Some(delta) => Ok((ys + delta)?),
-            None => Ok(ys),
-        }
+        with_hook_delta(self.forward(xs)?, xs, hook, layer_idx, proj)
+    }
+}
+
+/// `ys`, the output of projection `proj` of layer `layer_idx` for `xs`, plus the hook's side
+/// branch there, if any.
+fn with_hook_delta(
+    ys: Tensor,
+    xs: &Tensor,
+    hook: Option<&dyn LinearHook>,
+    layer_idx: usize,
+    proj: Proj,
+) -> Result<Tensor> {
+    match hook
+        .map(|hook| hook.delta(layer_idx, proj, xs))
+        .transpose()?
+        .flatten()
+    {
+        Some(delta) => Ok((ys + delta)?),
+        None => Ok(ys),
     }
 }
 

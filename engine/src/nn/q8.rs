@@ -20,14 +20,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::simd::Isa;
-use super::tiles::{ROW_GROUP, in_fours};
+use super::tiles::{QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours};
 use crate::Result;
 
 const BLOCK: usize = 32;
-/// Activation rows per tile: 64 rows of a 4864-wide input are 311 KB of i8, within L2.
-const ROW_TILE: usize = 64;
-/// Weight rows interleaved in one tile: a 512-bit vector holds four bytes of each.
-const TILE_ROWS: usize = 16;
 /// Bytes of one tile's block: 32 values of each of its rows.
 const TILE_BLOCK_BYTES: usize = BLOCK * TILE_ROWS;
 
@@ -166,41 +162,42 @@ impl Q8Matrix {
 
     /// `xs · Wᵀ` for `xs` of shape `[m, cols]` (f32): `[m, rows]`.
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
-        let (m, xs) = super::tiles::activations(xs, self.rows, self.cols, "q8_matmul")?;
+        let x = QuantizedRows::new(xs, self.rows, self.cols, "q8_matmul")?;
+        let out = super::tiles::tiled_products(x.m, self.cols, &[(self.rows, self.tile_dot(&x))]);
+        let out = out.into_iter().next().unwrap_or_default();
+        Ok(Tensor::from_vec(out, (x.m, self.rows), &Device::Cpu)?)
+    }
+
+    /// The kernel against `x` (of `self.cols` values per row), one tile at a time.
+    pub(crate) fn tile_dot<'a>(&'a self, x: &'a QuantizedRows) -> TileDot<'a> {
         let k = self.cols;
         let kb = k / BLOCK;
-        let (x_quants, x_scales) = quantize_rows(&xs);
         // The AVX-512 kernel multiplies `w + 128` (unsigned) by `x` and takes `128 · Σx` back.
-        let x_offsets: Vec<i32> = x_quants
+        let x_offsets: Vec<i32> = x
+            .quants
             .chunks_exact(BLOCK)
             .map(|q| 128 * q.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
-        let out = super::tiles::grouped_product::<TILE_ROWS, ROW_GROUP>(
-            (m, self.rows, k),
-            ROW_TILE,
-            1,
-            |tile, row, n_rows, sums| {
-                let w = WeightTile {
-                    quants: &self.quants[tile * kb * TILE_BLOCK_BYTES..][..kb * TILE_BLOCK_BYTES],
-                    scales: &self.scales[tile * kb * TILE_ROWS..][..kb * TILE_ROWS],
-                };
-                let x = ActivationRows {
-                    quants: &x_quants[row * k..(row + n_rows) * k],
-                    scales: &x_scales[row * kb..(row + n_rows) * kb],
-                    count: n_rows,
-                };
-                let offsets = &x_offsets[row * kb..(row + n_rows) * kb];
-                // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
-                // `kb` blocks and the activations `kb` blocks per row.
-                match self.isa {
-                    Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
-                        tile_dots_avx2(&w, &x.rows(from, rows, kb), kb, part)
-                    }),
-                    Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &x, offsets, kb, sums) },
-                }
-            },
-        );
-        Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
+        Box::new(move |tile, row, n_rows, sums| {
+            let w = WeightTile {
+                quants: &self.quants[tile * kb * TILE_BLOCK_BYTES..][..kb * TILE_BLOCK_BYTES],
+                scales: &self.scales[tile * kb * TILE_ROWS..][..kb * TILE_ROWS],
+            };
+            let xr = ActivationRows {
+                quants: &x.quants[row * k..(row + n_rows) * k],
+                scales: &x.scales[row * kb..(row + n_rows) * kb],
+                count: n_rows,
+            };
+            let offsets = &x_offsets[row * kb..(row + n_rows) * kb];
+            // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
+            // `kb` blocks and the activations `kb` blocks per row.
+            match self.isa {
+                Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
+                    tile_dots_avx2(&w, &xr.rows(from, rows, kb), kb, part)
+                }),
+                Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &xr, offsets, kb, sums) },
+            }
+        })
     }
 }
 

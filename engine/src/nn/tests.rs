@@ -63,6 +63,53 @@ fn a_rows_projection_does_not_depend_on_the_other_rows() {
     }
 }
 
+/// A layer's projections of one input in one call on the pool (`forward_each`) give each
+/// projection's own product to the bit, whatever the mix of weight types, widths that end
+/// mid-tile, biases, row counts across a row tile, or a weight that falls back to candle.
+#[test]
+fn projections_in_one_call_equal_each_alone() {
+    let k = 512;
+    let linear = |n: usize, dtype: GgmlDType, seed: u32, bias: bool, kernel: Q8Kernel| {
+        let w = Tensor::from_vec(random(n * k, seed), (n, k), &Device::Cpu).expect("w");
+        let bias = bias.then(|| Tensor::from_vec(random(n, seed + 1), n, &Device::Cpu).expect("b"));
+        let q = Arc::new(QTensor::quantize(&w, dtype).expect("quantize"));
+        Linear::quantized(q, bias, kernel).expect("linear")
+    };
+    let tiled = [
+        linear(96, GgmlDType::Q5_0, 1, true, Q8Kernel::Fastest),
+        linear(20, GgmlDType::Q8_0, 2, true, Q8Kernel::Fastest),
+        linear(64, GgmlDType::Q4K, 3, false, Q8Kernel::Fastest),
+        linear(40, GgmlDType::Q6K, 4, false, Q8Kernel::Fastest),
+        linear(16, GgmlDType::Q4_1, 5, false, Q8Kernel::Fastest),
+    ];
+    let with_candle = [
+        linear(96, GgmlDType::Q5_0, 1, true, Q8Kernel::Fastest),
+        linear(32, GgmlDType::Q8_0, 6, false, Q8Kernel::Candle),
+    ];
+    for set in [&tiled[..], &with_candle[..], &tiled[..1]] {
+        let refs: Vec<&Linear> = set.iter().collect();
+        for m in [1, 9, 70] {
+            let xs =
+                Tensor::from_vec(random(m * k, 7 + m as u32), (m, k), &Device::Cpu).expect("xs");
+            let together = Linear::forward_each(&refs, &xs).expect("together");
+            assert_eq!(together.len(), set.len());
+            for (i, (linear, ys)) in set.iter().zip(&together).enumerate() {
+                let alone = linear.forward(&xs).expect("alone");
+                assert_eq!(ys.dims(), alone.dims(), "projection {i}, {m} rows");
+                assert!(
+                    ys.to_vec2::<f32>().expect("vec") == alone.to_vec2::<f32>().expect("vec"),
+                    "projection {i} of {}, {m} rows: differs from its product alone",
+                    set.len()
+                );
+            }
+        }
+    }
+    // Inputs of another width are an error naming the shapes, as for one projection.
+    let xs = Tensor::zeros((2, k + 32), candle_core::DType::F32, &Device::Cpu).expect("xs");
+    let refs: Vec<&Linear> = tiled.iter().collect();
+    assert!(Linear::forward_each(&refs, &xs).is_err());
+}
+
 /// A tied model keeps one copy of its table: where the head's kernel lays the table out in
 /// tiles, lookups read the tiles, and give the same bits as the file's layout did; the head
 /// is the same product; an id past the vocabulary is an error, not a panic.

@@ -20,6 +20,48 @@ pub(crate) fn from_cpu_qtensor<T>(
     Ok(build(tensor.dtype(), dims, &tensor.data()?))
 }
 
+/// `[m, k]` activations quantized to Q8_0 blocks once, for every product that reads them.
+pub(crate) struct QuantizedRows {
+    pub m: usize,
+    pub quants: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// `xs` (`[m, cols]`) quantized, or a shape error naming `op` against a `[rows, cols]`
+    /// weight.
+    pub fn new(xs: &Tensor, rows: usize, cols: usize, op: &'static str) -> Result<Self> {
+        let (m, values) = activations(xs, rows, cols, op)?;
+        let (quants, scales) = super::q8::quantize_rows(&values);
+        Ok(QuantizedRows { m, quants, scales })
+    }
+}
+
+/// A weight's kernel bound to quantized activations: `dot(tile, row, rows, sums)` as
+/// [`grouped_product`] takes it, for tiles of [`TILE_ROWS`] weight rows.
+pub(crate) type TileDot<'a> =
+    Box<dyn Fn(usize, usize, usize, &mut [[f32; TILE_ROWS]; ROW_GROUP]) + Sync + 'a>;
+
+/// Weight rows interleaved in one tile of every integer kernel: a 512-bit vector holds four
+/// bytes of each.
+pub(crate) const TILE_ROWS: usize = 16;
+
+/// Activation rows per work item of the integer kernels: 64 rows of a 4864-wide input are
+/// 311 KB of i8, within L2.
+pub(crate) const ROW_TILE: usize = 64;
+
+/// The `[m, n]` products of several weights (each `(n, dot)`) with the same activations, in
+/// one call on the pool ([`grouped_products`]).
+pub(crate) fn tiled_products(
+    m: usize,
+    k: usize,
+    products: &[(usize, TileDot<'_>)],
+) -> Vec<Vec<f32>> {
+    let dots: Vec<GroupedDot<'_, TILE_ROWS, ROW_GROUP>> =
+        products.iter().map(|(n, dot)| (*n, &**dot as _)).collect();
+    grouped_products::<TILE_ROWS, ROW_GROUP>((m, k), ROW_TILE, 1, &dots)
+}
+
 /// `xs` (`[m, cols]`) as `m` and its f32 values row-major, or a shape error naming `op`
 /// against a `[rows, cols]` weight.
 pub(crate) fn activations(
@@ -77,14 +119,43 @@ pub(crate) fn grouped_product<const G: usize, const R: usize>(
     group_tile: usize,
     dot: impl Fn(usize, usize, usize, &mut [[f32; G]; R]) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    let out_ptr = out.as_mut_ptr() as usize;
-    let groups = n.div_ceil(G);
+    let mut outs = grouped_products::<G, R>((m, k), row_tile, group_tile, &[(n, &dot)]);
+    outs.pop().unwrap_or_default()
+}
+
+/// One product of [`grouped_products`]: its width `n` and its `dot`, as for
+/// [`grouped_product`].
+pub(crate) type GroupedDot<'a, const G: usize, const R: usize> = (
+    usize,
+    &'a (dyn Fn(usize, usize, usize, &mut [[f32; G]; R]) + Sync),
+);
+
+/// [`grouped_product`] of several weights against the same `[m, k]` activations (a layer's
+/// query, key and value projections) as one call on the pool: one wake-up and one wait
+/// instead of one per weight. Each product's entries are exactly those it gets alone.
+pub(crate) fn grouped_products<const G: usize, const R: usize>(
+    (m, k): (usize, usize),
+    row_tile: usize,
+    group_tile: usize,
+    products: &[GroupedDot<'_, G, R>],
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = products.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
+    let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
     let row_tiles = m.div_ceil(row_tile);
-    let group_tiles = groups.div_ceil(group_tile);
+    // Work items of product `p` are `first_item[p]..first_item[p + 1]`.
+    let mut first_item = Vec::with_capacity(products.len() + 1);
+    first_item.push(0);
+    for &(n, _) in products {
+        let group_tiles = n.div_ceil(G).div_ceil(group_tile);
+        first_item.push(first_item.last().copied().unwrap_or(0) + row_tiles * group_tiles);
+    }
     let run = |items: std::ops::Range<usize>| {
         for item in items {
-            let (row_tile_idx, group_tile_idx) = (item / group_tiles, item % group_tiles);
+            let p = first_item.partition_point(|&first| first <= item) - 1;
+            let ((n, dot), out_ptr) = (products[p], out_ptrs[p]);
+            let (groups, local) = (n.div_ceil(G), item - first_item[p]);
+            let group_tiles = groups.div_ceil(group_tile);
+            let (row_tile_idx, group_tile_idx) = (local / group_tiles, local % group_tiles);
             let rows = row_tile_idx * row_tile..((row_tile_idx + 1) * row_tile).min(m);
             let group_range =
                 group_tile_idx * group_tile..((group_tile_idx + 1) * group_tile).min(groups);
@@ -97,8 +168,8 @@ pub(crate) fn grouped_product<const G: usize, const R: usize>(
                     dot(group, row, n_rows, &mut sums);
                     for (j, sums) in sums.iter().take(n_rows).enumerate() {
                         for (col, sum) in cols.clone().zip(sums) {
-                            // SAFETY: each (row, col) is written by exactly one work item,
-                            // and `out` outlives the pool's call.
+                            // SAFETY: each (product, row, col) is written by exactly one work
+                            // item, and `outs` outlives the pool's call.
                             unsafe { *(out_ptr as *mut f32).add((row + j) * n + col) = *sum };
                         }
                     }
@@ -107,12 +178,14 @@ pub(crate) fn grouped_product<const G: usize, const R: usize>(
             }
         }
     };
-    if m * n * k < INLINE_WORK {
-        run(0..row_tiles * group_tiles);
+    let items = first_item.last().copied().unwrap_or(0);
+    let work: usize = products.iter().map(|&(n, _)| m * n * k).sum();
+    if work < INLINE_WORK {
+        run(0..items);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(row_tiles * group_tiles, run);
+        candle_core::utils::barrier_pool().execute_chunked(items, run);
     }
-    out
+    outs
 }
 
 /// Products with fewer multiply-adds than this run on the calling thread: waking the pool

@@ -3,6 +3,7 @@ use candle_core::quantized::QMatMul;
 
 use super::*;
 use crate::nn::test_util::{assert_close_to_exact, kernels, max_abs, random};
+use crate::nn::tiles::ROW_TILE;
 
 const TYPES: [GgmlDType; 4] = [
     GgmlDType::Q4_0,
