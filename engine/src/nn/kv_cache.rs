@@ -147,7 +147,8 @@ impl KvCache {
             res.reserve(extra)?;
             return Ok(res);
         }
-        // One pass per buffer: the narrowed history and a zeroed tail, concatenated.
+        // One pass per buffer: the narrowed history and a zeroed tail, concatenated. (On
+        // the pool's two threads it took as long: the copy is bound by memory bandwidth.)
         let capacity = len + extra.max(1);
         let tail = Tensor::zeros(
             (self.n_kv_heads, capacity - len, self.head_dim),
@@ -165,5 +166,63 @@ impl KvCache {
         res.capacity = capacity;
         res.len = len;
         Ok(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::test_util::random;
+
+    fn filled(n_layers: usize, positions: usize) -> KvCache {
+        let (heads, dim) = (2, 8);
+        let mut cache = KvCache::new(n_layers, heads, dim, &Device::Cpu);
+        cache.reserve(positions).expect("reserve");
+        for layer in 0..n_layers {
+            let values = |seed| {
+                Tensor::from_vec(
+                    random(heads * positions * dim, seed),
+                    (heads, positions, dim),
+                    &Device::Cpu,
+                )
+                .expect("values")
+            };
+            let (k, v) = (values(layer as u32 * 2 + 1), values(layer as u32 * 2 + 2));
+            cache.write(layer, &k, &v).expect("write");
+        }
+        cache.advance(positions);
+        cache
+    }
+
+    fn to_vec(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().and_then(|t| t.to_vec1()).expect("vec")
+    }
+
+    /// A fork holds exactly the first positions of every layer, has room for more, and
+    /// writing to it leaves the original alone.
+    #[test]
+    fn a_fork_copies_the_prefix_and_is_independent() {
+        let original = filled(3, 70);
+        let mut fork = original.fork(37, 5).expect("fork");
+        assert_eq!(fork.len(), 37);
+        assert!(fork.allocated_bytes() >= 42 * fork.bytes_per_position());
+        for layer in 0..3 {
+            let (k, v) = fork.layer(layer).expect("fork layer");
+            let (ko, vo) = original.layer(layer).expect("original layer");
+            assert_eq!(to_vec(&k), to_vec(&ko.narrow(1, 0, 37).expect("narrow")));
+            assert_eq!(to_vec(&v), to_vec(&vo.narrow(1, 0, 37).expect("narrow")));
+        }
+        let new = Tensor::ones((2, 5, 8), DType::F32, &Device::Cpu).expect("ones");
+        for layer in 0..3 {
+            fork.write(layer, &new, &new).expect("write");
+        }
+        fork.advance(5);
+        let (k, _) = fork.layer(0).expect("layer");
+        assert_eq!(to_vec(&k.narrow(1, 37, 5).expect("narrow")), vec![1.0; 80]);
+        let (ko, _) = original.layer(0).expect("layer");
+        assert_ne!(to_vec(&ko.narrow(1, 37, 5).expect("narrow")), vec![1.0; 80]);
+        // Asking for more than it holds gives what it holds; nothing gives an empty cache.
+        assert_eq!(original.fork(500, 0).expect("fork").len(), 70);
+        assert!(original.fork(0, 3).expect("fork").is_empty());
     }
 }
