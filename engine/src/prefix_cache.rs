@@ -4,6 +4,13 @@
 //! with a recent request is usually all but the last few tokens. Entries are snapshots of a
 //! prompt's KV cache, bounded in total bytes and evicted least recently used first. A
 //! namespace separates states that must never mix (later: one per adapter and generation).
+//!
+//! A hit does not copy the entry: the request's cache reads the entry's positions in place
+//! ([`KvCache::share`]) and keeps them alive while it runs. A finished request's cache is
+//! stored in buffers of its own (the shared part copied, once its answer is out), so that
+//! one entry never keeps another's buffers alive.
+
+use std::sync::Arc;
 
 use crate::Result;
 use crate::nn::KvCache;
@@ -36,7 +43,7 @@ pub struct PrefixCacheStats {
 struct Entry {
     namespace: u64,
     tokens: Vec<u32>,
-    kv: KvCache,
+    kv: Arc<KvCache>,
     bytes: usize,
     last_used: u64,
 }
@@ -97,7 +104,7 @@ impl PrefixCache {
             Some((common, entry)) if common >= self.min_match => {
                 self.clock += 1;
                 entry.last_used = self.clock;
-                let kv = entry.kv.fork(common, tokens.len() - common + extra)?;
+                let kv = KvCache::share(&entry.kv, common, tokens.len() - common + extra)?;
                 self.stats.hits += 1;
                 self.stats.hit_tokens += common as u64;
                 Ok(Some((kv, common)))
@@ -130,7 +137,8 @@ impl PrefixCache {
             return Ok(());
         }
         kv.truncate(tokens.len());
-        if kv.allocated_bytes() > needed + needed / 4 {
+        if kv.shared_len() > 0 || kv.allocated_bytes() > needed + needed / 4 {
+            // Into buffers of its own, and no larger than its positions need.
             kv = kv.fork(tokens.len(), 0)?;
         }
         let bytes = kv.allocated_bytes().max(needed);
@@ -161,7 +169,7 @@ impl PrefixCache {
         self.entries.push(Entry {
             namespace,
             tokens: tokens.to_vec(),
-            kv,
+            kv: Arc::new(kv),
             bytes,
             last_used: clock,
         });
@@ -313,5 +321,48 @@ mod tests {
             );
         }
         assert!(prefix.stats().entries >= 2);
+    }
+
+    /// A hit reads the entry's positions in place rather than copying them, and a finished
+    /// request that read a shared prefix is stored with its own copy of every position, so
+    /// that dropping the old entry leaves the new one whole.
+    #[test]
+    fn a_hit_shares_the_entry_and_a_stored_follow_up_owns_its_positions() {
+        let mut prefix = PrefixCache::new(1 << 20, 2);
+        let file: Vec<u32> = (0..200).collect();
+        let kv = cache(200, 200, 0.0);
+        let expected = first_layer_keys(&kv, 200);
+        prefix.insert(0, &file, kv).expect("test cache");
+        let edited: Vec<u32> = (0..199).chain([900, 901]).collect();
+        let (mut hit, common) = prefix
+            .lookup(0, &edited, 4)
+            .expect("test cache")
+            .expect("a hit");
+        assert_eq!((common, hit.shared_len()), (199, 199));
+        assert!(
+            hit.allocated_bytes() < 199 * hit.bytes_per_position(),
+            "the hit copied the entry's positions"
+        );
+        // The request computes its two new positions, then is stored: the old entry is
+        // superseded, and the new one holds all 201 positions itself.
+        let t = Tensor::full(-1f32, (2, 2, 4), &Device::Cpu).expect("test cache");
+        hit.reserve(2).expect("test cache");
+        for layer in 0..2 {
+            hit.write(layer, &t, &t).expect("test cache");
+        }
+        hit.advance(2);
+        prefix.insert(0, &edited, hit).expect("test cache");
+        assert_eq!(prefix.stats().entries, 1, "the old entry was superseded");
+        let again: Vec<u32> = edited.iter().copied().chain([7]).collect();
+        let (stored, common) = prefix
+            .lookup(0, &again, 1)
+            .expect("test cache")
+            .expect("a hit");
+        assert_eq!(common, 201);
+        let keys = first_layer_keys(&stored, 201);
+        // Head 0's first 199 positions are the old entry's; the last two are the edit's.
+        assert_eq!(keys[..199 * 4], expected[..199 * 4]);
+        assert_eq!(keys[199 * 4..201 * 4], [-1.0; 8]);
+        assert!(prefix.stats().bytes as usize >= 201 * stored.bytes_per_position());
     }
 }

@@ -435,8 +435,8 @@ impl Model {
                 let q = self.rope.apply(&heads(&q, c.num_attention_heads)?, past)?;
                 let k = self.rope.apply(&heads(&k, c.num_key_value_heads)?, past)?;
                 let v = heads(&v, c.num_key_value_heads)?;
-                let (k, v) = seq.cache.write(layer_idx, &k, &v)?;
-                per_seq.push(nn::attend(&q, &k, &v)?);
+                let kv = seq.cache.write(layer_idx, &k, &v)?;
+                per_seq.push(nn::attend_parts(&q, kv.parts())?);
                 offset += n;
             }
             let attn_out = if per_seq.len() == 1 {

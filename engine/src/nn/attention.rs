@@ -90,10 +90,28 @@ fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Option<Tensor>>
 /// `[kv_heads, past + n, head_dim]`. Returns `[n, heads * head_dim]`. On the CPU a query's
 /// result does not depend on `n` ([`cpu`]); elsewhere it is matmuls with a mask.
 pub fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
-    if keys.device().is_cpu() && keys.dtype() == DType::F32 && values.dtype() == DType::F32 {
-        return cpu::attend(queries, keys, values);
+    attend_parts(queries, &[(keys.clone(), values.clone())])
+}
+
+/// [`attend`] over keys and values held in parts, in order of position (a shared prefix,
+/// then a sequence's own positions: [`KvLayer`](super::kv_cache::KvLayer)). On the CPU each
+/// part is read where it is, and the result has the bits the parts would give as one tensor.
+pub fn attend_parts(queries: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tensor> {
+    let on_cpu_f32 = parts
+        .iter()
+        .all(|(k, v)| k.device().is_cpu() && k.dtype() == DType::F32 && v.dtype() == DType::F32);
+    if on_cpu_f32 {
+        return cpu::attend(queries, parts);
     }
-    attend_with_matmuls(queries, keys, values)
+    let (keys, values) = match parts {
+        [(k, v)] => (k.clone(), v.clone()),
+        parts => {
+            let keys: Vec<&Tensor> = parts.iter().map(|(k, _)| k).collect();
+            let values: Vec<&Tensor> = parts.iter().map(|(_, v)| v).collect();
+            (Tensor::cat(&keys, 1)?, Tensor::cat(&values, 1)?)
+        }
+    };
+    attend_with_matmuls(queries, &keys, &values)
 }
 
 /// [`attend`] as candle matmuls with an additive causal mask: how devices other than the CPU

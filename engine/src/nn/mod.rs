@@ -18,11 +18,11 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 pub use activation::{silu_mul, silu_mul_into};
-pub use attention::{Rope, attend, attend_with_matmuls};
+pub use attention::{Rope, attend, attend_parts, attend_with_matmuls};
 pub use dense::DenseMatrix;
 pub use exp::exp_in_place;
 pub use kquant::KQuantMatrix;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvLayer};
 pub use legacy::LegacyMatrix;
 pub use q8::Q8Matrix;
 pub use simd::Isa;

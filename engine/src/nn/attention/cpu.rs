@@ -55,12 +55,15 @@ impl<'a> HeadRows<'a> {
     }
 }
 
-/// Calls `f` with the rows of `t` (`[kv_heads, positions, head_dim]`, f32 on the CPU, each
-/// row contiguous: a narrowed view of a KV buffer), without copying them.
-fn with_rows<R>(t: &Tensor, f: impl FnOnce(HeadRows<'_>) -> R) -> Result<R> {
+/// The rows of `t` (`[kv_heads, positions, head_dim]`, f32 on the CPU, each row contiguous:
+/// a narrowed view of a KV buffer) in `storage`, its storage, without copying them.
+fn head_rows<'a>(
+    t: &Tensor,
+    storage: &'a Storage,
+    layout: &candle_core::Layout,
+) -> Result<HeadRows<'a>> {
     let (heads, positions, head_dim) = t.dims3()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+    let Storage::Cpu(CpuStorage::F32(data)) = storage else {
         return Err(
             candle_core::Error::Msg("CPU attention needs f32 keys and values".into()).into(),
         );
@@ -79,11 +82,20 @@ fn with_rows<R>(t: &Tensor, f: impl FnOnce(HeadRows<'_>) -> R) -> Result<R> {
         ))
         .into());
     }
-    Ok(f(HeadRows {
+    Ok(HeadRows {
         data: &data[layout.start_offset()..end],
         head_stride,
         head_dim,
-    }))
+    })
+}
+
+/// One part of a sequence's keys and values: positions `start..start + len`.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    keys: HeadRows<'a>,
+    values: HeadRows<'a>,
+    start: usize,
+    len: usize,
 }
 
 /// Which instructions the two reductions use; chosen once per call from CPUID and the head
@@ -287,7 +299,8 @@ impl Kernel {
         }
     }
 
-    /// `out = Σ_j weights[j] · value_j`, summed in order of `j`.
+    /// `out += Σ_j weights[j] · value_j`, added in order of `j` onto `out`'s values (so a
+    /// sum over keys in two parts is two calls with the bits of one).
     fn weighted_sum(self, weights: &[f32], values: HeadRows<'_>, head: usize, out: &mut [f32]) {
         match self {
             // SAFETY: as for `scores`.
@@ -296,7 +309,6 @@ impl Kernel {
                 avx2::weighted_sum(weights, values, head, out)
             },
             Kernel::Portable => {
-                out.fill(0.0);
                 for (j, &w) in weights.iter().enumerate() {
                     for (o, v) in out.iter_mut().zip(values.row(head, j)) {
                         *o += w * v;
@@ -325,33 +337,46 @@ fn normalize(out: &mut [f32], sum: f32) {
 }
 
 /// Causal attention of one sequence's `n` new queries (`[heads, n, head_dim]`, positions
-/// `past..past + n`) over its keys and values (`[kv_heads, past + n, head_dim]`, f32 on the
-/// CPU): `[n, heads * head_dim]`.
-pub(super) fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
-    attend_with(Kernel::detect(queries.dim(2)?), queries, keys, values)
+/// `past..past + n`) over its keys and values, in parts in order of position (each
+/// `[kv_heads, positions, head_dim]`, f32 on the CPU; the last holds at least the `n` new
+/// positions): `[n, heads * head_dim]`. A part boundary does not change a bit: scores are
+/// per key, and each weighted sum's chain runs on from one part into the next.
+pub(super) fn attend(queries: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tensor> {
+    attend_with(Kernel::detect(queries.dim(2)?), queries, parts)
 }
 
 pub(super) fn attend_with(
     kernel: Kernel,
     queries: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
+    parts: &[(Tensor, Tensor)],
 ) -> Result<Tensor> {
     let (n_heads, n, head_dim) = queries.dims3()?;
-    let (n_kv_heads, total, key_dim) = keys.dims3()?;
-    if values.dims3()? != (n_kv_heads, total, key_dim)
-        || key_dim != head_dim
-        || n > total
-        || n_kv_heads == 0
-        || !n_heads.is_multiple_of(n_kv_heads)
-    {
-        return Err(candle_core::Error::Msg(format!(
-            "attention shapes do not fit: queries {:?}, keys {:?}, values {:?}",
+    let shape_error = || {
+        candle_core::Error::Msg(format!(
+            "attention shapes do not fit: queries {:?}, keys and values {:?}",
             queries.dims(),
-            keys.dims(),
-            values.dims()
+            parts
+                .iter()
+                .map(|(k, v)| (k.dims().to_vec(), v.dims().to_vec()))
+                .collect::<Vec<_>>()
         ))
-        .into());
+    };
+    let (mut total, mut n_kv_heads) = (0, None);
+    for (keys, values) in parts {
+        let (heads, len, key_dim) = keys.dims3()?;
+        if values.dims3()? != (heads, len, key_dim)
+            || key_dim != head_dim
+            || n_kv_heads.is_some_and(|h| h != heads)
+        {
+            return Err(shape_error().into());
+        }
+        n_kv_heads = Some(heads);
+        total += len;
+    }
+    let n_kv_heads = n_kv_heads.unwrap_or(0);
+    let last_len = parts.last().map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
+    if n > last_len || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(shape_error().into());
     }
     let past = total - n;
     let group = n_heads / n_kv_heads;
@@ -382,7 +407,11 @@ pub(super) fn attend_with(
     };
     let query = |head: usize, i: usize| &queries[(head * n + i) * head_dim..][..head_dim];
     let width = kernel.group_width(head_dim);
-    let run = |items: std::ops::Range<usize>, keys: HeadRows<'_>, values: HeadRows<'_>| {
+    let run = |items: std::ops::Range<usize>, parts: &[Part<'_>]| {
+        // The new positions' own keys (each query's last ones) are all in the last part.
+        let Some(&last) = parts.last() else {
+            return;
+        };
         let mut weights: [Vec<f32>; 4] = Default::default();
         for item in items {
             let (kv_head, chunk_index) = (item / chunks, item % chunks);
@@ -411,16 +440,20 @@ pub(super) fn attend_with(
                     w.clear();
                     w.resize(seen, 0.0);
                 }
-                {
-                    let mut heads: Vec<&mut [f32]> =
-                        weights.iter_mut().map(|w| &mut w[..shared]).collect();
-                    kernel.scores_group(&group_queries, keys, kv_head, scale, &mut heads);
+                // The shared keys part by part: a key's score does not depend on its part.
+                for part in parts.iter().take_while(|p| p.start < shared) {
+                    let until = (part.start + part.len).min(shared);
+                    let mut heads: Vec<&mut [f32]> = weights
+                        .iter_mut()
+                        .map(|w| &mut w[part.start..until])
+                        .collect();
+                    kernel.scores_group(&group_queries, part.keys, kv_head, scale, &mut heads);
                 }
                 for (w, &(h, i, seen)) in weights.iter_mut().zip(&members) {
                     if seen > shared {
                         kernel.scores(
                             query(h, i),
-                            keys.skip(shared),
+                            last.keys.skip(shared - last.start),
                             kv_head,
                             scale,
                             &mut w[shared..],
@@ -430,14 +463,16 @@ pub(super) fn attend_with(
                 let sums: Vec<f32> = weights.iter_mut().map(|w| softmax_numerators(w)).collect();
                 let mut outs: Vec<&mut [f32]> =
                     members.iter().map(|&(h, i, _)| out_row(i, h)).collect();
-                {
-                    let shared_weights: Vec<&[f32]> =
-                        weights.iter().map(|w| &w[..shared]).collect();
-                    kernel.weighted_sum_group(&shared_weights, values, kv_head, &mut outs);
+                // Each sum's chain runs on from one part into the next (the rows start at 0).
+                for part in parts.iter().take_while(|p| p.start < shared) {
+                    let until = (part.start + part.len).min(shared);
+                    let part_weights: Vec<&[f32]> =
+                        weights.iter().map(|w| &w[part.start..until]).collect();
+                    kernel.weighted_sum_group(&part_weights, part.values, kv_head, &mut outs);
                 }
                 for ((out, w), sum) in outs.into_iter().zip(weights.iter()).zip(sums) {
                     for (j, &weight) in w.iter().enumerate().skip(shared) {
-                        kernel.add_weighted(weight, values.row(kv_head, j), out);
+                        kernel.add_weighted(weight, last.values.row(kv_head, j - last.start), out);
                     }
                     normalize(out, sum);
                 }
@@ -447,16 +482,34 @@ pub(super) fn attend_with(
     };
     // Multiply-adds of the whole call; below this, waking the other threads costs more.
     let work = n_heads * n * (past + n.div_ceil(2)) * head_dim * 2;
-    with_rows(keys, |keys| {
-        with_rows(values, |values| {
-            if work < INLINE_WORK {
-                run(0..n_kv_heads * chunks, keys, values);
-            } else {
-                candle_core::utils::barrier_pool()
-                    .execute_chunked(n_kv_heads * chunks, |items| run(items, keys, values));
-            }
-        })
-    })??;
+    let storages: Vec<_> = parts
+        .iter()
+        .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()))
+        .collect();
+    let mut rows = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for ((keys, values), ((k_storage, k_layout), (v_storage, v_layout))) in
+        parts.iter().zip(&storages)
+    {
+        let len = keys.dim(1)?;
+        if len > 0 {
+            rows.push(Part {
+                keys: head_rows(keys, k_storage, k_layout)?,
+                values: head_rows(values, v_storage, v_layout)?,
+                start,
+                len,
+            });
+        }
+        start += len;
+    }
+    if work < INLINE_WORK {
+        run(0..n_kv_heads * chunks, &rows);
+    } else {
+        candle_core::utils::barrier_pool()
+            .execute_chunked(n_kv_heads * chunks, |items| run(items, &rows));
+    }
+    drop(rows);
+    drop(storages);
     Ok(Tensor::from_vec(
         out,
         (n, n_heads * head_dim),
@@ -598,6 +651,10 @@ mod avx2 {
         for start in (0..out.len()).step_by(64) {
             let vectors = ((out.len() - start) / 8).min(8);
             let mut acc = [_mm256_setzero_ps(); 8];
+            for (c, a) in acc.iter_mut().enumerate().take(vectors) {
+                // SAFETY: `start + 8 * c + 8 <= head size`.
+                *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(start + 8 * c)) };
+            }
             for (j, &w) in weights.iter().enumerate() {
                 let w = _mm256_set1_ps(w);
                 let row = values.row(head, j);
@@ -774,8 +831,15 @@ mod avx512 {
     ) {
         debug_assert!(first.len() == 16 * VECTORS && second.len() == 16 * VECTORS);
         debug_assert_eq!(weights[0].len(), weights[1].len());
-        // Both queries' sums share every value load; 2 × VECTORS independent chains.
+        // Both queries' sums share every value load; 2 × VECTORS independent chains, each
+        // starting from what its output holds.
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; 2];
+        for (acc, out) in acc.iter_mut().zip([&*first, &*second]) {
+            for (c, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the output holds `16 * VECTORS` values.
+                *a = unsafe { _mm512_loadu_ps(out.as_ptr().add(16 * c)) };
+            }
+        }
         for (j, (&wa, &wb)) in weights[0].iter().zip(weights[1]).enumerate() {
             let (wa, wb) = (_mm512_set1_ps(wa), _mm512_set1_ps(wb));
             let row = values.row(head, j);
@@ -927,6 +991,12 @@ mod avx512 {
         let len = weights[0].len();
         debug_assert!(weights.iter().all(|w| w.len() == len));
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; 4];
+        for (acc, out) in acc.iter_mut().zip(&out) {
+            for (c, a) in acc.iter_mut().enumerate() {
+                // SAFETY: each output holds `16 * VECTORS` values.
+                *a = unsafe { _mm512_loadu_ps(out.as_ptr().add(16 * c)) };
+            }
+        }
         for j in 0..len {
             let row = values.row(head, j);
             for c in 0..VECTORS {

@@ -99,6 +99,64 @@ fn a_querys_result_does_not_depend_on_how_the_prompt_was_split() {
     }
 }
 
+/// Keys and values in parts (a shared prefix, then a sequence's own positions) give the bits
+/// of the same keys and values as one tensor, wherever the parts split, with every kernel
+/// this CPU runs: what lets a prefix-cache hit read the cached positions in place.
+#[test]
+fn keys_in_parts_give_the_bits_of_one_tensor() {
+    let mut kernels = vec![cpu::Kernel::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::nn::simd::Isa;
+        if Isa::Avx2.supported() {
+            kernels.push(cpu::Kernel::Avx2);
+        }
+        if Isa::Avx512Vnni.supported() {
+            kernels.push(cpu::Kernel::Avx512);
+        }
+    }
+    for &(heads, kv_heads, head_dim) in &[(14, 2, 64), (9, 3, 64), (8, 8, 128), (6, 2, 36)] {
+        let (past, n) = (70, 9);
+        let total = past + n;
+        let q = random(&[heads, n, head_dim], 21);
+        let k = cache_view(kv_heads, total, head_dim, 22);
+        let v = cache_view(kv_heads, total, head_dim, 23);
+        for &kernel in &kernels {
+            if head_dim % 8 != 0 && kernel != cpu::Kernel::Portable {
+                continue;
+            }
+            let whole = cpu::attend_with(kernel, &q, &[(k.clone(), v.clone())]).expect("whole");
+            // Splits inside the shared keys, at their end, one key long, and three parts.
+            for splits in [&[33usize][..], &[70], &[1], &[69], &[5, 40]] {
+                let mut parts = Vec::new();
+                let mut start = 0;
+                for &end in splits.iter().chain([&total]) {
+                    let len = end - start;
+                    parts.push((
+                        k.narrow(1, start, len).expect("k"),
+                        v.narrow(1, start, len).expect("v"),
+                    ));
+                    start = end;
+                }
+                let split = cpu::attend_with(kernel, &q, &parts).expect("parts");
+                assert!(
+                    whole.to_vec2::<f32>().expect("vec") == split.to_vec2::<f32>().expect("vec"),
+                    "{kernel:?}, {heads}/{kv_heads} heads of {head_dim}, split at {splits:?}: \
+                     max diff {}",
+                    max_diff(&whole, &split)
+                );
+            }
+        }
+    }
+    // The new positions must all be in the last part.
+    let (q, k) = (random(&[4, 3, 16], 1), random(&[2, 10, 16], 2));
+    let parts = [
+        (k.narrow(1, 0, 8).expect("k"), k.narrow(1, 0, 8).expect("k")),
+        (k.narrow(1, 8, 2).expect("k"), k.narrow(1, 8, 2).expect("k")),
+    ];
+    assert!(attend_parts(&q, &parts).is_err());
+}
+
 #[test]
 fn a_query_never_sees_a_later_position() {
     // The first position's value is 1, every later one a million: the first query must
@@ -157,8 +215,9 @@ fn the_avx512_kernels_give_the_avx2_kernels_bits() {
         let q = random(&[heads, n, head_dim], 21);
         let k = cache_view(kv_heads, total, head_dim, 22);
         let v = cache_view(kv_heads, total, head_dim, 23);
-        let narrow = cpu::attend_with(cpu::Kernel::Avx2, &q, &k, &v).expect("avx2");
-        let wide = cpu::attend_with(cpu::Kernel::Avx512, &q, &k, &v).expect("avx512");
+        let parts = [(k.clone(), v.clone())];
+        let narrow = cpu::attend_with(cpu::Kernel::Avx2, &q, &parts).expect("avx2");
+        let wide = cpu::attend_with(cpu::Kernel::Avx512, &q, &parts).expect("avx512");
         let bits = |t: &Tensor| -> Vec<u32> {
             t.flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())
