@@ -419,11 +419,7 @@ impl KQuantMatrix {
         };
         Box::new(move |tile, row, n_rows, sums| {
             let w = self.tile(tile);
-            let xr = ActivationRows {
-                quants: &x.quants[row * k..(row + n_rows) * k],
-                scales: &x.scales[row * kb..(row + n_rows) * kb],
-                count: n_rows,
-            };
+            let xr = ActivationRows::of(x, row, n_rows, k);
             let x_sums = ActivationSums {
                 scaled: scaled.get(row * kb..(row + n_rows) * kb).unwrap_or(&[]),
                 half_offsets: half_offsets

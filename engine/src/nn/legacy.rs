@@ -335,11 +335,7 @@ impl LegacyMatrix {
         };
         Box::new(move |tile, row, n_rows, sums| {
             let w = self.tile(tile);
-            let xr = ActivationRows {
-                quants: &x.quants[row * k..(row + n_rows) * k],
-                scales: &x.scales[row * kb..(row + n_rows) * kb],
-                count: n_rows,
-            };
+            let xr = ActivationRows::of(x, row, n_rows, k);
             let rows = row * kb..(row + n_rows) * kb;
             let x_sums = ActivationSums {
                 offsets: &offsets[rows.clone()],

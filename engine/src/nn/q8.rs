@@ -183,11 +183,7 @@ impl Q8Matrix {
                 quants: &self.quants[tile * kb * TILE_BLOCK_BYTES..][..kb * TILE_BLOCK_BYTES],
                 scales: &self.scales[tile * kb * TILE_ROWS..][..kb * TILE_ROWS],
             };
-            let xr = ActivationRows {
-                quants: &x.quants[row * k..(row + n_rows) * k],
-                scales: &x.scales[row * kb..(row + n_rows) * kb],
-                count: n_rows,
-            };
+            let xr = ActivationRows::of(x, row, n_rows, k);
             let offsets = &x_offsets[row * kb..(row + n_rows) * kb];
             // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
             // `kb` blocks and the activations `kb` blocks per row.
@@ -437,6 +433,15 @@ pub(super) struct ActivationRows<'a> {
 }
 
 impl<'a> ActivationRows<'a> {
+    /// Rows `row..row + count` of `x`, of `k` values each.
+    pub fn of(x: &'a QuantizedRows, row: usize, count: usize, k: usize) -> ActivationRows<'a> {
+        ActivationRows {
+            quants: &x.quants[row * k..(row + count) * k],
+            scales: &x.scales[row * k / BLOCK..(row + count) * k / BLOCK],
+            count,
+        }
+    }
+
     /// Rows `from..from + count` of these, of `kb` blocks each.
     pub fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationRows<'a> {
         ActivationRows {
