@@ -103,14 +103,7 @@ pub fn attend_parts(queries: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tens
     if on_cpu_f32 {
         return cpu::attend(queries, parts);
     }
-    let (keys, values) = match parts {
-        [(k, v)] => (k.clone(), v.clone()),
-        parts => {
-            let keys: Vec<&Tensor> = parts.iter().map(|(k, _)| k).collect();
-            let values: Vec<&Tensor> = parts.iter().map(|(_, v)| v).collect();
-            (Tensor::cat(&keys, 1)?, Tensor::cat(&values, 1)?)
-        }
-    };
+    let (keys, values) = super::kv_cache::concatenate_parts(parts)?;
     attend_with_matmuls(queries, &keys, &values)
 }
 

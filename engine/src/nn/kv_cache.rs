@@ -51,13 +51,19 @@ impl KvLayer {
 
     /// All keys and values as one tensor each (a copy where there are two parts).
     pub fn concatenated(&self) -> Result<(Tensor, Tensor)> {
-        match self.parts.as_slice() {
-            [(k, v)] => Ok((k.clone(), v.clone())),
-            parts => {
-                let keys: Vec<&Tensor> = parts.iter().map(|(k, _)| k).collect();
-                let values: Vec<&Tensor> = parts.iter().map(|(_, v)| v).collect();
-                Ok((Tensor::cat(&keys, 1)?, Tensor::cat(&values, 1)?))
-            }
+        concatenate_parts(&self.parts)
+    }
+}
+
+/// Keys and values held in parts, in order of position, as one tensor each (a copy where
+/// there is more than one part).
+pub(crate) fn concatenate_parts(parts: &[(Tensor, Tensor)]) -> Result<(Tensor, Tensor)> {
+    match parts {
+        [(k, v)] => Ok((k.clone(), v.clone())),
+        parts => {
+            let keys: Vec<&Tensor> = parts.iter().map(|(k, _)| k).collect();
+            let values: Vec<&Tensor> = parts.iter().map(|(_, v)| v).collect();
+            Ok((Tensor::cat(&keys, 1)?, Tensor::cat(&values, 1)?))
         }
     }
 }
