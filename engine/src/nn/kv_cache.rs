@@ -180,6 +180,17 @@ impl KvCache {
         Ok(())
     }
 
+    /// The shared prefix's keys and values of `layer_idx`, if the cache starts on one.
+    fn shared_part(&self, layer_idx: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(prefix) = &self.prefix else {
+            return Ok(None);
+        };
+        Ok(Some((
+            prefix.cache.keys[layer_idx].narrow(1, 0, prefix.len)?,
+            prefix.cache.values[layer_idx].narrow(1, 0, prefix.len)?,
+        )))
+    }
+
     /// Writes `n` new positions of `layer_idx` (`[kv_heads, n, head_dim]` each) after the
     /// current length and returns all keys and values including them. The length itself
     /// moves on in [`KvCache::advance`], once every layer has been written.
@@ -197,12 +208,7 @@ impl KvCache {
         k_buf.slice_set(&keys.contiguous()?, 1, own)?;
         v_buf.slice_set(&values.contiguous()?, 1, own)?;
         let mut parts = Vec::with_capacity(2);
-        if let Some(prefix) = &self.prefix {
-            parts.push((
-                prefix.cache.keys[layer_idx].narrow(1, 0, prefix.len)?,
-                prefix.cache.values[layer_idx].narrow(1, 0, prefix.len)?,
-            ));
-        }
+        parts.extend(self.shared_part(layer_idx)?);
         parts.push((k_buf.narrow(1, 0, own + n)?, v_buf.narrow(1, 0, own + n)?));
         Ok(KvLayer { parts })
     }
@@ -211,12 +217,7 @@ impl KvCache {
     #[cfg(test)]
     pub(crate) fn layer(&self, layer_idx: usize) -> Result<(Tensor, Tensor)> {
         let mut parts = Vec::with_capacity(2);
-        if let Some(prefix) = &self.prefix {
-            parts.push((
-                prefix.cache.keys[layer_idx].narrow(1, 0, prefix.len)?,
-                prefix.cache.values[layer_idx].narrow(1, 0, prefix.len)?,
-            ));
-        }
+        parts.extend(self.shared_part(layer_idx)?);
         let own = self.own_len();
         parts.push((
             self.keys[layer_idx].narrow(1, 0, own)?,
