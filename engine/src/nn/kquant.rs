@@ -28,7 +28,9 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
-use super::tiles::{QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours};
+use super::tiles::{
+    PREFETCH_BLOCKS, QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours, prefetch_block,
+};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -188,6 +190,20 @@ struct KQuantTile<'a> {
     high_bits: &'a [u8],
     block_scales: &'a [u8],
     super_scales: &'a [f32],
+}
+
+/// Asks for block `b + PREFETCH_BLOCKS` of a tile's nibbles, high bits (Q6_K) and scales.
+#[inline(always)]
+fn prefetch_ahead<const SIX: bool>(w: &KQuantTile, b: usize) {
+    let ahead = b + PREFETCH_BLOCKS;
+    prefetch_block(w.nibbles.as_ptr(), ahead, TILE_NIBBLE_BYTES);
+    if SIX {
+        prefetch_block(w.high_bits.as_ptr(), ahead, TILE_HIGH_BYTES);
+    }
+    // The scale bytes of two blocks share a line.
+    if ahead.is_multiple_of(2) {
+        prefetch_block(w.block_scales.as_ptr(), ahead, TILE_SCALE_BYTES);
+    }
 }
 
 /// Per activation row and block: `d_x · Σx` (Q4_K), or `32 · Σx` of each 16-value half
@@ -514,6 +530,7 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
     let mut acc = [[_mm256_setzero_ps(); 2]; 4];
     for b in 0..kb {
         let s = b / BLOCKS_PER_SUPER;
+        prefetch_ahead::<SIX>(w, b);
         for half in 0..2 {
             // SAFETY (all loads): block `b` of the tile has `TILE_NIBBLE_BYTES` of nibbles,
             // `TILE_HIGH_BYTES` of high bits (Q6_K) and `2 · TILE_ROWS` scale bytes, super-block
@@ -647,6 +664,7 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
     let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
     for b in 0..kb {
         let s = b / BLOCKS_PER_SUPER;
+        prefetch_ahead::<SIX>(w, b);
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let np = unsafe { w.nibbles.as_ptr().add(b * TILE_NIBBLE_BYTES) };
         let mut q = [_mm512_setzero_si512(); 8];

@@ -25,7 +25,9 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
-use super::tiles::{QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours};
+use super::tiles::{
+    PREFETCH_BLOCKS, QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours, prefetch_block,
+};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -382,6 +384,7 @@ unsafe fn tile_dots_avx2(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); 2]; 4];
     for b in 0..kb {
+        prefetch_ahead(w, b);
         for half in 0..2 {
             // SAFETY (all loads): block `b` of the tile has `TILE_NIBBLE_BYTES` of nibbles,
             // `TILE_HIGH_BYTES` of fifth bits (5-bit types) and `TILE_ROWS` scales (and
@@ -477,6 +480,7 @@ unsafe fn tile_dots_avx512(
     for b in 0..kb {
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let np = unsafe { w.nibbles.as_ptr().add(b * TILE_NIBBLE_BYTES) };
+        prefetch_ahead(w, b);
         let mut q = [_mm512_setzero_si512(); 8];
         for v in 0..4 {
             let raw = unsafe { _mm512_loadu_si512(np.add(v * TILE_ROWS * 4) as *const _) };
@@ -533,6 +537,23 @@ unsafe fn tile_dots_avx512(
     for (sums, acc) in sums.iter_mut().zip(&acc).take(x.count) {
         // SAFETY: each row of `sums` has room for sixteen values.
         unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), *acc) };
+    }
+}
+
+/// Asks for block `b + PREFETCH_BLOCKS` of a tile's nibbles, fifth bits and scales.
+#[inline(always)]
+fn prefetch_ahead(w: &LegacyTile, b: usize) {
+    let ahead = b + PREFETCH_BLOCKS;
+    prefetch_block(w.nibbles.as_ptr(), ahead, TILE_NIBBLE_BYTES);
+    if !w.high_bits.is_empty() {
+        prefetch_block(w.high_bits.as_ptr(), ahead, TILE_HIGH_BYTES);
+    }
+    // Scales (and minimums) of two blocks share a line.
+    if ahead.is_multiple_of(2) {
+        prefetch_block(w.scales.as_ptr(), ahead, 2 * TILE_ROWS);
+        if !w.mins.is_empty() {
+            prefetch_block(w.mins.as_ptr(), ahead, 2 * TILE_ROWS);
+        }
     }
 }
 

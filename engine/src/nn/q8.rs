@@ -20,7 +20,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::simd::Isa;
-use super::tiles::{QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours};
+use super::tiles::{
+    PREFETCH_BLOCKS, QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours, prefetch_block,
+};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -315,6 +317,8 @@ unsafe fn tile_dots_avx2(
         // `b * TILE_BLOCK_BYTES`, its scales `TILE_ROWS` values at `b * TILE_ROWS`, and each
         // activation row has `BLOCK` bytes at `b * BLOCK`.
         let wq = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
+        prefetch_block(w.quants.as_ptr(), b + PREFETCH_BLOCKS, TILE_BLOCK_BYTES);
+        prefetch_block(w.scales.as_ptr(), b + PREFETCH_BLOCKS, 4 * TILE_ROWS);
         for half in 0..2 {
             let ws = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(b * TILE_ROWS + half * 8)) };
             // Over all four accumulators with a bound check, so that the loop unrolls and
@@ -378,6 +382,8 @@ unsafe fn tile_dots_avx512(
     for b in 0..kb {
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let wq = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
+        prefetch_block(w.quants.as_ptr(), b + PREFETCH_BLOCKS, TILE_BLOCK_BYTES);
+        prefetch_block(w.scales.as_ptr(), b + PREFETCH_BLOCKS, 4 * TILE_ROWS);
         let mut wv = [_mm512_setzero_si512(); BLOCK / 4];
         for (group, wv) in wv.iter_mut().enumerate() {
             let raw = unsafe { _mm512_loadu_si512(wq.add(group * TILE_ROWS * 4) as *const _) };

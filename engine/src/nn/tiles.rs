@@ -50,6 +50,29 @@ pub(crate) const TILE_ROWS: usize = 16;
 /// 311 KB of i8, within L2.
 pub(crate) const ROW_TILE: usize = 64;
 
+/// How far ahead of the block being multiplied the integer kernels ask for a tile's bytes.
+/// Weights stream from memory once per product, and the hardware prefetcher stops at every
+/// 4 KiB page: asking eight blocks (1-4 KiB) ahead took a Q5_0 product streaming from
+/// memory from 14 to 17.5 GB/s for one row, and from 7-9 to 11-12 GB/s for eight.
+pub(crate) const PREFETCH_BLOCKS: usize = 8;
+
+/// Asks for the cache lines of `bytes` bytes at `block · bytes` past `start` (one block of
+/// one of a tile's arrays): a hint, so an address past the array is harmless.
+#[inline(always)]
+pub(crate) fn prefetch_block<T>(start: *const T, block: usize, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let at = (start as *const i8).wrapping_add(block * bytes);
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch reads nothing into the program and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, block, bytes);
+}
+
 /// The `[m, n]` products of several weights (each `(n, dot)`) with the same activations, in
 /// one call on the pool ([`grouped_products`]).
 pub(crate) fn tiled_products(
