@@ -28,7 +28,14 @@ fn main() -> Result<()> {
         ("SmolLM2-135M", 9, 3, 64),
     ];
     for (name, heads, kv_heads, head_dim) in models {
-        for (n, total) in [(1, 512), (1, 2048), (64, 2048), (512, 512), (512, 2048)] {
+        for (n, total) in [
+            (1, 512),
+            (1, 2048),
+            (8, 2048),
+            (64, 2048),
+            (512, 512),
+            (512, 2048),
+        ] {
             // Keys in a buffer with room to grow, as the KV cache holds them.
             let keys = random_tensor(&[kv_heads, total + 64, head_dim], 1)?.narrow(1, 0, total)?;
             let values =

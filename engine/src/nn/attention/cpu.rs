@@ -104,8 +104,8 @@ struct Part<'a> {
 /// `Avx2` defines the order of every sum: a score is eight lanes of fused multiply-adds
 /// over the head, in order, then [`lane_sum`](crate::nn::simd::lane_sum)'s tree; a weighted
 /// sum is one fused multiply-add chain per output element, in order of the keys. `Avx512`
-/// takes two queries at a time (one per 256-bit half) and gives the same bits, so results do
-/// not depend on the CPU either.
+/// takes two queries at a time (one per 256-bit half), up to eight per key and value load,
+/// and gives the same bits, so results do not depend on the CPU either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -143,23 +143,17 @@ impl Kernel {
     }
 
     /// How many queries [`Kernel::scores_group`] and [`Kernel::weighted_sum_group`] take at
-    /// once for the price of about one: two per 512-bit vector, and two such pairs while the
-    /// four queries fit in registers.
-    fn group_width(self, head_dim: usize) -> usize {
+    /// once for the price of about one: two per 512-bit vector, four such pairs.
+    fn group_width(self) -> usize {
         #[cfg(target_arch = "x86_64")]
         if self == Kernel::Avx512 {
-            return if head_dim <= avx512::MAX_QUAD_HEAD_DIM {
-                4
-            } else {
-                2
-            };
+            return 8;
         }
-        let _ = head_dim;
         1
     }
 
-    /// [`Kernel::scores`] of one to four queries over the same keys (`out[0].len()` of
-    /// them), as many as [`Kernel::group_width`] allows.
+    /// [`Kernel::scores`] of one to eight queries over the same keys (`out[0].len()` of
+    /// them): eight, four or two together where [`Kernel::group_width`] allows.
     fn scores_group(
         self,
         queries: &[&[f32]],
@@ -169,12 +163,25 @@ impl Kernel {
         out: &mut [&mut [f32]],
     ) {
         match (queries, out) {
-            // SAFETY: `group_width` gave 4 only for `Avx512` (so `detect` saw AVX-512, AVX2
-            // and FMA) and a head of a multiple of 16 up to `MAX_QUAD_HEAD_DIM`.
+            // SAFETY: `group_width` gave 8 only for `Avx512` (so `detect` saw AVX-512, AVX2
+            // and FMA, and a head of a multiple of 16 up to `MAX_HEAD_DIM`).
             #[cfg(target_arch = "x86_64")]
-            ([a, b, c, d], [w, x, y, z]) if self.group_width(a.len()) == 4 => unsafe {
-                avx512::scores_quad([a, b, c, d], keys, head, scale, [w, x, y, z])
+            ([a, b, c, d, e, f, g, h], [o0, o1, o2, o3, o4, o5, o6, o7])
+                if self.group_width() == 8 =>
+            unsafe {
+                avx512::scores_oct(
+                    [a, b, c, d, e, f, g, h],
+                    keys,
+                    head,
+                    scale,
+                    [o0, o1, o2, o3, o4, o5, o6, o7],
+                )
             },
+            // SAFETY: as above; four queries stay in registers only up to `MAX_QUAD_HEAD_DIM`.
+            #[cfg(target_arch = "x86_64")]
+            ([a, b, c, d], [w, x, y, z])
+                if self.group_width() >= 4 && a.len() <= avx512::MAX_QUAD_HEAD_DIM =>
+            unsafe { avx512::scores_quad([a, b, c, d], keys, head, scale, [w, x, y, z]) },
             ([a, b], [x, y]) if self.pairs() => self.scores_pair([a, b], keys, head, scale, x, y),
             (queries, out) => {
                 for (query, out) in queries.iter().zip(out.iter_mut()) {
@@ -195,9 +202,20 @@ impl Kernel {
         match (weights, out) {
             // SAFETY: as for `scores_group`.
             #[cfg(target_arch = "x86_64")]
-            ([a, b, c, d], [w, x, y, z]) if self.group_width(w.len()) == 4 => unsafe {
-                avx512::weighted_sum_quad([a, b, c, d], values, head, [w, x, y, z])
+            ([a, b, c, d, e, f, g, h], [o0, o1, o2, o3, o4, o5, o6, o7])
+                if self.group_width() == 8 =>
+            unsafe {
+                avx512::weighted_sum_oct(
+                    [a, b, c, d, e, f, g, h],
+                    values,
+                    head,
+                    [o0, o1, o2, o3, o4, o5, o6, o7],
+                )
             },
+            #[cfg(target_arch = "x86_64")]
+            ([a, b, c, d], [w, x, y, z])
+                if self.group_width() >= 4 && w.len() <= avx512::MAX_QUAD_HEAD_DIM =>
+            unsafe { avx512::weighted_sum_quad([a, b, c, d], values, head, [w, x, y, z]) },
             ([a, b], [x, y]) if self.pairs() => {
                 self.weighted_sum_pair([a, b], values, head, [&mut **x, &mut **y])
             }
@@ -391,11 +409,16 @@ pub(super) fn attend_with(
     // A KV head's queries in order of position, then head: the heads of a group at one
     // position see the same keys, so a group of queries shares every key and value load.
     let per_kv_head = n * group;
-    // Up to `QUERY_TILE` queries per work item, in whole groups of four where a thread gets
-    // that many; fewer where there are threads to spare (a decode step on many cores).
+    // Up to `QUERY_TILE` queries per work item, in whole groups of eight or four where a
+    // thread gets that many; fewer where there are threads to spare (a decode step on many
+    // cores).
     let threads = pool_threads();
     let chunk = (n_kv_heads * per_kv_head / threads).clamp(1, QUERY_TILE);
-    let chunk = if chunk >= 4 { chunk / 4 * 4 } else { chunk };
+    let chunk = if (4..8).contains(&chunk) {
+        chunk / 4 * 4
+    } else {
+        chunk
+    };
     let chunks = per_kv_head.div_ceil(chunk);
     // SAFETY (for callers): each (query, head) row of `out` is written by exactly one work
     // item, and `out` outlives the pool's call.
@@ -406,20 +429,20 @@ pub(super) fn attend_with(
         )
     };
     let query = |head: usize, i: usize| &queries[(head * n + i) * head_dim..][..head_dim];
-    let width = kernel.group_width(head_dim);
+    let width = kernel.group_width();
     let run = |items: std::ops::Range<usize>, parts: &[Part<'_>]| {
         // The new positions' own keys (each query's last ones) are all in the last part.
         let Some(&last) = parts.last() else {
             return;
         };
-        let mut weights: [Vec<f32>; 4] = Default::default();
+        let mut weights: [Vec<f32>; 8] = Default::default();
         for item in items {
             let (kv_head, chunk_index) = (item / chunks, item % chunks);
             let end = ((chunk_index + 1) * chunk).min(per_kv_head);
             let mut next = chunk_index * chunk;
             while next < end {
-                // Four, two or one at a time: a kernel takes a whole group or none of it.
-                let count = [4, 2, 1]
+                // Eight, four, two or one at a time: a kernel takes a whole group or none.
+                let count = [8, 4, 2, 1]
                     .into_iter()
                     .find(|&c| c <= width && c <= end - next)
                     .unwrap_or(1);
@@ -859,6 +882,39 @@ mod avx512 {
         }
     }
 
+    /// [`lane_sums`] of the low halves of `v` and of its high halves at once: the same
+    /// additions of the same values, a 512-bit shuffle in place of the 256-bit one and every
+    /// later step within 128-bit blocks. Block 0 holds the sums of `v[0..4]`'s low halves,
+    /// block 1 of their high halves, blocks 2 and 3 the same for `v[4..8]`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn lane_sums_x2(v: [__m512; 8]) -> __m512 {
+        // `[a.0 + a.1, a.2 + a.3, b.0 + b.1, b.2 + b.3]` in 128-bit blocks: each 256-bit
+        // half's two blocks added, as `lane_sums` adds them.
+        let halves = |a: __m512, b: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            )
+        };
+        let (t04, t15, t26, t37) = (
+            halves(v[0], v[4]),
+            halves(v[1], v[5]),
+            halves(v[2], v[6]),
+            halves(v[3], v[7]),
+        );
+        let pairs = |a: __m512, b: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        };
+        let (x01, x23) = (pairs(t04, t15), pairs(t26, t37));
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(x01, x23),
+            _mm512_shuffle_ps::<0b11_01_11_01>(x01, x23),
+        )
+    }
+
     /// The largest head whose four queries stay in registers beside their sums.
     pub(super) const MAX_QUAD_HEAD_DIM: usize = 64;
 
@@ -1011,6 +1067,179 @@ mod avx512 {
             for (c, v) in acc.into_iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), v) };
+            }
+        }
+    }
+
+    /// [`scores_quad`] for four pairs of queries: every key load serves eight queries, which
+    /// halves the keys read from cache per multiply-add (at four, the loads from L2 bounded
+    /// the kernel). The pairs are read from L1 rather than held in registers.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; the queries hold the head size, a multiple of 16 and at most
+    /// [`MAX_HEAD_DIM`]; `keys` holds `out[0].len()` rows, and every `out` is as long.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn scores_oct(
+        queries: [&[f32]; 8],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        out: [&mut [f32]; 8],
+    ) {
+        // SAFETY: passed on from the caller; the const is the head size's eighth.
+        unsafe {
+            match queries[0].len() / 8 {
+                2 => scores_oct_n::<2>(queries, keys, head, scale, out),
+                4 => scores_oct_n::<4>(queries, keys, head, scale, out),
+                6 => scores_oct_n::<6>(queries, keys, head, scale, out),
+                8 => scores_oct_n::<8>(queries, keys, head, scale, out),
+                10 => scores_oct_n::<10>(queries, keys, head, scale, out),
+                12 => scores_oct_n::<12>(queries, keys, head, scale, out),
+                14 => scores_oct_n::<14>(queries, keys, head, scale, out),
+                _ => scores_oct_n::<16>(queries, keys, head, scale, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`scores_oct`], with a head of `8 * CHUNKS` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn scores_oct_n<const CHUNKS: usize>(
+        queries: [&[f32]; 8],
+        keys: HeadRows<'_>,
+        head: usize,
+        scale: f32,
+        out: [&mut [f32]; 8],
+    ) {
+        assert!(queries.iter().all(|q| q.len() == 8 * CHUNKS));
+        let len = out[0].len();
+        assert!(out.iter().all(|o| o.len() == len));
+        // Pair `p` holds queries `2p` and `2p + 1`, one per half.
+        let mut q = [[_mm512_setzero_ps(); CHUNKS]; 4];
+        for (p, pair) in q.iter_mut().enumerate() {
+            for (c, q) in pair.iter_mut().enumerate() {
+                // SAFETY: every query holds `8 * CHUNKS` values.
+                *q = unsafe {
+                    join(
+                        _mm256_loadu_ps(queries[2 * p].as_ptr().add(8 * c)),
+                        _mm256_loadu_ps(queries[2 * p + 1].as_ptr().add(8 * c)),
+                    )
+                };
+            }
+        }
+        let scale_v = _mm512_set1_ps(scale);
+        let mut j = 0;
+        // Four keys at a time: sixteen chains, whose sixteen scores are finished together.
+        while j + 4 <= len {
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            let block = keys.block(head, j, 4).as_ptr();
+            for c in 0..CHUNKS {
+                for r in 0..4 {
+                    // SAFETY: the block holds four rows of `8 * CHUNKS` values.
+                    let k = unsafe { _mm256_loadu_ps(block.add(r * 8 * CHUNKS + 8 * c)) };
+                    let k = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(k)));
+                    for (acc, pair) in acc.iter_mut().zip(&q) {
+                        acc[r] = _mm512_fmadd_ps(pair[c], k, acc[r]);
+                    }
+                }
+            }
+            // Two pairs per `lane_sums_x2`: sixteen scores (four keys of four queries).
+            for p in [0, 2] {
+                let [a, b] = [acc[p], acc[p + 1]];
+                let v = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
+                let sums = _mm512_mul_ps(lane_sums_x2(v), scale_v);
+                let blocks = [
+                    _mm512_extractf32x4_ps::<0>(sums),
+                    _mm512_extractf32x4_ps::<1>(sums),
+                    _mm512_extractf32x4_ps::<2>(sums),
+                    _mm512_extractf32x4_ps::<3>(sums),
+                ];
+                for (i, block) in blocks.into_iter().enumerate() {
+                    // SAFETY: `j + 4 <= len` for every output.
+                    unsafe { _mm_storeu_ps(out[2 * p + i].as_mut_ptr().add(j), block) };
+                }
+            }
+            j += 4;
+        }
+        if j < len {
+            for (query, out) in queries.into_iter().zip(out) {
+                // SAFETY: as above; the single kernel gives each key the same bits.
+                unsafe { super::avx2::scores(query, keys.skip(j), head, scale, &mut out[j..]) };
+            }
+        }
+    }
+
+    /// [`weighted_sum_quad`] for eight queries, over the head in slices of 32 values: every
+    /// value load serves eight sums. A slice's sixteen chains run over all keys before the
+    /// next slice starts; each output element's chain is the one it has alone.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; the outputs hold the head size, a multiple of 16; `values`
+    /// holds as many rows as there are weights, the same for all.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn weighted_sum_oct(
+        weights: [&[f32]; 8],
+        values: HeadRows<'_>,
+        head: usize,
+        out: [&mut [f32]; 8],
+    ) {
+        let head_dim = out[0].len();
+        let len = weights[0].len();
+        assert!(head_dim.is_multiple_of(16) && out.iter().all(|o| o.len() == head_dim));
+        assert!(weights.iter().all(|w| w.len() == len));
+        let weights = weights.map(<[f32]>::as_ptr);
+        let out = out.map(<[f32]>::as_mut_ptr);
+        for start in (0..head_dim).step_by(32) {
+            // SAFETY: every output and value row holds `start + 16 * VECTORS` values, and
+            // every weight row `len`.
+            unsafe {
+                if head_dim - start >= 32 {
+                    weighted_sum_oct_slice::<2>(weights, len, values, head, out, start);
+                } else {
+                    weighted_sum_oct_slice::<1>(weights, len, values, head, out, start);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`weighted_sum_oct`]; every output holds `start + 16 * VECTORS` values, and every
+    /// weight row `len`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weighted_sum_oct_slice<const VECTORS: usize>(
+        weights: [*const f32; 8],
+        len: usize,
+        values: HeadRows<'_>,
+        head: usize,
+        out: [*mut f32; 8],
+        start: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; 8];
+        for (acc, &out) in acc.iter_mut().zip(&out) {
+            for (c, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller's.
+                *a = unsafe { _mm512_loadu_ps(out.add(start + 16 * c)) };
+            }
+        }
+        for j in 0..len {
+            let row = values.row(head, j)[start..].as_ptr();
+            let mut v = [_mm512_setzero_ps(); VECTORS];
+            for (c, v) in v.iter_mut().enumerate() {
+                // SAFETY: the row holds `start + 16 * VECTORS` values.
+                *v = unsafe { _mm512_loadu_ps(row.add(16 * c)) };
+            }
+            for (acc, &w) in acc.iter_mut().zip(&weights) {
+                // SAFETY: `j < len`, every weight row's length.
+                let w = _mm512_set1_ps(unsafe { *w.add(j) });
+                for (a, &v) in acc.iter_mut().zip(&v) {
+                    *a = _mm512_fmadd_ps(w, v, *a);
+                }
+            }
+        }
+        for (acc, &out) in acc.iter().zip(&out) {
+            for (c, &a) in acc.iter().enumerate() {
+                // SAFETY: the caller's.
+                unsafe { _mm512_storeu_ps(out.add(start + 16 * c), a) };
             }
         }
     }
