@@ -13,16 +13,23 @@ use std::arch::x86_64::*;
 
 /// `values[i] = exp(values[i])` for every `i`.
 pub fn exp_in_place(values: &mut [f32]) {
+    // `x - 0.0` is `x`, bit for bit, for every float.
+    exp_shifted_in_place(values, 0.0)
+}
+
+/// `values[i] = exp(values[i] - shift)` for every `i` (the difference rounded to f32 first),
+/// in one pass: softmax's numerators.
+pub fn exp_shifted_in_place(values: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
     match crate::nn::simd::Isa::best() {
         // SAFETY: `Isa::best` saw AVX-512 F (with VNNI, which implies it), AVX2 and FMA.
-        Some(crate::nn::simd::Isa::Avx512Vnni) => return unsafe { exp_avx512(values) },
+        Some(crate::nn::simd::Isa::Avx512Vnni) => return unsafe { exp_avx512(values, shift) },
         // SAFETY: `Isa::best` saw AVX2 and FMA.
-        Some(crate::nn::simd::Isa::Avx2) => return unsafe { exp_avx2(values) },
+        Some(crate::nn::simd::Isa::Avx2) => return unsafe { exp_avx2(values, shift) },
         None => {}
     }
     for v in values.iter_mut() {
-        *v = v.exp();
+        *v = (*v - shift).exp();
     }
 }
 
@@ -79,12 +86,13 @@ const OVERFLOW: f32 = f32::from_bits(0x42b17217); // 0x1.62e42ep6
 /// AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_avx2(values: &mut [f32]) {
+unsafe fn exp_avx2(values: &mut [f32], shift: f32) {
+    let shift_v = _mm256_set1_ps(shift);
     let mut chunks = values.chunks_exact_mut(8);
     for chunk in &mut chunks {
         // SAFETY: the chunk holds eight values.
         unsafe {
-            let x = _mm256_loadu_ps(chunk.as_ptr());
+            let x = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), shift_v);
             _mm256_storeu_ps(chunk.as_mut_ptr(), exp8(x));
         }
     }
@@ -95,7 +103,7 @@ unsafe fn exp_avx2(values: &mut [f32]) {
         padded[..tail.len()].copy_from_slice(tail);
         // SAFETY: `padded` holds eight values.
         unsafe {
-            let x = _mm256_loadu_ps(padded.as_ptr());
+            let x = _mm256_sub_ps(_mm256_loadu_ps(padded.as_ptr()), shift_v);
             _mm256_storeu_ps(padded.as_mut_ptr(), exp8(x));
         }
         tail.copy_from_slice(&padded[..tail.len()]);
@@ -109,23 +117,24 @@ unsafe fn exp_avx2(values: &mut [f32]) {
 /// AVX-512 F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn exp_avx512(values: &mut [f32]) {
+unsafe fn exp_avx512(values: &mut [f32], shift: f32) {
     // The table in four registers: two two-source permutes and a blend look an entry up
     // faster than a gather's eight loads.
     // SAFETY: the table holds 32 values, four vectors of eight.
     let table: [__m512i; 4] =
         std::array::from_fn(|i| unsafe { _mm512_loadu_si512(TABLE.as_ptr().add(8 * i).cast()) });
+    let shift_v = _mm512_set1_ps(shift);
     let mut chunks = values.chunks_exact_mut(16);
     for chunk in &mut chunks {
         // SAFETY: the chunk holds sixteen values.
         unsafe {
-            let x = _mm512_loadu_ps(chunk.as_ptr());
+            let x = _mm512_sub_ps(_mm512_loadu_ps(chunk.as_ptr()), shift_v);
             _mm512_storeu_ps(chunk.as_mut_ptr(), exp16(x, &table));
         }
     }
     // Up to fifteen left: the eight-wide kernel gives them the same bits.
     // SAFETY: AVX2 and FMA are part of this function's features.
-    unsafe { exp_avx2(chunks.into_remainder()) };
+    unsafe { exp_avx2(chunks.into_remainder(), shift) };
 }
 
 /// `exp` of sixteen values, as [`exp8`] takes eight.
@@ -239,36 +248,66 @@ fn exp4(x: __m128) -> __m128 {
 
 #[cfg(test)]
 mod tests {
-    use super::exp_in_place;
+    use super::{exp_in_place, exp_shifted_in_place};
 
     /// Every kernel this CPU runs, and the one `exp_in_place` picks, against libm.
     fn assert_same_as_libm(inputs: &[f32]) {
-        let mut results = vec![("exp_in_place", inputs.to_vec())];
-        exp_in_place(&mut results[0].1);
+        assert_shifted_same_as_libm(inputs, 0.0);
+        let mut picked = inputs.to_vec();
+        exp_in_place(&mut picked);
+        for (&x, &y) in inputs.iter().zip(&picked) {
+            let expected = x.exp();
+            assert!(
+                y.to_bits() == expected.to_bits() || (y.is_nan() && expected.is_nan()),
+                "exp_in_place: exp({x:e}) = {y:e}, libm says {expected:e}"
+            );
+        }
+    }
+
+    /// Every kernel this CPU runs, and the one `exp_shifted_in_place` picks, against libm's
+    /// `exp(x - shift)`.
+    fn assert_shifted_same_as_libm(inputs: &[f32], shift: f32) {
+        let mut results = vec![("exp_shifted_in_place", inputs.to_vec())];
+        exp_shifted_in_place(&mut results[0].1, shift);
         #[cfg(target_arch = "x86_64")]
         {
             use crate::nn::simd::Isa;
             if Isa::Avx2.supported() {
                 let mut ours = inputs.to_vec();
                 // SAFETY: AVX2 and FMA checked just above.
-                unsafe { super::exp_avx2(&mut ours) };
+                unsafe { super::exp_avx2(&mut ours, shift) };
                 results.push(("avx2", ours));
             }
             if Isa::Avx512Vnni.supported() {
                 let mut ours = inputs.to_vec();
                 // SAFETY: AVX-512 F, AVX2 and FMA checked just above.
-                unsafe { super::exp_avx512(&mut ours) };
+                unsafe { super::exp_avx512(&mut ours, shift) };
                 results.push(("avx512", ours));
             }
         }
         for (kernel, ours) in results {
             for (&x, &y) in inputs.iter().zip(&ours) {
-                let expected = x.exp();
+                let expected = (x - shift).exp();
                 assert!(
                     y.to_bits() == expected.to_bits() || (y.is_nan() && expected.is_nan()),
-                    "{kernel}: exp({x:e}) = {y:e}, libm says {expected:e}"
+                    "{kernel}: exp({x:e} - {shift:e}) = {y:e}, libm says {expected:e}"
                 );
             }
+        }
+    }
+
+    /// Scores and their maximum as softmax takes them: the difference is rounded to f32,
+    /// then its `exp` has libm's bits, in the vector body and the tail alike.
+    #[test]
+    fn a_shifted_exp_is_the_exp_of_the_rounded_difference() {
+        if !crate::nn::simd::avx2_fma() {
+            return;
+        }
+        let scores: Vec<f32> = (0..1013)
+            .map(|i| ((i * 7919) % 2003) as f32 * 0.0173 - 17.0)
+            .collect();
+        for shift in [0.0, -0.0, 17.65, -3.25, 1e-7, f32::INFINITY] {
+            assert_shifted_same_as_libm(&scores, shift);
         }
     }
 

@@ -337,14 +337,27 @@ impl Kernel {
     }
 }
 
-/// Softmax's numerators in place (`exp(score - max)`), and their sum.
-fn softmax_numerators(weights: &mut [f32]) -> f32 {
-    let max = max_in_lanes(weights);
-    for w in weights.iter_mut() {
-        *w -= max;
+impl Kernel {
+    /// Softmax's numerators in place (`exp(score - max)`), and their sum: three passes, the
+    /// subtraction within `exp`'s. The vector kernels take the same maximum (it does not
+    /// depend on the order) and add in [`sum_in_lanes`]'s order, so every kernel gives the
+    /// same bits.
+    pub(super) fn softmax_numerators(self, weights: &mut [f32]) -> f32 {
+        match self {
+            // SAFETY: `detect` saw AVX2 and FMA for both.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                let max = avx2::max_in_lanes(weights);
+                crate::nn::exp::exp_shifted_in_place(weights, max);
+                avx2::sum_in_lanes(weights)
+            },
+            Kernel::Portable => {
+                let max = max_in_lanes(weights);
+                crate::nn::exp::exp_shifted_in_place(weights, max);
+                sum_in_lanes(weights)
+            }
+        }
     }
-    crate::nn::exp::exp_in_place(weights);
-    sum_in_lanes(weights)
 }
 
 fn normalize(out: &mut [f32], sum: f32) {
@@ -483,7 +496,10 @@ pub(super) fn attend_with(
                         );
                     }
                 }
-                let sums: Vec<f32> = weights.iter_mut().map(|w| softmax_numerators(w)).collect();
+                let sums: Vec<f32> = weights
+                    .iter_mut()
+                    .map(|w| kernel.softmax_numerators(w))
+                    .collect();
                 let mut outs: Vec<&mut [f32]> =
                     members.iter().map(|&(h, i, _)| out_row(i, h)).collect();
                 // Each sum's chain runs on from one part into the next (the rows start at 0).
@@ -580,6 +596,43 @@ mod avx2 {
 
     use super::HeadRows;
     use crate::nn::simd::{lane_sum, lane_sums};
+
+    /// [`super::max_in_lanes`] eight lanes to a vector. `vmaxps` returns its second operand
+    /// when the first is NaN, so a NaN score is passed over as `f32::max` passes it over.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn max_in_lanes(values: &[f32]) -> f32 {
+        let mut lanes = _mm256_set1_ps(f32::NEG_INFINITY);
+        let chunks = values.chunks_exact(8);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            // SAFETY: the chunk holds eight values.
+            lanes = _mm256_max_ps(unsafe { _mm256_loadu_ps(chunk.as_ptr()) }, lanes);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds eight values.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
+        out.into_iter()
+            .chain(tail.iter().copied())
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    /// [`super::sum_in_lanes`] eight lanes to a vector: the same additions in the same order.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn sum_in_lanes(values: &[f32]) -> f32 {
+        let mut lanes = _mm256_setzero_ps();
+        let chunks = values.chunks_exact(8);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            // SAFETY: the chunk holds eight values.
+            lanes = _mm256_add_ps(lanes, unsafe { _mm256_loadu_ps(chunk.as_ptr()) });
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds eight values.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lanes) };
+        let [a, b, c, d, e, f, g, h] = out;
+        let sum = ((a + b) + (c + d)) + ((e + f) + (g + h));
+        tail.iter().fold(sum, |acc, &v| acc + v)
+    }
 
     /// One key's dot product: eight lanes over the head, then [`lane_sum`].
     ///

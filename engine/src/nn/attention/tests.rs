@@ -239,3 +239,36 @@ fn the_avx512_kernels_give_the_avx2_kernels_bits() {
         "a head of 8 has no 512-bit kernel"
     );
 }
+
+/// Softmax's numerators and their sum, vector kernels against the portable one: the same
+/// maximum, the same `exp`, the same additions in the same order, for lengths with and
+/// without a tail, and a NaN passed over by the maximum as `f32::max` passes it over.
+#[test]
+fn every_kernel_gives_softmax_the_same_bits() {
+    let kernels: Vec<cpu::Kernel> = [cpu::Kernel::detect(64), cpu::Kernel::detect(8)]
+        .into_iter()
+        .filter(|&k| k != cpu::Kernel::Portable)
+        .collect();
+    for len in (1..=41).chain([2048, 2053]) {
+        let scores: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919 + 13) % 1009) as f32 * 0.031 - 12.5)
+            .collect();
+        let mut with_nan = scores.clone();
+        with_nan[len / 2] = f32::NAN;
+        for scores in [scores, with_nan] {
+            let mut expected = scores.clone();
+            let expected_sum = cpu::Kernel::Portable.softmax_numerators(&mut expected);
+            for &kernel in &kernels {
+                let mut ours = scores.clone();
+                let sum = kernel.softmax_numerators(&mut ours);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&ours), bits(&expected), "{kernel:?}, {len} scores");
+                assert_eq!(
+                    sum.to_bits(),
+                    expected_sum.to_bits(),
+                    "{kernel:?}, {len} scores"
+                );
+            }
+        }
+    }
+}
