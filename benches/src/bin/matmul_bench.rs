@@ -13,6 +13,9 @@
 //! A third table compares, for the k-quant types of the "Q4_K_M" files (Q4_K and Q6_K: the
 //! 0.5B model's `ffn_down`, nearly all of the 1.5B model), our tiles against candle's kernels
 //! at the shapes where the catalogue's models have them.
+//!
+//! A fourth times Q5_0 products on weights streamed from memory rather than from cache, as a
+//! model's are: the kernels' prefetching shows there.
 
 use anyhow::{Context, Result};
 use candle_core::Module;
@@ -79,7 +82,49 @@ fn main() -> Result<()> {
         }
     }
     legacy_table(reps, &shapes[..4])?;
-    kquant_table(reps, &kernels)
+    kquant_table(reps, &kernels)?;
+    streamed_table(reps)
+}
+
+/// The kernels on weights that come from memory, as a model's do (each weight is read once
+/// per forward pass, and a model is larger than the caches): Q5_0 at the 0.5B model's gate
+/// shape, enough distinct matrices to pass 300 MB, each pass over all of them timed, best
+/// pass of `reps` (the bandwidth is what other tenants leave).
+fn streamed_table(reps: usize) -> Result<()> {
+    const MATRICES: usize = 100;
+    let (out, inp) = (4864, 896);
+    let matrices = (0..MATRICES)
+        .map(|seed| {
+            let weight =
+                QTensor::quantize(&random_tensor(&[out, inp], seed as u64)?, GgmlDType::Q5_0)?;
+            LegacyMatrix::from_qtensor(&weight)?
+                .context("the legacy kernels need an x86-64 CPU with AVX2 and FMA")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = (MATRICES * out * inp) as f64 * 5.5 / 8.0;
+    println!(
+        "\n| Q5_0, streamed from memory | rows | ms per pass (best of {reps}) | GB/s of weights | GMAC/s |"
+    );
+    println!("|---|---|---|---|---|");
+    for m in [1, 8] {
+        let xs = random_tensor(&[m, inp], 2)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps {
+            let started = std::time::Instant::now();
+            for matrix in &matrices {
+                matrix.matmul(&xs)?;
+            }
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        println!(
+            "| {MATRICES} × gate ({out} × {inp}), {:.0} MB | {m} | {:.2} | {:.1} | {:.0} |",
+            bytes / 1e6,
+            best * 1e3,
+            bytes / best / 1e9,
+            (MATRICES * out * inp * m) as f64 / best / 1e9
+        );
+    }
+    Ok(())
 }
 
 /// Q4_K and Q6_K: our tiles (each kernel this CPU runs) against candle's.
