@@ -968,6 +968,25 @@ mod avx512 {
         )
     }
 
+    /// Queries `2p` and `2p + 1` in pair `p`, one per 256-bit half, in `CHUNKS` vectors.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn query_pairs<const CHUNKS: usize, const PAIRS: usize>(
+        queries: &[&[f32]],
+    ) -> [[__m512; CHUNKS]; PAIRS] {
+        assert!(queries.len() == 2 * PAIRS && queries.iter().all(|q| q.len() == 8 * CHUNKS));
+        std::array::from_fn(|p| {
+            std::array::from_fn(|c| {
+                // SAFETY: every query holds `8 * CHUNKS` values (asserted above).
+                unsafe {
+                    join(
+                        _mm256_loadu_ps(queries[2 * p].as_ptr().add(8 * c)),
+                        _mm256_loadu_ps(queries[2 * p + 1].as_ptr().add(8 * c)),
+                    )
+                }
+            })
+        })
+    }
+
     /// The largest head whose four queries stay in registers beside their sums.
     pub(super) const MAX_QUAD_HEAD_DIM: usize = 64;
 
@@ -1009,18 +1028,7 @@ mod avx512 {
         let len = out[0].len();
         debug_assert!(out.iter().all(|o| o.len() == len));
         // Pair `p` holds queries `2p` and `2p + 1`, one per half.
-        let mut q = [[_mm512_setzero_ps(); CHUNKS]; 2];
-        for (p, pair) in q.iter_mut().enumerate() {
-            for (c, q) in pair.iter_mut().enumerate() {
-                // SAFETY: every query holds `8 * CHUNKS` values.
-                *q = unsafe {
-                    join(
-                        _mm256_loadu_ps(queries[2 * p].as_ptr().add(8 * c)),
-                        _mm256_loadu_ps(queries[2 * p + 1].as_ptr().add(8 * c)),
-                    )
-                };
-            }
-        }
+        let q: [[__m512; CHUNKS]; 2] = query_pairs(&queries);
         let scale_v = _mm256_set1_ps(scale);
         let mut j = 0;
         // Four keys at a time: eight chains, and one `lane_sums` per pair finishes a pair's
@@ -1168,18 +1176,7 @@ mod avx512 {
         let len = out[0].len();
         assert!(out.iter().all(|o| o.len() == len));
         // Pair `p` holds queries `2p` and `2p + 1`, one per half.
-        let mut q = [[_mm512_setzero_ps(); CHUNKS]; 4];
-        for (p, pair) in q.iter_mut().enumerate() {
-            for (c, q) in pair.iter_mut().enumerate() {
-                // SAFETY: every query holds `8 * CHUNKS` values.
-                *q = unsafe {
-                    join(
-                        _mm256_loadu_ps(queries[2 * p].as_ptr().add(8 * c)),
-                        _mm256_loadu_ps(queries[2 * p + 1].as_ptr().add(8 * c)),
-                    )
-                };
-            }
-        }
+        let q: [[__m512; CHUNKS]; 4] = query_pairs(&queries);
         let scale_v = _mm512_set1_ps(scale);
         let mut j = 0;
         // Four keys at a time: sixteen chains, whose sixteen scores are finished together.
