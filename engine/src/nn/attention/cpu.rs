@@ -987,6 +987,36 @@ mod avx512 {
         })
     }
 
+    /// The scores of two pairs of queries for four keys (`acc[p][r]`: pair `p`, key `r`),
+    /// finished by one [`lane_sums_x2`], scaled and stored at `j` in each query's output.
+    ///
+    /// # Safety
+    /// Every output holds at least `j + 4` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn store_four_scores(
+        acc: [[__m512; 4]; 2],
+        scale: __m512,
+        out: [&mut [f32]; 4],
+        j: usize,
+    ) {
+        let [a, b] = acc;
+        let sums = _mm512_mul_ps(
+            lane_sums_x2([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]),
+            scale,
+        );
+        let blocks = [
+            _mm512_extractf32x4_ps::<0>(sums),
+            _mm512_extractf32x4_ps::<1>(sums),
+            _mm512_extractf32x4_ps::<2>(sums),
+            _mm512_extractf32x4_ps::<3>(sums),
+        ];
+        for (out, block) in out.into_iter().zip(blocks) {
+            debug_assert!(out.len() >= j + 4);
+            // SAFETY: the caller's.
+            unsafe { _mm_storeu_ps(out.as_mut_ptr().add(j), block) };
+        }
+    }
+
     /// The largest head whose four queries stay in registers beside their sums.
     pub(super) const MAX_QUAD_HEAD_DIM: usize = 64;
 
@@ -1022,14 +1052,14 @@ mod avx512 {
         keys: HeadRows<'_>,
         head: usize,
         scale: f32,
-        out: [&mut [f32]; 4],
+        mut out: [&mut [f32]; 4],
     ) {
         debug_assert!(queries.iter().all(|q| q.len() == 8 * CHUNKS));
         let len = out[0].len();
         debug_assert!(out.iter().all(|o| o.len() == len));
         // Pair `p` holds queries `2p` and `2p + 1`, one per half.
         let q: [[__m512; CHUNKS]; 2] = query_pairs(&queries);
-        let scale_v = _mm256_set1_ps(scale);
+        let scale_v = _mm512_set1_ps(scale);
         let mut j = 0;
         // Four keys at a time: eight chains, and one `lane_sums` per pair finishes a pair's
         // eight scores (four keys of each query).
@@ -1045,23 +1075,10 @@ mod avx512 {
                     *b = _mm512_fmadd_ps(qb, k, *b);
                 }
             }
-            let acc = [acc_a, acc_b];
-            for (p, acc) in acc.iter().enumerate() {
-                let mut parts = [_mm256_setzero_ps(); 8];
-                for (r, &v) in acc.iter().enumerate() {
-                    parts[r] = low_half(v);
-                    parts[4 + r] = high_half(v);
-                }
-                let sums = _mm256_mul_ps(lane_sums(parts), scale_v);
-                // SAFETY: `j + 4 <= len` for every output.
-                unsafe {
-                    _mm_storeu_ps(out[2 * p].as_mut_ptr().add(j), _mm256_castps256_ps128(sums));
-                    _mm_storeu_ps(
-                        out[2 * p + 1].as_mut_ptr().add(j),
-                        _mm256_extractf128_ps::<1>(sums),
-                    );
-                }
-            }
+            // SAFETY: `j + 4 <= len` for every output.
+            let [o0, o1, o2, o3] = &mut out;
+            // SAFETY: as above.
+            unsafe { store_four_scores([acc_a, acc_b], scale_v, [o0, o1, o2, o3], j) };
             j += 4;
         }
         if j < len {
@@ -1170,7 +1187,7 @@ mod avx512 {
         keys: HeadRows<'_>,
         head: usize,
         scale: f32,
-        out: [&mut [f32]; 8],
+        mut out: [&mut [f32]; 8],
     ) {
         assert!(queries.iter().all(|q| q.len() == 8 * CHUNKS));
         let len = out[0].len();
@@ -1193,21 +1210,13 @@ mod avx512 {
                     }
                 }
             }
-            // Two pairs per `lane_sums_x2`: sixteen scores (four keys of four queries).
+            // Two pairs at a time: sixteen scores (four keys of four queries).
             for p in [0, 2] {
-                let [a, b] = [acc[p], acc[p + 1]];
-                let v = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
-                let sums = _mm512_mul_ps(lane_sums_x2(v), scale_v);
-                let blocks = [
-                    _mm512_extractf32x4_ps::<0>(sums),
-                    _mm512_extractf32x4_ps::<1>(sums),
-                    _mm512_extractf32x4_ps::<2>(sums),
-                    _mm512_extractf32x4_ps::<3>(sums),
-                ];
-                for (i, block) in blocks.into_iter().enumerate() {
-                    // SAFETY: `j + 4 <= len` for every output.
-                    unsafe { _mm_storeu_ps(out[2 * p + i].as_mut_ptr().add(j), block) };
-                }
+                let [a, b, c, d] = &mut out[2 * p..2 * p + 4] else {
+                    unreachable!("eight outputs")
+                };
+                // SAFETY: `j + 4 <= len` for every output.
+                unsafe { store_four_scores([acc[p], acc[p + 1]], scale_v, [a, b, c, d], j) };
             }
             j += 4;
         }
