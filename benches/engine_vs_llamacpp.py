@@ -1,10 +1,13 @@
 """Our engine against llama.cpp (llama-cpp-python) on the same GGUF, the same prompts and
 settings, on this CPU. Writes a section of benches/RESULTS.md with medians and ratios.
 
-Run with: python3 benches/engine_vs_llamacpp.py [--model ID_OR_GGUF] [--reps N]
+Run with: python3 benches/engine_vs_llamacpp.py [--model ID_OR_GGUF] [--reps N] [--max-isa avx2]
 
 The peer is built once by pip into target/bench-venv, with instruction-set flags read from
 this CPU (AMX always off: it faults on these machines; AVX-512 only where the OS enables it).
+`--max-isa avx2` holds both engines to AVX2 on a CPU that has AVX-512 (our engine through
+HEXACODER_MAX_ISA, the peer built without AVX-512 into target/bench-venv-avx2), to compare
+the AVX2 kernels where no AVX2-only machine is at hand.
 """
 
 import argparse
@@ -20,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "bench-venv"
+# Set by --max-isa avx2: both engines held to AVX2 (see the module's docstring).
+AVX2_ONLY = False
 PEER = "llama-cpp-python[server]==0.3.36"
 # llama.cpp's own server, built from the llama.cpp that the peer's source distribution vendors.
 LLAMA_SERVER_DIR = ROOT / "target" / "llama-server"
@@ -60,7 +65,7 @@ def cmake_args():
     args = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
     for flag, option in [("avx", "AVX"), ("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C")]:
         args.append(f"-DGGML_{option}={'ON' if flag in flags else 'OFF'}")
-    avx512 = os_enables_avx512()
+    avx512 = os_enables_avx512() and not AVX2_ONLY
     args.append(f"-DGGML_AVX512={'ON' if avx512 else 'OFF'}")
     if avx512:
         args.append(f"-DGGML_AVX512_VNNI={'ON' if 'avx512_vnni' in flags else 'OFF'}")
@@ -193,7 +198,14 @@ def main():
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
+    parser.add_argument("--max-isa", choices=["avx2"], help="hold both engines to AVX2 on a CPU with AVX-512")
     args = parser.parse_args()
+    global AVX2_ONLY, VENV
+    engine_env = dict(os.environ)
+    if args.max_isa:
+        AVX2_ONLY = True
+        VENV = ROOT / "target" / "bench-venv-avx2"
+        engine_env["HEXACODER_MAX_ISA"] = args.max_isa
 
     python = ensure_peer()
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "hexacoder-benches", "--bin", "engine-bench"], cwd=ROOT, check=True)
@@ -202,7 +214,8 @@ def main():
     work.write_text(json.dumps(workload(python, model, args.reps)))
 
     ours = json.loads(subprocess.run(
-        [str(ROOT / "target" / "release" / "engine-bench"), str(model), str(work)], check=True, capture_output=True, text=True
+        [str(ROOT / "target" / "release" / "engine-bench"), str(model), str(work)], check=True, capture_output=True, text=True,
+        env=engine_env,
     ).stdout)
     theirs = json.loads(subprocess.run(
         [str(python), str(ROOT / "benches" / "llamacpp_bench.py"), str(model), str(work)], check=True, capture_output=True, text=True
@@ -221,7 +234,8 @@ def main():
         f"### {model.name}, {datetime.date.today()}, commit {commit}",
         "",
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; peer: {PEER} built with `{cmake_args()}`, `n_threads=2`.",
-        f"Median of {args.reps} runs; greedy; our engine with its defaults.",
+        f"Median of {args.reps} runs; greedy; our engine with its defaults"
+        + (f", held to AVX2 (`HEXACODER_MAX_ISA={args.max_isa}`), as the peer is." if args.max_isa else "."),
         "",
         "| measure | HexaCoder | llama.cpp | ours / theirs |",
         "|---|---|---|---|",
@@ -230,7 +244,8 @@ def main():
         ratio = a[key] / b[key] if b[key] else float("nan")
         lines.append(f"| {label} | {fmt.format(a[key])} | {fmt.format(b[key])} | {ratio:.2f}{'' if higher_is_better else ' (lower is better)'} |")
     lines.append("")
-    lines.append(f"Command: `python3 benches/engine_vs_llamacpp.py --model {args.model} --reps {args.reps}`")
+    isa = f" --max-isa {args.max_isa}" if args.max_isa else ""
+    lines.append(f"Command: `python3 benches/engine_vs_llamacpp.py --model {args.model} --reps {args.reps}{isa}`")
     lines.append("")
     table = "\n".join(lines)
     print(table)

@@ -1,7 +1,8 @@
 //! LoRA adapters applied per request as an unmerged side branch, `y = W·x + s·B(A·x)`.
 //!
 //! A [`LoadedAdapter`] is an adapter from `hexacoder-adapters` prepared for the forward pass
-//! (transposed, scale folded into `B`) and given an identity that no other adapter, or later
+//! (on the CPU a [`LowRankDelta`] per projection, in f16 when the adapter's values are f16
+//! values; elsewhere `Aᵀ` and `s·Bᵀ` for candle's matmuls) and given an identity that no other adapter, or later
 //! version of the same name, ever shares. [`RowAdapters`] is the hook for one forward pass of
 //! a ragged batch: each sequence's rows get their own adapter's delta, or none.
 
@@ -13,7 +14,7 @@ use candle_core::{DType, Tensor};
 use hexacoder_adapters::{Adapter, BaseModel};
 
 use crate::models::llama::Model;
-use crate::nn::{LinearHook, Proj};
+use crate::nn::{LinearHook, LowRankDelta, Proj};
 use crate::{Error, Result};
 
 fn proj_named(parent: &str, module: &str) -> Option<Proj> {
@@ -70,85 +71,23 @@ fn in_model_rows(model: &Model, proj: Proj, b: &Tensor) -> Result<Tensor> {
 /// Never reused, so prefix-cache entries of one adapter version can never serve another.
 static NEXT_IDENTITY: AtomicU64 = AtomicU64::new(1);
 
-struct Branch {
-    /// `Aᵀ`, `[in, r]`.
-    a_t: Tensor,
-    /// `s·Bᵀ`, `[r, out]`.
-    b_t: Tensor,
-    /// `A` and `s·Bᵀ` row-major on the host, on the CPU.
-    host: Option<(Vec<f32>, Vec<f32>)>,
-    rank: usize,
-}
-
-/// Rows per work item when a prompt chunk's branch is spread over the threads.
-const HOST_ROW_TILE: usize = 16;
-
-/// A dot product with eight independent accumulators, which the compiler vectorizes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = chunks_a
-        .remainder()
-        .iter()
-        .zip(chunks_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for k in 0..8 {
-            lanes[k] += x[k] * y[k];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+/// One projection's side branch: the host kernel on the CPU, candle's matmuls elsewhere.
+enum Branch {
+    Host(LowRankDelta),
+    Device {
+        /// `Aᵀ`, `[in, r]`.
+        a_t: Tensor,
+        /// `s·Bᵀ`, `[r, out]`.
+        b_t: Tensor,
+    },
 }
 
 impl Branch {
-    /// `s·B(A·x)` for one row `x` into `out`: `r` dot products, then `r` scaled rows of
-    /// `s·Bᵀ` added in order, so each output sums over the rank in one fixed order.
-    fn host_row(&self, x: &[f32], a: &[f32], b_t: &[f32], hidden: &mut [f32], out: &mut [f32]) {
-        let n_in = x.len();
-        for (h, a_row) in hidden.iter_mut().zip(a.chunks_exact(n_in)) {
-            *h = dot(x, a_row);
+    fn out_features(&self) -> usize {
+        match self {
+            Branch::Host(delta) => delta.out_features(),
+            Branch::Device { b_t, .. } => b_t.dims()[1],
         }
-        out.fill(0.0);
-        for (&h, b_row) in hidden.iter().zip(b_t.chunks_exact(out.len())) {
-            for (o, &b) in out.iter_mut().zip(b_row) {
-                *o += h * b;
-            }
-        }
-    }
-
-    /// [`Branch::host_row`] for each row of `xs` (`rows × in`, row-major), spread over
-    /// candle's threads for a prompt chunk. A row's result is the same however many rows
-    /// come with it, so a token's delta does not depend on how its prompt was split.
-    fn host_delta(&self, xs: &[f32], rows: usize, a: &[f32], b_t: &[f32]) -> Vec<f32> {
-        let n_in = xs.len() / rows.max(1);
-        let n_out = b_t.len() / self.rank.max(1);
-        let mut out = vec![0f32; rows * n_out];
-        if rows <= HOST_ROW_TILE {
-            let mut hidden = vec![0f32; self.rank];
-            for (x, dst) in xs.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
-                self.host_row(x, a, b_t, &mut hidden, dst);
-            }
-            return out;
-        }
-        let out_ptr = out.as_mut_ptr() as usize;
-        candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(HOST_ROW_TILE), |tiles| {
-            let mut hidden = vec![0f32; self.rank];
-            for tile in tiles {
-                for row in tile * HOST_ROW_TILE..((tile + 1) * HOST_ROW_TILE).min(rows) {
-                    // SAFETY: each row of `out` is written by exactly one work item, and
-                    // `out` outlives the pool's call.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (out_ptr as *mut f32).add(row * n_out),
-                            n_out,
-                        )
-                    };
-                    self.host_row(&xs[row * n_in..(row + 1) * n_in], a, b_t, &mut hidden, dst);
-                }
-            }
-        });
-        out
     }
 }
 
@@ -187,29 +126,25 @@ impl LoadedAdapter {
                     key.path()
                 ))
             })?;
-            let a = module.a.to_device(device)?.to_dtype(DType::F32)?;
+            let a = module.a.to_dtype(DType::F32)?;
             let b = in_model_rows(model, proj, &module.b.to_dtype(DType::F32)?)?;
-            let b = (b.to_device(device)? * module.scale)?;
-            let rank = a.dims()[0];
-            let a_t = a.t()?.contiguous()?;
-            let b_t = b.t()?.contiguous()?;
-            let host = if device.is_cpu() {
-                Some((
+            let (rank, n_in) = a.dims2()?;
+            let branch = if device.is_cpu() {
+                Branch::Host(LowRankDelta::new(
                     a.flatten_all()?.to_vec1::<f32>()?,
-                    b_t.flatten_all()?.to_vec1::<f32>()?,
-                ))
-            } else {
-                None
-            };
-            branches.insert(
-                (key.layer, proj),
-                Branch {
-                    a_t,
-                    b_t,
-                    host,
+                    b.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+                    module.scale as f32,
                     rank,
-                },
-            );
+                    n_in,
+                )?)
+            } else {
+                let b = (b.to_device(device)? * module.scale)?;
+                Branch::Device {
+                    a_t: a.to_device(device)?.t()?.contiguous()?,
+                    b_t: b.t()?.contiguous()?,
+                }
+            };
+            branches.insert((key.layer, proj), branch);
         }
         Ok(LoadedAdapter {
             name: name.to_string(),
@@ -250,22 +185,22 @@ impl LoadedAdapter {
         let Some(branch) = self.branches.get(&(layer_idx, proj)) else {
             return Ok(None);
         };
-        let rows = xs.dims()[0];
-        if let Some((a, b_t)) = &branch.host
-            && xs.dtype() == DType::F32
-        {
-            let flat = xs.flatten_all()?.to_vec1::<f32>()?;
-            let delta = branch.host_delta(&flat, rows, a, b_t);
-            let n_out = branch.b_t.dims()[1];
-            return Ok(Some(Tensor::from_vec(delta, (rows, n_out), xs.device())?));
+        match branch {
+            Branch::Host(delta) => {
+                let rows = xs.dims()[0];
+                let flat = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let out = delta.apply(&flat, rows);
+                let out = Tensor::from_vec(out, (rows, delta.out_features()), xs.device())?;
+                Ok(Some(out.to_dtype(xs.dtype())?))
+            }
+            Branch::Device { a_t, b_t } => Ok(Some(xs.matmul(a_t)?.matmul(b_t)?)),
         }
-        Ok(Some(xs.matmul(&branch.a_t)?.matmul(&branch.b_t)?))
     }
 
     fn out_features(&self, layer_idx: usize, proj: Proj) -> Option<usize> {
         self.branches
             .get(&(layer_idx, proj))
-            .map(|b| b.b_t.dims()[1])
+            .map(Branch::out_features)
     }
 }
 

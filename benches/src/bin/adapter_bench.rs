@@ -2,9 +2,11 @@
 //!
 //! LoRA costs on a real model, with a random r=16 adapter on all seven projections of every
 //! layer (written and read back through the PEFT format): decode speed of the base model,
-//! the unmerged side branch and the merged weights; adapter load latency; and aggregate
-//! throughput of four concurrent requests on one adapter against four distinct adapters.
-//! Prints a Markdown table of medians.
+//! the unmerged side branch (with f16 values, as a trained adapter saved in f16 has, and with
+//! f32 values) and the merged weights; adapter load latency; and aggregate throughput of four
+//! concurrent requests on one adapter against four distinct adapters. The decode rates are
+//! measured in alternation, one request of each per round, so that drift in the machine's
+//! speed falls on all of them alike. Prints a Markdown table of medians.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,11 +26,12 @@ use hexacoder_engine::{
 
 const RANK: usize = 16;
 const TOKENS: usize = 64;
-const REPS: usize = 3;
+const REPS: usize = 5;
 const PROMPT: &str =
     "import numpy as np\n\n\nclass LinearRegression:\n    \"\"\"Ordinary least squares.\"\"\"\n\n";
 
-fn random_adapter(engine: &Engine, seed: u64) -> Result<Adapter> {
+/// `halves`: values rounded to f16, as an adapter saved in f16 holds them.
+fn random_adapter(engine: &Engine, seed: u64, halves: bool) -> Result<Adapter> {
     let model = engine.model();
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
@@ -36,7 +39,12 @@ fn random_adapter(engine: &Engine, seed: u64) -> Result<Adapter> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+        let value = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04;
+        if halves {
+            half::f16::from_f32(value).to_f32()
+        } else {
+            value
+        }
     };
     let mut modules = BTreeMap::new();
     for layer in 0..model.n_layers() {
@@ -95,17 +103,21 @@ fn request(adapter: Option<Arc<LoadedAdapter>>, prompt: &str) -> GenerateRequest
     }
 }
 
-/// Decode tokens/s of one request, after its first token.
-fn decode_rate(engine: &mut Engine, adapter: Option<Arc<LoadedAdapter>>) -> Result<f64> {
-    let mut rates = Vec::new();
+/// Decode tokens/s after the first token, median per adapter (or none), one request of each
+/// per round.
+fn decode_rates(engine: &mut Engine, adapters: &[Option<Arc<LoadedAdapter>>]) -> Result<Vec<f64>> {
+    let mut rates = vec![Vec::new(); adapters.len()];
     for rep in 0..REPS {
-        // A distinct prompt each time, so the prefix cache does not shorten anything.
-        let prompt = format!("# run {rep}\n{PROMPT}");
-        let generation = engine.generate(&request(adapter.clone(), &prompt), &mut |_, _| true)?;
-        let decode = generation.elapsed - generation.time_to_first_token;
-        rates.push((generation.completion_tokens() - 1) as f64 / decode.as_secs_f64());
+        for (i, adapter) in adapters.iter().enumerate() {
+            // A distinct prompt each time, so the prefix cache does not shorten anything.
+            let prompt = format!("# run {rep}.{i}\n{PROMPT}");
+            let generation =
+                engine.generate(&request(adapter.clone(), &prompt), &mut |_, _| true)?;
+            let decode = generation.elapsed - generation.time_to_first_token;
+            rates[i].push((generation.completion_tokens() - 1) as f64 / decode.as_secs_f64());
+        }
     }
-    Ok(median(rates))
+    Ok(rates.into_iter().map(median).collect())
 }
 
 struct Done(mpsc::Sender<usize>);
@@ -156,7 +168,7 @@ fn main() -> Result<()> {
     let files = ModelFiles::Gguf(path.clone().into());
     let options = LoadOptions::cpu();
     let mut engine = load::load(&files, &options)?;
-    let adapter = random_adapter(&engine, 1)?;
+    let adapter = random_adapter(&engine, 1, true)?;
     let dir = tempfile::tempdir()?;
     adapter.save(&dir.path().join("a"))?;
     let mut load_ms = Vec::new();
@@ -175,11 +187,21 @@ fn main() -> Result<()> {
     let prepared = prepared.context("loaded")?;
     let bytes = prepared.bytes();
 
-    let base = decode_rate(&mut engine, None)?;
-    let unmerged = decode_rate(&mut engine, Some(Arc::clone(&prepared)))?;
+    let floats = Arc::new(LoadedAdapter::new(
+        "f32",
+        1,
+        &random_adapter(&engine, 1, false)?,
+        engine.model(),
+    )?);
+    let rates = decode_rates(
+        &mut engine,
+        &[None, Some(Arc::clone(&prepared)), Some(Arc::clone(&floats))],
+    )?;
+    let (base, unmerged, unmerged_f32) = (rates[0], rates[1], rates[2]);
+    drop(floats);
     let mut merged_engine = load::load(&files, &options)?;
     merged_engine.merge_adapter(&adapter, Q8Kernel::Fastest)?;
-    let merged = decode_rate(&mut merged_engine, None)?;
+    let merged = decode_rates(&mut merged_engine, &[None])?[0];
     drop(merged_engine);
 
     let others: Vec<Arc<LoadedAdapter>> = (2..=4)
@@ -187,7 +209,7 @@ fn main() -> Result<()> {
             Ok(Arc::new(LoadedAdapter::new(
                 &format!("a{seed}"),
                 1,
-                &random_adapter(&engine, seed)?,
+                &random_adapter(&engine, seed, true)?,
                 engine.model(),
             )?))
         })
@@ -211,8 +233,12 @@ fn main() -> Result<()> {
     println!("|---|---|---|");
     println!("| decode, base model (tokens/s) | {base:.1} | 1.00 |");
     println!(
-        "| decode, r={RANK} adapter unmerged (tokens/s) | {unmerged:.1} | {:.2} |",
+        "| decode, r={RANK} adapter unmerged, f16 values (tokens/s) | {unmerged:.1} | {:.2} |",
         unmerged / base
+    );
+    println!(
+        "| decode, r={RANK} adapter unmerged, f32 values (tokens/s) | {unmerged_f32:.1} | {:.2} |",
+        unmerged_f32 / base
     );
     println!(
         "| decode, r={RANK} adapter merged (tokens/s) | {merged:.1} | {:.2} |",

@@ -8,6 +8,7 @@ mod exp;
 mod kquant;
 mod kv_cache;
 mod legacy;
+mod low_rank;
 mod q8;
 mod simd;
 mod tiles;
@@ -24,6 +25,7 @@ pub use exp::exp_in_place;
 pub use kquant::KQuantMatrix;
 pub use kv_cache::{KvCache, KvLayer};
 pub use legacy::LegacyMatrix;
+pub use low_rank::LowRankDelta;
 pub use q8::Q8Matrix;
 pub use simd::Isa;
 
@@ -33,6 +35,13 @@ mod test_util;
 mod tests;
 
 use crate::Result;
+
+/// The threads candle's pool runs work on, read once: finding the CPU count reads the
+/// cgroup files, which cost more than a short decode step's attention.
+pub(crate) fn pool_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
 
 /// The seven projections of a decoder layer, named as PEFT's `target_modules` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

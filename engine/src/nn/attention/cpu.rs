@@ -11,17 +11,11 @@
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::Result;
+use crate::nn::pool_threads;
 
 /// Queries per work item: enough to amortize a dispatch, few enough to spread a decode step's
 /// heads and a short chunk over the threads.
 const QUERY_TILE: usize = 8;
-
-/// The threads candle's pool runs work on, read once: finding the CPU count reads the
-/// cgroup files, which cost more than a short decode step's attention.
-fn pool_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
-}
 
 /// Calls with fewer multiply-adds than this run on the calling thread.
 const INLINE_WORK: usize = 1 << 16;
