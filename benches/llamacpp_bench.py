@@ -1,10 +1,13 @@
 """The llama.cpp side of engine_vs_llamacpp.py: the same workload through llama-cpp-python.
 
 Run with: PEER_VENV/bin/python benches/llamacpp_bench.py MODEL.gguf WORKLOAD.json
-Prints one JSON document shaped like engine-bench's output.
+Prints one JSON document shaped like engine-bench's output. With LLAMACPP_BENCH_LOAD_ONLY set,
+loads the model and prints only {"load_s": ...}, as engine-bench does with
+HEXACODER_BENCH_LOAD_ONLY.
 """
 
 import json
+import os
 import resource
 import sys
 import time
@@ -41,6 +44,9 @@ def main():
     started = time.perf_counter()
     llm = Llama(model_path=model, n_threads=2, n_threads_batch=2, n_ctx=4096, verbose=False)
     load_s = time.perf_counter() - started
+    if os.environ.get("LLAMACPP_BENCH_LOAD_ONLY"):
+        print(json.dumps({"load_s": load_s}))
+        return
     run(llm, "def warmup():", 4)
     doc = {"engine": "llama.cpp", "load_s": load_s, "decode": [], "prefill": [], "ttft_cold": [], "ttft_warm": []}
     for rep in range(workload["reps"]):
