@@ -164,8 +164,8 @@ impl LowRankDelta {
                     };
                     let span = tile * self.rank * COLUMN_TILE..;
                     match &self.b_tiles {
-                        Values::F16(b) => kernel.combine_f16(h, &b[span], width, 0, dst),
-                        Values::F32(b) => kernel.combine_f32(h, &b[span], width, 0, dst),
+                        Values::F16(b) => kernel.combine_f16(h, &b[span], dst),
+                        Values::F32(b) => kernel.combine_f32(h, &b[span], dst),
                     }
                 }
             }
@@ -224,21 +224,21 @@ impl Kernel {
         }
     }
 
-    fn combine_f16(self, h: &[f32], b_t: &[f16], n_out: usize, first: usize, out: &mut [f32]) {
+    fn combine_f16(self, h: &[f32], tile: &[f16], out: &mut [f32]) {
         match self {
             // SAFETY: `detect` saw AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::combine_f16(h, b_t, n_out, first, out) },
-            Kernel::Portable => portable::combine(h, b_t, n_out, first, out, |v: &f16| v.to_f32()),
+            Kernel::Avx2 => unsafe { avx2::combine_f16(h, tile, out) },
+            Kernel::Portable => portable::combine(h, tile, out, |v: &f16| v.to_f32()),
         }
     }
 
-    fn combine_f32(self, h: &[f32], b_t: &[f32], n_out: usize, first: usize, out: &mut [f32]) {
+    fn combine_f32(self, h: &[f32], tile: &[f32], out: &mut [f32]) {
         match self {
             // SAFETY: `detect` saw AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::combine_f32(h, b_t, n_out, first, out) },
-            Kernel::Portable => portable::combine(h, b_t, n_out, first, out, |v: &f32| *v),
+            Kernel::Avx2 => unsafe { avx2::combine_f32(h, tile, out) },
+            Kernel::Portable => portable::combine(h, tile, out, |v: &f32| *v),
         }
     }
 }
@@ -279,18 +279,13 @@ mod portable {
         (s4[0] + s4[2]) + (s4[1] + s4[3])
     }
 
-    /// `out[j] = Σₖ h[k]·Bᵀ[k][first + j]`, one fused multiply-add per `k` in order.
-    pub(super) fn combine<T>(
-        h: &[f32],
-        b_t: &[T],
-        n_out: usize,
-        first: usize,
-        out: &mut [f32],
-        to_f32: impl Fn(&T) -> f32,
-    ) {
+    /// `out[j] = Σₖ h[k]·tile[k][j]` for a tile of `Bᵀ` (`h.len() × out.len()`, row-major),
+    /// one fused multiply-add per `k` in order.
+    pub(super) fn combine<T>(h: &[f32], tile: &[T], out: &mut [f32], to_f32: impl Fn(&T) -> f32) {
+        let width = out.len();
         for (j, o) in out.iter_mut().enumerate() {
             *o = h.iter().enumerate().fold(0.0, |acc, (k, &h)| {
-                h.mul_add(to_f32(&b_t[k * n_out + first + j]), acc)
+                h.mul_add(to_f32(&tile[k * width + j]), acc)
             });
         }
     }
@@ -342,22 +337,16 @@ mod avx2 {
         ($name:ident, $t:ty, $load:expr, $tail:expr) => {
             /// `portable::combine`, eight vectors of columns at a time in registers.
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub(super) fn $name(
-                h: &[f32],
-                b_t: &[$t],
-                n_out: usize,
-                first: usize,
-                out: &mut [f32],
-            ) {
+            pub(super) fn $name(h: &[f32], tile: &[$t], out: &mut [f32]) {
                 let n = out.len();
-                assert!(first + n <= n_out && b_t.len() >= h.len() * n_out);
+                assert!(tile.len() >= h.len() * n);
                 let mut j = 0;
                 while j + BLOCK <= n {
                     let mut acc = [_mm256_setzero_ps(); 8];
                     for (k, &hk) in h.iter().enumerate() {
                         let hs = _mm256_set1_ps(hk);
-                        // SAFETY: `k·n_out + first + j + BLOCK <= (k + 1)·n_out` by the assert.
-                        let row = unsafe { b_t.as_ptr().add(k * n_out + first + j) };
+                        // SAFETY: `k·n + j + BLOCK <= (k + 1)·n` and the assert.
+                        let row = unsafe { tile.as_ptr().add(k * n + j) };
                         prefetch_block(row, AHEAD, 1);
                         prefetch_block(row.wrapping_add(BLOCK / 2), AHEAD, 1);
                         for (v, a) in acc.iter_mut().enumerate() {
@@ -375,7 +364,7 @@ mod avx2 {
                     let mut acc = _mm256_setzero_ps();
                     for (k, &hk) in h.iter().enumerate() {
                         // SAFETY: as in the blocks above, for eight columns.
-                        let w = unsafe { $load(b_t.as_ptr().add(k * n_out + first + j)) };
+                        let w = unsafe { $load(tile.as_ptr().add(k * n + j)) };
                         acc = _mm256_fmadd_ps(_mm256_set1_ps(hk), w, acc);
                     }
                     // SAFETY: `j + LANES <= n`.
@@ -384,7 +373,7 @@ mod avx2 {
                 }
                 for (c, o) in out.iter_mut().enumerate().skip(j) {
                     *o = h.iter().enumerate().fold(0.0, |acc, (k, &hk)| {
-                        hk.mul_add($tail(&b_t[k * n_out + first + c]), acc)
+                        hk.mul_add($tail(&tile[k * n + c]), acc)
                     });
                 }
             }
@@ -535,20 +524,19 @@ mod tests {
                 Kernel::Portable.dot_f16(&x, &w16).to_bits(),
                 "f16 dot of {n}"
             );
-            // Bᵀ of rank 3 and `n` columns; the window starts past a column block.
+            // A tile of Bᵀ of rank 3 and `n` columns.
             let h = [0.37, -1.25, 2.5];
             let b16: Vec<f16> = values(3 * n, 10, true)
                 .iter()
                 .map(|&v| f16::from_f32(v))
                 .collect();
             let b32 = values(3 * n, 11, false);
-            let first = n.min(3);
-            let (mut fast, mut portable) = (vec![0f32; n - first], vec![0f32; n - first]);
-            kernel.combine_f16(&h, &b16, n, first, &mut fast);
-            Kernel::Portable.combine_f16(&h, &b16, n, first, &mut portable);
+            let (mut fast, mut portable) = (vec![0f32; n], vec![0f32; n]);
+            kernel.combine_f16(&h, &b16, &mut fast);
+            Kernel::Portable.combine_f16(&h, &b16, &mut portable);
             assert_eq!(bits(&fast), bits(&portable), "f16 combine of {n}");
-            kernel.combine_f32(&h, &b32, n, first, &mut fast);
-            Kernel::Portable.combine_f32(&h, &b32, n, first, &mut portable);
+            kernel.combine_f32(&h, &b32, &mut fast);
+            Kernel::Portable.combine_f32(&h, &b32, &mut portable);
             assert_eq!(bits(&fast), bits(&portable), "f32 combine of {n}");
         }
     }
