@@ -270,6 +270,17 @@ impl Adapter {
     /// # Errors
     /// I/O failures; `dir` is then unchanged.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_as(dir, WeightDtype::F32)
+    }
+
+    /// [`Adapter::save`] with the tensors stored as `dtype`. f16 halves the file, and the
+    /// engine keeps an adapter whose values are all f16 values in f16, which halves what its
+    /// side branch reads per token.
+    ///
+    /// # Errors
+    /// I/O failures, or (f16) a value beyond f16's range, named by tensor; `dir` is then
+    /// unchanged.
+    pub fn save_as(&self, dir: &Path, dtype: WeightDtype) -> Result<()> {
         write_dir_atomically(dir, |staging| {
             let config = serde_json::to_string_pretty(&self.config.to_json())
                 .map_err(|e| Error::io(dir, std::io::Error::other(e)))?;
@@ -278,22 +289,19 @@ impl Adapter {
             let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
             for (key, module) in &self.modules {
                 for (half, tensor) in [("lora_A", &module.a), ("lora_B", &module.b)] {
+                    let name = format!("base_model.model.{}.{half}.weight", key.path());
                     let values = tensor
                         .to_dtype(DType::F32)?
                         .flatten_all()?
                         .to_vec1::<f32>()?;
-                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    data.push((
-                        format!("base_model.model.{}.{half}.weight", key.path()),
-                        bytes,
-                        tensor.dims().to_vec(),
-                    ));
+                    let bytes = encode(&name, &values, dtype)?;
+                    data.push((name, bytes, tensor.dims().to_vec()));
                 }
             }
             let views = data
                 .iter()
                 .map(|(name, bytes, shape)| {
-                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    safetensors::tensor::TensorView::new(dtype.safetensors(), shape.clone(), bytes)
                         .map(|view| (name.clone(), view))
                         .map_err(|e| Error::tensor(name, e.to_string()))
                 })
@@ -370,6 +378,69 @@ fn parse_key(key: &str) -> Result<(ModuleKey, bool)> {
         },
         is_a,
     ))
+}
+
+/// How [`Adapter::save_as`] stores the weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// Exactly the values in memory.
+    #[default]
+    F32,
+    /// Rounded to nearest f16: half the bytes, and the engine's f16 side branch.
+    F16,
+}
+
+impl WeightDtype {
+    fn safetensors(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(WeightDtype::F32),
+            "f16" | "float16" => Ok(WeightDtype::F16),
+            _ => Err(format!("`{s}` is not a weight dtype (use f16 or f32)")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+        })
+    }
+}
+
+/// Little-endian bytes of `values` as `dtype`. A finite f32 that f16 cannot hold is an error,
+/// not an infinity the loader would then refuse.
+fn encode(name: &str, values: &[f32], dtype: WeightDtype) -> Result<Vec<u8>> {
+    match dtype {
+        WeightDtype::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        WeightDtype::F16 => {
+            let mut bytes = Vec::with_capacity(values.len() * 2);
+            for &v in values {
+                let h = half::f16::from_f32(v);
+                if h.is_infinite() && v.is_finite() {
+                    return Err(Error::tensor(
+                        name,
+                        format!("{v} is beyond f16's range (±65504); save it as f32"),
+                    ));
+                }
+                bytes.extend_from_slice(&h.to_le_bytes());
+            }
+            Ok(bytes)
+        }
+    }
 }
 
 fn to_f32_tensor(key: &str, dtype: Dtype, data: &[u8], shape: &[usize]) -> Result<Tensor> {

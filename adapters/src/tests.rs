@@ -336,3 +336,62 @@ fn saved_adapters_reload_bit_identically() {
         assert_eq!(mode(WEIGHTS_FILE), mode(CONFIG_FILE));
     }
 }
+
+#[test]
+fn adapters_saved_as_f16_hold_each_value_rounded_to_nearest_f16() {
+    let original = load_with(config(json!({})), valid_tensors()).expect("load");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("f16");
+    original
+        .save_as(&target, WeightDtype::F16)
+        .expect("save as f16");
+    let bytes = std::fs::read(target.join(WEIGHTS_FILE)).expect("read");
+    let file = SafeTensors::deserialize(&bytes).expect("safetensors");
+    for (name, view) in file.tensors() {
+        assert_eq!(view.dtype(), Dtype::F16, "{name}");
+    }
+    let reloaded = Adapter::load(&target, &Shapes).expect("reload");
+    for (m1, m2) in original.modules().values().zip(reloaded.modules().values()) {
+        for (a, b) in [(&m1.a, &m2.a), (&m1.b, &m2.b)] {
+            let a = a
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("vec");
+            let b = b
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("vec");
+            let rounded: Vec<u32> = a
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_f32().to_bits())
+                .collect();
+            assert_eq!(rounded, b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        }
+    }
+
+    let f32_dir = dir.path().join("f32");
+    original
+        .save_as(&f32_dir, WeightDtype::F32)
+        .expect("save as f32");
+    let f32_len = std::fs::metadata(f32_dir.join(WEIGHTS_FILE))
+        .expect("stat")
+        .len();
+    let f16_len = bytes.len() as u64;
+    assert!(f16_len < f32_len, "f16 {f16_len} bytes, f32 {f32_len}");
+
+    // A value f16 cannot hold is an error naming the tensor, and nothing is written.
+    let mut huge = valid_tensors();
+    huge[0].1 = (huge[0].1.clone() * 1e6).expect("scale");
+    let huge = load_with(config(json!({})), huge).expect("load");
+    let refused = dir.path().join("refused");
+    let err = huge
+        .save_as(&refused, WeightDtype::F16)
+        .expect_err("out of f16's range");
+    assert!(err.to_string().contains("beyond f16's range"), "{err}");
+    assert!(err.to_string().contains(&valid_tensors()[0].0), "{err}");
+    assert!(!refused.exists());
+
+    assert_eq!("F16".parse::<WeightDtype>(), Ok(WeightDtype::F16));
+    assert_eq!("f32".parse::<WeightDtype>(), Ok(WeightDtype::F32));
+    assert!("bf16".parse::<WeightDtype>().is_err());
+}

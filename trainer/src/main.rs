@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use clap::{Args, Parser, Subcommand};
+use hexacoder_adapters::WeightDtype;
 use hexacoder_oracle::{ExternalOptions, RunStatus};
 use hexacoder_trainer::scan::{self, Format, ScanSettings};
 use hexacoder_trainer::train::model::LoraSettings;
@@ -169,6 +170,10 @@ struct TrainArgs {
     /// Device: cpu or cuda:N (needs a build with --features cuda).
     #[arg(long, env = "HEXACODER_DEVICE", default_value = "cpu")]
     device: String,
+    /// How the adapter's weights are stored: f16 (half the bytes, and the server's faster
+    /// f16 side branch) or f32 (exactly as trained).
+    #[arg(long, default_value = "f16")]
+    save_dtype: WeightDtype,
     /// Refuse to start when the run would need more memory than this many GiB
     /// [default: what the machine has available].
     #[arg(long)]
@@ -246,6 +251,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 eval_every: args.eval_every,
                 benchmarks,
                 device: args.device.clone(),
+                save_dtype: args.save_dtype,
             };
             (run_dir, settings, false)
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use hexacoder_adapters::Adapter;
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
@@ -154,6 +154,14 @@ fn a_trained_adapter_loads_in_the_engine_changes_its_output_and_carries_its_prov
     }
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
     assert_eq!(metrics.lines().count(), 12, "3 steps a epoch for 4 epochs");
+    // f16 by default, so the server takes its f16 side branch; the best adapter too.
+    for dir in [out.clone(), run.join("best")] {
+        let tensors = adapter_tensors(&dir);
+        assert!(!tensors.is_empty());
+        for (name, tensor) in tensors {
+            assert_eq!(tensor.dtype(), DType::F16, "{}: {name}", dir.display());
+        }
+    }
     let svg = std::fs::read_to_string(run.join("loss.svg")).expect("plot");
     assert!(
         svg.starts_with("<svg") && svg.contains("validation"),
@@ -246,6 +254,9 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_adapter() {
         "0.2",
         "--dropout",
         "0.1",
+        // f32: the comparison below is of the trained values, not of their f16 rounding.
+        "--save-dtype",
+        "f32",
     ];
     let reference = run_with(&f, "reference", "reference-run", &settings);
     assert!(reference.status.success(), "{}", stderr(&reference));
@@ -371,6 +382,11 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         "needs about",
     );
     nothing_written("o6", "r6");
+    expect_error(
+        run_with(&f, "o8", "r8", &["--save-dtype", "bf16"]),
+        "`bf16` is not a weight dtype (use f16 or f32)",
+    );
+    nothing_written("o8", "r8");
 
     let mut args = f.args("o7", "r7");
     args[1] = f.path("no-such-model").display().to_string();

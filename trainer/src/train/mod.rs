@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
+use hexacoder_adapters::WeightDtype;
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
 use hexacoder_engine::tokenizer::Tokenizer;
@@ -120,6 +121,15 @@ pub struct Settings {
     pub benchmarks: Option<PathBuf>,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// How the exported adapters (`--out` and the run's `best`) store their weights;
+    /// checkpoints stay f32 so that a resumed run continues exactly. Runs recorded before
+    /// this setting existed wrote f32.
+    #[serde(default = "f32_for_older_runs")]
+    pub save_dtype: WeightDtype,
+}
+
+fn f32_for_older_runs() -> WeightDtype {
+    WeightDtype::F32
 }
 
 impl Settings {
@@ -658,7 +668,7 @@ impl Trainer {
             "batch_size": s.batch_size, "epochs": s.epochs, "max_steps": s.max_steps,
             "max_seq_len": s.max_seq_len, "warmup_ratio": s.warmup_ratio,
             "max_grad_norm": s.max_grad_norm, "seed": s.seed,
-            "validation_fraction": s.validation_fraction,
+            "validation_fraction": s.validation_fraction, "save_dtype": s.save_dtype,
         });
         let mut adapter = self
             .lora
@@ -674,7 +684,7 @@ impl Trainer {
         if let Some(loss) = validation_loss {
             adapter = adapter.with_metadata("hexacoder.validation_loss", &format!("{loss:.6}"));
         }
-        adapter.save(dir)?;
+        adapter.save_as(dir, s.save_dtype)?;
         Ok(())
     }
 }
