@@ -197,6 +197,27 @@ impl LoadedAdapter {
         }
     }
 
+    /// `ys + delta`, the host branch adding straight into a copy of `ys`.
+    fn add_delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor, ys: Tensor) -> Result<Tensor> {
+        let Some(Branch::Host(delta)) = self.branches.get(&(layer_idx, proj)) else {
+            return Ok(match LoadedAdapter::delta(self, layer_idx, proj, xs)? {
+                Some(d) => (ys + d)?,
+                None => ys,
+            });
+        };
+        let rows = xs.dims()[0];
+        if ys.dtype() != DType::F32 || ys.dims() != [rows, delta.out_features()] {
+            let d = LoadedAdapter::delta(self, layer_idx, proj, xs)?
+                .ok_or_else(|| candle_core::Error::Msg("a host branch gave no delta".into()))?;
+            return Ok((ys + d)?);
+        }
+        let mut out = ys.flatten_all()?.to_vec1::<f32>()?;
+        crate::nn::with_f32_values(&xs.to_dtype(DType::F32)?.contiguous()?, |x| {
+            delta.add_to(x, rows, &mut out)
+        })?;
+        Ok(Tensor::from_vec(out, ys.shape(), ys.device())?)
+    }
+
     fn out_features(&self, layer_idx: usize, proj: Proj) -> Option<usize> {
         self.branches
             .get(&(layer_idx, proj))
@@ -207,6 +228,10 @@ impl LoadedAdapter {
 impl LinearHook for LoadedAdapter {
     fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>> {
         LoadedAdapter::delta(self, layer_idx, proj, xs)
+    }
+
+    fn add_delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor, ys: Tensor) -> Result<Tensor> {
+        LoadedAdapter::add_delta(self, layer_idx, proj, xs, ys)
     }
 }
 
@@ -226,6 +251,16 @@ impl<'a> RowAdapters<'a> {
 }
 
 impl LinearHook for RowAdapters<'_> {
+    fn add_delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor, ys: Tensor) -> Result<Tensor> {
+        if let [(_, Some(adapter))] = self.segments.as_slice() {
+            return adapter.add_delta(layer_idx, proj, xs, ys);
+        }
+        Ok(match self.delta(layer_idx, proj, xs)? {
+            Some(delta) => (ys + delta)?,
+            None => ys,
+        })
+    }
+
     fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>> {
         if let [(_, Some(adapter))] = self.segments.as_slice() {
             return adapter.delta(layer_idx, proj, xs);

@@ -2,11 +2,12 @@
 //!
 //! LoRA costs on a real model, with a random r=16 adapter on all seven projections of every
 //! layer (written and read back through the PEFT format): decode speed of the base model,
-//! the unmerged side branch (with f16 values, as a trained adapter saved in f16 has, and with
-//! f32 values) and the merged weights; adapter load latency; and aggregate throughput of four
+//! the unmerged side branch (with f16 values, as a trained adapter saved in f16 has, with
+//! bf16 values, as PEFT saves one for a bf16 base, and with f32 values) and the merged weights; adapter load latency; and aggregate throughput of four
 //! concurrent requests on one adapter against four distinct adapters. The decode rates are
 //! measured in alternation, one request of each per round, so that drift in the machine's
-//! speed falls on all of them alike. Prints a Markdown table of medians.
+//! speed falls on all of them alike; an unmerged adapter's "relative" is the median over
+//! rounds of its rate over the base's in the same round. Prints a Markdown table of medians.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,19 +20,27 @@ use hexacoder_benches::median;
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::batch::{Event, Sink};
 use hexacoder_engine::load::{self, LoadOptions};
-use hexacoder_engine::nn::{Proj, Q8Kernel};
+use hexacoder_engine::nn::{LinearHook, Proj, Q8Kernel};
 use hexacoder_engine::{
     Engine, GenerateRequest, LoadedAdapter, SamplingParams, Scheduler, SchedulerOptions,
 };
 
 const RANK: usize = 16;
 const TOKENS: usize = 64;
-const REPS: usize = 5;
+const REPS: usize = 7;
 const PROMPT: &str =
     "import numpy as np\n\n\nclass LinearRegression:\n    \"\"\"Ordinary least squares.\"\"\"\n\n";
 
-/// `halves`: values rounded to f16, as an adapter saved in f16 holds them.
-fn random_adapter(engine: &Engine, seed: u64, halves: bool) -> Result<Adapter> {
+/// What an adapter's values are rounded to, as an adapter saved in that type holds them.
+#[derive(Clone, Copy)]
+enum Saved {
+    F16,
+    /// PEFT's dtype for an adapter on a bf16 base.
+    Bf16,
+    F32,
+}
+
+fn random_adapter(engine: &Engine, seed: u64, saved: Saved) -> Result<Adapter> {
     let model = engine.model();
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
@@ -40,10 +49,10 @@ fn random_adapter(engine: &Engine, seed: u64, halves: bool) -> Result<Adapter> {
         state ^= state >> 7;
         state ^= state << 17;
         let value = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04;
-        if halves {
-            half::f16::from_f32(value).to_f32()
-        } else {
-            value
+        match saved {
+            Saved::F16 => half::f16::from_f32(value).to_f32(),
+            Saved::Bf16 => half::bf16::from_f32(value).to_f32(),
+            Saved::F32 => value,
         }
     };
     let mut modules = BTreeMap::new();
@@ -103,9 +112,12 @@ fn request(adapter: Option<Arc<LoadedAdapter>>, prompt: &str) -> GenerateRequest
     }
 }
 
-/// Decode tokens/s after the first token, median per adapter (or none), one request of each
-/// per round.
-fn decode_rates(engine: &mut Engine, adapters: &[Option<Arc<LoadedAdapter>>]) -> Result<Vec<f64>> {
+/// Decode tokens/s after the first token per adapter (or none) and round, one request of
+/// each per round.
+fn decode_rates(
+    engine: &mut Engine,
+    adapters: &[Option<Arc<LoadedAdapter>>],
+) -> Result<Vec<Vec<f64>>> {
     let mut rates = vec![Vec::new(); adapters.len()];
     for rep in 0..REPS {
         for (i, adapter) in adapters.iter().enumerate() {
@@ -117,7 +129,42 @@ fn decode_rates(engine: &mut Engine, adapters: &[Option<Arc<LoadedAdapter>>]) ->
             rates[i].push((generation.completion_tokens() - 1) as f64 / decode.as_secs_f64());
         }
     }
-    Ok(rates.into_iter().map(median).collect())
+    Ok(rates)
+}
+
+/// One-token forward passes (a decode step's projections and head, no context), each
+/// configuration in turn every round, `STEPS` rounds: the median ms per pass of each, and the
+/// median over rounds of the base's time over each one's in the same round (a speed ratio). Rounds tens of
+/// milliseconds long leave the machine's drift out of the ratios.
+fn step_costs(engine: &Engine, adapters: &[Option<Arc<LoadedAdapter>>]) -> Result<Vec<(f64, f64)>> {
+    const STEPS: usize = 150;
+    let token = engine.tokenizer().encode_plain("def")?;
+    let mut times = vec![Vec::with_capacity(STEPS); adapters.len()];
+    for step in 0..=STEPS {
+        for (i, adapter) in adapters.iter().enumerate() {
+            let hook = adapter.as_deref().map(|a| a as &dyn LinearHook);
+            let started = Instant::now();
+            engine.model().forward_all(&token, hook)?;
+            // The first round warms up.
+            if step > 0 {
+                times[i].push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(times
+        .iter()
+        .map(|t| {
+            let ratios = t.iter().zip(&times[0]).map(|(t, b)| b / t).collect();
+            (median(t.clone()), median(ratios))
+        })
+        .collect())
+}
+
+/// The median rate, and the median over rounds of `rates[r] / base[r]`: a ratio of requests
+/// minutes apart would carry the machine's drift in between.
+fn rate_and_ratio(rates: &[f64], base: &[f64]) -> (f64, f64) {
+    let ratios = rates.iter().zip(base).map(|(r, b)| r / b).collect();
+    (median(rates.to_vec()), median(ratios))
 }
 
 struct Done(mpsc::Sender<usize>);
@@ -168,7 +215,7 @@ fn main() -> Result<()> {
     let files = ModelFiles::Gguf(path.clone().into());
     let options = LoadOptions::cpu();
     let mut engine = load::load(&files, &options)?;
-    let adapter = random_adapter(&engine, 1, true)?;
+    let adapter = random_adapter(&engine, 1, Saved::F16)?;
     let dir = tempfile::tempdir()?;
     adapter.save(&dir.path().join("a"))?;
     let mut load_ms = Vec::new();
@@ -187,21 +234,43 @@ fn main() -> Result<()> {
     let prepared = prepared.context("loaded")?;
     let bytes = prepared.bytes();
 
+    let brains = Arc::new(LoadedAdapter::new(
+        "bf16",
+        1,
+        &random_adapter(&engine, 1, Saved::Bf16)?,
+        engine.model(),
+    )?);
     let floats = Arc::new(LoadedAdapter::new(
         "f32",
         1,
-        &random_adapter(&engine, 1, false)?,
+        &random_adapter(&engine, 1, Saved::F32)?,
         engine.model(),
     )?);
     let rates = decode_rates(
         &mut engine,
-        &[None, Some(Arc::clone(&prepared)), Some(Arc::clone(&floats))],
+        &[
+            None,
+            Some(Arc::clone(&prepared)),
+            Some(Arc::clone(&brains)),
+            Some(Arc::clone(&floats)),
+        ],
     )?;
-    let (base, unmerged, unmerged_f32) = (rates[0], rates[1], rates[2]);
-    drop(floats);
+    let steps = step_costs(
+        &engine,
+        &[
+            None,
+            Some(Arc::clone(&prepared)),
+            Some(Arc::clone(&brains)),
+            Some(Arc::clone(&floats)),
+        ],
+    )?;
+    let base = median(rates[0].clone());
+    let [unmerged, unmerged_bf16, unmerged_f32] =
+        [1, 2, 3].map(|i| rate_and_ratio(&rates[i], &rates[0]));
+    drop((brains, floats));
     let mut merged_engine = load::load(&files, &options)?;
     merged_engine.merge_adapter(&adapter, Q8Kernel::Fastest)?;
-    let merged = decode_rates(&mut merged_engine, &[None])?[0];
+    let merged = median(decode_rates(&mut merged_engine, &[None])?.remove(0));
     drop(merged_engine);
 
     let others: Vec<Arc<LoadedAdapter>> = (2..=4)
@@ -209,7 +278,7 @@ fn main() -> Result<()> {
             Ok(Arc::new(LoadedAdapter::new(
                 &format!("a{seed}"),
                 1,
-                &random_adapter(&engine, seed, true)?,
+                &random_adapter(&engine, seed, Saved::F16)?,
                 engine.model(),
             )?))
         })
@@ -232,14 +301,25 @@ fn main() -> Result<()> {
     println!("| measure | value | relative |");
     println!("|---|---|---|");
     println!("| decode, base model (tokens/s) | {base:.1} | 1.00 |");
-    println!(
-        "| decode, r={RANK} adapter unmerged, f16 values (tokens/s) | {unmerged:.1} | {:.2} |",
-        unmerged / base
-    );
-    println!(
-        "| decode, r={RANK} adapter unmerged, f32 values (tokens/s) | {unmerged_f32:.1} | {:.2} |",
-        unmerged_f32 / base
-    );
+    for (values, (rate, ratio)) in [
+        ("f16", unmerged),
+        ("bf16", unmerged_bf16),
+        ("f32", unmerged_f32),
+    ] {
+        println!(
+            "| decode, r={RANK} adapter unmerged, {values} values (tokens/s) | {rate:.1} | {ratio:.2} |"
+        );
+    }
+    for ((ms, ratio), what) in steps.iter().zip(["base model", "f16", "bf16", "f32"]) {
+        println!(
+            "| one-token forward, {}{what} (ms; alternated every pass) | {ms:.2} | {ratio:.3} |",
+            if what == "base model" {
+                ""
+            } else {
+                "adapter with "
+            }
+        );
+    }
     println!(
         "| decode, r={RANK} adapter merged (tokens/s) | {merged:.1} | {:.2} |",
         merged / base

@@ -85,12 +85,14 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// Calls `f` with a contiguous f32 CPU tensor's values, borrowed.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
         (&*storage, layout.contiguous_offsets())
     else {
-        return Err(candle_core::Error::Msg("silu_mul needs contiguous f32 values".into()).into());
+        return Err(
+            candle_core::Error::Msg("expected contiguous f32 values on the CPU".into()).into(),
+        );
     };
     Ok(f(&data[start..end]))
 }

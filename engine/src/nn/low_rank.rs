@@ -1,6 +1,7 @@
 //! The LoRA side branch on the CPU, `s·B(A·x)` for each row `x`, from `A` and `Bᵀ` kept in
-//! f16 where the adapter's values are f16 values (an adapter saved in f16 loses nothing, and
-//! decode reads half the bytes) and in f32 otherwise.
+//! f16 where the adapter's values are f16 values, in bf16 where they are bf16 values (an
+//! adapter saved in either loses nothing, and decode reads half the bytes), and in f32
+//! otherwise.
 //!
 //! Decode reads every adapter matrix once per token, so the branch is bound by memory
 //! bandwidth like the base weights: both phases are spread over the threads for any row
@@ -10,24 +11,23 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use half::f16;
+use half::{bf16, f16};
 
 /// A matrix's values in the narrowest type that holds them exactly.
 #[derive(Debug)]
 enum Values {
     F16(Vec<f16>),
+    /// PEFT saves an adapter in its base model's dtype, often bf16.
+    Bf16(Vec<bf16>),
     F32(Vec<f32>),
 }
 
 impl Values {
     fn new(values: Vec<f32>) -> Values {
-        let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-        let exact = halves
-            .iter()
-            .zip(&values)
-            .all(|(h, v)| h.to_f32().to_bits() == v.to_bits());
-        if exact {
+        if let Some(halves) = exactly(&values, f16::from_f32, f16::to_f32) {
             Values::F16(halves)
+        } else if let Some(brains) = exactly(&values, bf16::from_f32, bf16::to_f32) {
+            Values::Bf16(brains)
         } else {
             Values::F32(values)
         }
@@ -36,9 +36,26 @@ impl Values {
     fn bytes(&self) -> usize {
         match self {
             Values::F16(v) => v.len() * 2,
+            Values::Bf16(v) => v.len() * 2,
             Values::F32(v) => v.len() * 4,
         }
     }
+}
+
+/// `values` converted to `T`, if every one converts back to the same bits.
+fn exactly<T>(values: &[f32], from: impl Fn(f32) -> T, to: impl Fn(T) -> f32) -> Option<Vec<T>>
+where
+    T: Copy,
+{
+    let mut out = Vec::with_capacity(values.len());
+    for &v in values {
+        let narrow = from(v);
+        if to(narrow).to_bits() != v.to_bits() {
+            return None;
+        }
+        out.push(narrow);
+    }
+    Some(out)
 }
 
 /// Output columns per tile of `Bᵀ`: a tile's `rank × 64` values are stored together, so
@@ -96,14 +113,30 @@ impl LowRankDelta {
         })
     }
 
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.n_in
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.n_out
     }
 
-    /// Whether `A` and `Bᵀ` are both kept in f16.
+    /// Whether `A` and `Bᵀ` are both kept in two bytes a value (f16 or bf16).
     pub fn is_half(&self) -> bool {
-        matches!((&self.a, &self.b_tiles), (Values::F16(_), Values::F16(_)))
+        self.a.bytes() + self.b_tiles.bytes() == 2 * self.rank * (self.n_in + self.n_out)
+    }
+
+    /// The type `A` and `Bᵀ` are kept in: `"f16"`, `"bf16"`, `"f32"`, or (each its own)
+    /// `"mixed"`.
+    pub fn storage(&self) -> &'static str {
+        match (&self.a, &self.b_tiles) {
+            (Values::F16(_), Values::F16(_)) => "f16",
+            (Values::Bf16(_), Values::Bf16(_)) => "bf16",
+            (Values::F32(_), Values::F32(_)) => "f32",
+            _ => "mixed",
+        }
     }
 
     /// Bytes of weights read per row of decode.
@@ -112,12 +145,24 @@ impl LowRankDelta {
     }
 
     /// The delta of each row of `xs` (`rows × in`, row-major), `rows × out`.
+    pub fn apply(&self, xs: &[f32], rows: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * self.n_out];
+        self.add_to(xs, rows, &mut out);
+        out
+    }
+
+    /// Adds the delta of each row of `xs` (`rows × in`, row-major) to `out` (`rows × out`):
+    /// each element gets `out + delta` with the delta summed first, the bits of adding
+    /// [`LowRankDelta::apply`]'s result.
     ///
     /// With fewer rows than threads (decode), each row's work is cut into one contiguous
     /// span of `A`'s rows and of `Bᵀ`'s tiles per thread, so every thread streams its own
     /// stretch of memory.
-    pub fn apply(&self, xs: &[f32], rows: usize) -> Vec<f32> {
-        debug_assert_eq!(xs.len(), rows * self.n_in);
+    ///
+    /// # Panics
+    /// If `xs` or `out` is not `rows` rows long.
+    pub fn add_to(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
+        assert!(xs.len() == rows * self.n_in && out.len() == rows * self.n_out);
         let pool = candle_core::utils::barrier_pool();
         let kernel = Kernel::detect();
         let splits = super::pool_threads().div_ceil(rows.max(1)).max(1);
@@ -135,6 +180,7 @@ impl LowRankDelta {
                     let span = k * self.n_in..(k + 1) * self.n_in;
                     let dot = match &self.a {
                         Values::F16(a) => kernel.dot_f16(x, &a[span]),
+                        Values::Bf16(a) => kernel.dot_bf16(x, &a[span]),
                         Values::F32(a) => kernel.dot_f32(x, &a[span]),
                     };
                     // SAFETY: each item writes its own elements, and `hidden` outlives the
@@ -147,7 +193,6 @@ impl LowRankDelta {
         let tiles = self.n_out.div_ceil(COLUMN_TILE);
         let tiles_per_item = tiles.div_ceil(splits);
         let tile_items = tiles.div_ceil(tiles_per_item);
-        let mut out = vec![0f32; rows * self.n_out];
         let out_ptr = SharedOut(out.as_mut_ptr());
         pool.execute_chunked(rows * tile_items, |items| {
             for item in items {
@@ -165,12 +210,12 @@ impl LowRankDelta {
                     let span = tile * self.rank * COLUMN_TILE..;
                     match &self.b_tiles {
                         Values::F16(b) => kernel.combine_f16(h, &b[span], dst),
+                        Values::Bf16(b) => kernel.combine_bf16(h, &b[span], dst),
                         Values::F32(b) => kernel.combine_f32(h, &b[span], dst),
                     }
                 }
             }
         });
-        out
     }
 }
 
@@ -215,6 +260,15 @@ impl Kernel {
         }
     }
 
+    fn dot_bf16(self, x: &[f32], w: &[bf16]) -> f32 {
+        match self {
+            // SAFETY: `detect` saw AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_bf16(x, w) },
+            Kernel::Portable => portable::dot(x, w, |v: &bf16| v.to_f32()),
+        }
+    }
+
     fn dot_f32(self, x: &[f32], w: &[f32]) -> f32 {
         match self {
             // SAFETY: `detect` saw AVX2 and FMA.
@@ -230,6 +284,15 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::combine_f16(h, tile, out) },
             Kernel::Portable => portable::combine(h, tile, out, |v: &f16| v.to_f32()),
+        }
+    }
+
+    fn combine_bf16(self, h: &[f32], tile: &[bf16], out: &mut [f32]) {
+        match self {
+            // SAFETY: `detect` saw AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::combine_bf16(h, tile, out) },
+            Kernel::Portable => portable::combine(h, tile, out, |v: &bf16| v.to_f32()),
         }
     }
 
@@ -279,12 +342,12 @@ mod portable {
         (s4[0] + s4[2]) + (s4[1] + s4[3])
     }
 
-    /// `out[j] = Σₖ h[k]·tile[k][j]` for a tile of `Bᵀ` (`h.len() × out.len()`, row-major),
-    /// one fused multiply-add per `k` in order.
+    /// `out[j] += Σₖ h[k]·tile[k][j]` for a tile of `Bᵀ` (`h.len() × out.len()`,
+    /// row-major), the sum one fused multiply-add per `k` in order, added last.
     pub(super) fn combine<T>(h: &[f32], tile: &[T], out: &mut [f32], to_f32: impl Fn(&T) -> f32) {
         let width = out.len();
         for (j, o) in out.iter_mut().enumerate() {
-            *o = h.iter().enumerate().fold(0.0, |acc, (k, &h)| {
+            *o += h.iter().enumerate().fold(0.0, |acc, (k, &h)| {
                 h.mul_add(to_f32(&tile[k * width + j]), acc)
             });
         }
@@ -335,7 +398,8 @@ mod avx2 {
 
     macro_rules! combine {
         ($name:ident, $t:ty, $load:expr, $tail:expr) => {
-            /// `portable::combine`, eight vectors of columns at a time in registers.
+            /// `portable::combine` (which adds into `out`), eight vectors of columns at a
+            /// time in registers.
             #[target_feature(enable = "avx2,fma,f16c")]
             pub(super) fn $name(h: &[f32], tile: &[$t], out: &mut [f32]) {
                 let n = out.len();
@@ -356,7 +420,10 @@ mod avx2 {
                     }
                     for (v, a) in acc.iter().enumerate() {
                         // SAFETY: `j + BLOCK <= n`.
-                        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j + v * LANES), *a) };
+                        unsafe {
+                            let o = out.as_mut_ptr().add(j + v * LANES);
+                            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *a));
+                        }
                     }
                     j += BLOCK;
                 }
@@ -368,11 +435,14 @@ mod avx2 {
                         acc = _mm256_fmadd_ps(_mm256_set1_ps(hk), w, acc);
                     }
                     // SAFETY: `j + LANES <= n`.
-                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j), acc) };
+                    unsafe {
+                        let o = out.as_mut_ptr().add(j);
+                        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), acc));
+                    }
                     j += LANES;
                 }
                 for (c, o) in out.iter_mut().enumerate().skip(j) {
-                    *o = h.iter().enumerate().fold(0.0, |acc, (k, &hk)| {
+                    *o += h.iter().enumerate().fold(0.0, |acc, (k, &hk)| {
                         hk.mul_add($tail(&tile[k * n + c]), acc)
                     });
                 }
@@ -386,6 +456,14 @@ mod avx2 {
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
 
+    /// A bf16 is an f32's upper half: widen to 32 bits and shift into place.
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        // SAFETY: the caller gives eight readable bf16s.
+        let halves = unsafe { _mm_loadu_si128(p.cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+    }
+
     #[target_feature(enable = "avx2")]
     unsafe fn load_f32(p: *const f32) -> __m256 {
         // SAFETY: the caller gives eight readable floats.
@@ -393,8 +471,10 @@ mod avx2 {
     }
 
     dot!(dot_f16, f16, load_f16, |v: &f16| v.to_f32());
+    dot!(dot_bf16, bf16, load_bf16, |v: &bf16| v.to_f32());
     dot!(dot_f32, f32, load_f32, |v: &f32| *v);
     combine!(combine_f16, f16, load_f16, |v: &f16| v.to_f32());
+    combine!(combine_bf16, bf16, load_bf16, |v: &bf16| v.to_f32());
     combine!(combine_f32, f32, load_f32, |v: &f32| *v);
 }
 
@@ -402,7 +482,15 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32, halves: bool) -> Vec<f32> {
+    /// What the test values are rounded to.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Round {
+        F16,
+        Bf16,
+        None,
+    }
+
+    fn values(n: usize, seed: u32, round: Round) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761) | 1;
         (0..n)
             .map(|_| {
@@ -410,7 +498,12 @@ mod tests {
                 state ^= state >> 17;
                 state ^= state << 5;
                 let v = (state >> 8) as f32 / (1 << 24) as f32 - 0.5;
-                if halves { f16::from_f32(v).to_f32() } else { v }
+                match round {
+                    Round::F16 => f16::from_f32(v).to_f32(),
+                    // Small enough that f16 cannot hold them all.
+                    Round::Bf16 => bf16::from_f32(v * 1e-6).to_f32(),
+                    Round::None => v,
+                }
             })
             .collect()
     }
@@ -437,27 +530,30 @@ mod tests {
     }
 
     #[test]
-    fn f16_values_are_kept_in_f16_and_others_in_f32() {
+    fn f16_and_bf16_values_are_kept_in_two_bytes_and_others_in_f32() {
         let (rank, n_in, n_out) = (4, 40, 24);
-        let halves = LowRankDelta::new(
-            values(rank * n_in, 1, true),
-            values(rank * n_out, 2, true),
-            2.0,
-            rank,
-            n_in,
-        )
-        .expect("shape");
+        let make = |a: Round, b: Round| {
+            LowRankDelta::new(
+                values(rank * n_in, 1, a),
+                values(rank * n_out, 2, b),
+                2.0,
+                rank,
+                n_in,
+            )
+            .expect("shape")
+        };
+        let halves = make(Round::F16, Round::F16);
         assert!(halves.is_half());
+        assert_eq!(halves.storage(), "f16");
         assert_eq!(halves.bytes(), (rank * n_in + rank * n_out) * 2);
-        let floats = LowRankDelta::new(
-            values(rank * n_in, 1, false),
-            values(rank * n_out, 2, true),
-            2.0,
-            rank,
-            n_in,
-        )
-        .expect("shape");
+        let brains = make(Round::Bf16, Round::Bf16);
+        assert!(brains.is_half());
+        assert_eq!(brains.storage(), "bf16");
+        assert_eq!(brains.bytes(), (rank * n_in + rank * n_out) * 2);
+        let floats = make(Round::None, Round::F16);
         assert!(!floats.is_half());
+        assert_eq!(floats.storage(), "mixed");
+        assert_eq!(make(Round::None, Round::None).storage(), "f32");
         let wrong = LowRankDelta::new(vec![0.0; 7], vec![0.0; 8], 1.0, 2, 4);
         assert!(wrong.is_err_and(|e| e.to_string().contains("7 values in A")));
     }
@@ -467,13 +563,19 @@ mod tests {
         // 200 inputs: twelve 16-value steps and an 8-value tail; 300 outputs: two full
         // column tiles and a ragged one.
         let (rank, n_in, n_out, rows) = (6, 200, 300, 37);
-        for halves in [true, false] {
-            let a = values(rank * n_in, 3, halves);
-            let b_t = values(rank * n_out, 4, halves);
+        for round in [Round::F16, Round::Bf16, Round::None] {
+            let a = values(rank * n_in, 3, round);
+            let b_t = values(rank * n_out, 4, round);
             let delta = LowRankDelta::new(a.clone(), b_t.clone(), 1.5, rank, n_in).expect("shape");
-            assert_eq!(delta.is_half(), halves);
-            let xs = values(rows * n_in, 5, false);
+            assert_eq!(delta.is_half(), round != Round::None);
+            let xs = values(rows * n_in, 5, Round::None);
             let batch = delta.apply(&xs, rows);
+            // Added into a projection's output: the bits of adding the delta.
+            let ys = values(rows * n_out, 6, Round::None);
+            let mut summed = ys.clone();
+            delta.add_to(&xs, rows, &mut summed);
+            let added: Vec<f32> = ys.iter().zip(&batch).map(|(y, d)| y + d).collect();
+            assert_eq!(bits(&summed), bits(&added), "{round:?}: add_to");
             for row in 0..rows {
                 let x = &xs[row * n_in..(row + 1) * n_in];
                 let alone = delta.apply(x, 1);
@@ -488,9 +590,11 @@ mod tests {
                     .zip(reference(&a, &b_t, 1.5, rank, x))
                     .enumerate()
                 {
+                    // bf16 test values are a millionth of the others, and so is the delta.
+                    let tolerance = if round == Round::Bf16 { 1e-16 } else { 1e-4 };
                     assert!(
-                        (g as f64 - want).abs() < 1e-4,
-                        "row {row} col {j}: {g} vs {want}"
+                        (g as f64 - want).abs() < tolerance,
+                        "{round:?} row {row} col {j}: {g} vs {want}"
                     );
                 }
             }
@@ -507,11 +611,15 @@ mod tests {
             return;
         }
         for n in [8, 16, 75, 200, 896, 901] {
-            let x = values(n, 7, false);
-            let w32 = values(n, 8, false);
-            let w16: Vec<f16> = values(n, 9, true)
+            let x = values(n, 7, Round::None);
+            let w32 = values(n, 8, Round::None);
+            let w16: Vec<f16> = values(n, 9, Round::F16)
                 .iter()
                 .map(|&v| f16::from_f32(v))
+                .collect();
+            let wb: Vec<bf16> = values(n, 12, Round::Bf16)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
                 .collect();
             let kernel = Kernel::detect();
             assert_eq!(
@@ -524,17 +632,33 @@ mod tests {
                 Kernel::Portable.dot_f16(&x, &w16).to_bits(),
                 "f16 dot of {n}"
             );
+            assert_eq!(
+                kernel.dot_bf16(&x, &wb).to_bits(),
+                Kernel::Portable.dot_bf16(&x, &wb).to_bits(),
+                "bf16 dot of {n}"
+            );
             // A tile of Bᵀ of rank 3 and `n` columns.
             let h = [0.37, -1.25, 2.5];
-            let b16: Vec<f16> = values(3 * n, 10, true)
+            let b16: Vec<f16> = values(3 * n, 10, Round::F16)
                 .iter()
                 .map(|&v| f16::from_f32(v))
                 .collect();
-            let b32 = values(3 * n, 11, false);
-            let (mut fast, mut portable) = (vec![0f32; n], vec![0f32; n]);
+            let bb: Vec<bf16> = values(3 * n, 13, Round::Bf16)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
+            let b32 = values(3 * n, 11, Round::None);
+            // The kernels add into what `out` holds.
+            let start = values(n, 14, Round::None);
+            let (mut fast, mut portable) = (start.clone(), start.clone());
             kernel.combine_f16(&h, &b16, &mut fast);
             Kernel::Portable.combine_f16(&h, &b16, &mut portable);
             assert_eq!(bits(&fast), bits(&portable), "f16 combine of {n}");
+            (fast, portable) = (start.clone(), start.clone());
+            kernel.combine_bf16(&h, &bb, &mut fast);
+            Kernel::Portable.combine_bf16(&h, &bb, &mut portable);
+            assert_eq!(bits(&fast), bits(&portable), "bf16 combine of {n}");
+            (fast, portable) = (start.clone(), start.clone());
             kernel.combine_f32(&h, &b32, &mut fast);
             Kernel::Portable.combine_f32(&h, &b32, &mut portable);
             assert_eq!(bits(&fast), bits(&portable), "f32 combine of {n}");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+pub(crate) use activation::with_values as with_f32_values;
 pub use activation::{silu_mul, silu_mul_into};
 pub use attention::{Rope, attend, attend_parts, attend_with_matmuls};
 pub use dense::DenseMatrix;
@@ -104,6 +105,15 @@ pub trait LinearHook {
     /// The value to add to projection `proj` of layer `layer_idx` for input `xs`
     /// (`[tokens, in_features]`), or `None` where this hook does not touch that projection.
     fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>>;
+
+    /// `ys`, projection `proj`'s output for `xs`, plus [`LinearHook::delta`]. A hook that can
+    /// add its delta in place overrides this to skip a tensor and a pass over it.
+    fn add_delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor, ys: Tensor) -> Result<Tensor> {
+        match self.delta(layer_idx, proj, xs)? {
+            Some(delta) => Ok((ys + delta)?),
+            None => Ok(ys),
+        }
+    }
 }
 
 /// A projection `y = W·x + b`, with `W` quantized or dense.
@@ -368,12 +378,8 @@ fn with_hook_delta(
     layer_idx: usize,
     proj: Proj,
 ) -> Result<Tensor> {
-    match hook
-        .map(|hook| hook.delta(layer_idx, proj, xs))
-        .transpose()?
-        .flatten()
-    {
-        Some(delta) => Ok((ys + delta)?),
+    match hook {
+        Some(hook) => hook.add_delta(layer_idx, proj, xs, ys),
         None => Ok(ys),
     }
 }
