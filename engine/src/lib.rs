@@ -82,6 +82,8 @@ impl Engine {
         path: PathBuf,
         options: &load::LoadOptions,
     ) -> Self {
+        let mut model = model;
+        model.set_kv_dtype(options.kv_dtype);
         Engine {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),

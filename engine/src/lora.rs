@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use hexacoder_adapters::{Adapter, BaseModel};
 
 use crate::models::llama::Model;
-use crate::nn::{LinearHook, LowRankDelta, Proj};
+use crate::nn::{LinearHook, LowRankDelta, Proj, plus_delta};
 use crate::{Error, Result};
 
 fn proj_named(parent: &str, module: &str) -> Option<Proj> {
@@ -199,18 +199,20 @@ impl LoadedAdapter {
 
     /// `ys + delta`, the host branch adding straight into a copy of `ys`.
     fn add_delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor, ys: Tensor) -> Result<Tensor> {
-        let Some(Branch::Host(delta)) = self.branches.get(&(layer_idx, proj)) else {
-            return Ok(match LoadedAdapter::delta(self, layer_idx, proj, xs)? {
-                Some(d) => (ys + d)?,
-                None => ys,
-            });
-        };
         let rows = xs.dims()[0];
-        if ys.dtype() != DType::F32 || ys.dims() != [rows, delta.out_features()] {
-            let d = LoadedAdapter::delta(self, layer_idx, proj, xs)?
-                .ok_or_else(|| candle_core::Error::Msg("a host branch gave no delta".into()))?;
-            return Ok((ys + d)?);
-        }
+        let in_place = match self.branches.get(&(layer_idx, proj)) {
+            Some(Branch::Host(delta))
+                if ys.dtype() == DType::F32 && ys.dims() == [rows, delta.out_features()] =>
+            {
+                Some(delta)
+            }
+            _ => None,
+        };
+        // A device branch, or a projection that does not answer in f32 (a dense half
+        // model), takes the delta as a tensor of its own.
+        let Some(delta) = in_place else {
+            return plus_delta(ys, LoadedAdapter::delta(self, layer_idx, proj, xs)?);
+        };
         let mut out = ys.flatten_all()?.to_vec1::<f32>()?;
         crate::nn::with_f32_values(&xs.to_dtype(DType::F32)?.contiguous()?, |x| {
             delta.add_to(x, rows, &mut out)
@@ -255,10 +257,7 @@ impl LinearHook for RowAdapters<'_> {
         if let [(_, Some(adapter))] = self.segments.as_slice() {
             return adapter.add_delta(layer_idx, proj, xs, ys);
         }
-        Ok(match self.delta(layer_idx, proj, xs)? {
-            Some(delta) => (ys + delta)?,
-            None => ys,
-        })
+        plus_delta(ys, self.delta(layer_idx, proj, xs)?)
     }
 
     fn delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor) -> Result<Option<Tensor>> {

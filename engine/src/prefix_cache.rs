@@ -197,7 +197,7 @@ mod tests {
     /// for `room` positions in all.
     fn cache(len: usize, room: usize, start: f32) -> KvCache {
         let (heads, dim) = (2, 4);
-        let mut kv = KvCache::new(2, heads, dim, &Device::Cpu);
+        let mut kv = KvCache::new(2, heads, dim, candle_core::DType::F32, &Device::Cpu);
         kv.reserve(room).expect("test cache");
         let values: Vec<f32> = (0..heads * len * dim).map(|i| start + i as f32).collect();
         let t = Tensor::from_vec(values, (heads, len, dim), &Device::Cpu).expect("test cache");

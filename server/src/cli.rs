@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use hexacoder_engine::nn::KvDtype;
 
 /// HexaCoder: secure code completion on a local model.
 #[derive(Debug, Parser)]
@@ -66,6 +67,11 @@ pub struct ModelArgs {
     /// Bytes of KV state the prefix cache may hold (0 disables it).
     #[arg(long, default_value_t = 512 << 20)]
     pub prefix_cache_bytes: usize,
+    /// How the KV cache keeps keys and values on the CPU: `f16` (half the memory and half
+    /// the bytes attention reads, each value rounded as it is stored, as llama.cpp does) or
+    /// `f32` (exact). A GPU keeps them in f32.
+    #[arg(long, default_value_t = KvDtype::default())]
+    pub kv_dtype: KvDtype,
 }
 
 /// `generate` options.

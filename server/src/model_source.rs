@@ -62,6 +62,7 @@ pub fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
         max_context: args.max_context,
         fim,
         prefix_cache_bytes: args.prefix_cache_bytes,
+        kv_dtype: args.kv_dtype,
         q8_kernel: if args.candle_q8_kernel {
             Q8Kernel::Candle
         } else {
@@ -78,6 +79,11 @@ pub fn load_engine(args: &ModelArgs) -> Result<hexacoder_engine::Engine> {
     let files = resolve(args)?;
     let started = std::time::Instant::now();
     let engine = load::load(&files, &options).with_context(|| format!("loading {files:?}"))?;
-    tracing::info!(model = engine.name(), elapsed = ?started.elapsed(), "model loaded");
+    tracing::info!(
+        model = engine.name(),
+        kv_dtype = %engine.model().kv_dtype(),
+        elapsed = ?started.elapsed(),
+        "model loaded"
+    );
     Ok(engine)
 }

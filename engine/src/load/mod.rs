@@ -11,7 +11,7 @@ use candle_core::Device;
 use crate::ModelFiles;
 use crate::fim::{FimSetting, FimTemplate};
 use crate::models::llama::Model;
-use crate::nn::Q8Kernel;
+use crate::nn::{KvDtype, Q8Kernel};
 use crate::tokenizer::Tokenizer;
 use crate::{Engine, Error, Result};
 
@@ -34,11 +34,14 @@ pub struct LoadOptions {
     pub prefill_chunk: usize,
     /// The CPU kernels for Q8_0 and the legacy 4/5-bit weights.
     pub q8_kernel: Q8Kernel,
+    /// How the KV cache keeps keys and values on the CPU (on a GPU always f32).
+    pub kv_dtype: KvDtype,
 }
 
 impl LoadOptions {
     /// Defaults for a CPU server: legacy quants kept as stored where our kernels multiply
-    /// them (else converted to Q8_0 for candle's), FIM auto, 512 MiB prefix cache.
+    /// them (else converted to Q8_0 for candle's), FIM auto, 512 MiB prefix cache, keys and
+    /// values in f16.
     pub fn cpu() -> Self {
         LoadOptions {
             device: Device::Cpu,
@@ -52,6 +55,7 @@ impl LoadOptions {
             prefix_cache_bytes: 512 << 20,
             prefill_chunk: 512,
             q8_kernel: Q8Kernel::Fastest,
+            kv_dtype: KvDtype::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::Result;
 use crate::config::{Arch, RopeStyle, TransformerConfig};
 use crate::models::WeightSource;
-use crate::nn::{self, Embedding, KvCache, Linear, LinearHook, Proj, RmsNorm, Rope};
+use crate::nn::{self, Embedding, KvCache, KvDtype, Linear, LinearHook, Proj, RmsNorm, Rope};
 
 /// `config.json` of a HF LLaMA checkpoint.
 #[derive(Debug, Deserialize)]
@@ -164,6 +164,7 @@ pub struct Model {
     lm_head: Linear,
     rope: Rope,
     device: Device,
+    kv_dtype: KvDtype,
 }
 
 impl Model {
@@ -267,6 +268,7 @@ impl Model {
             lm_head,
             rope,
             device: device.clone(),
+            kv_dtype: KvDtype::default(),
         })
     }
 
@@ -293,12 +295,29 @@ impl Model {
     /// An empty KV cache shaped for this model.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
+        // Other devices attend with candle's matmuls, in f32.
+        let dtype = if self.device.is_cpu() {
+            self.kv_dtype.dtype()
+        } else {
+            candle_core::DType::F32
+        };
         KvCache::new(
             c.num_hidden_layers,
             c.num_key_value_heads,
             c.head_dim,
+            dtype,
             &self.device,
         )
+    }
+
+    /// How [`Model::new_cache`]'s caches keep keys and values on the CPU.
+    pub fn set_kv_dtype(&mut self, kv_dtype: KvDtype) {
+        self.kv_dtype = kv_dtype;
+    }
+
+    /// How this model's KV caches keep keys and values on the CPU.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// Every weight as dense f32 (quantized ones dequantized): the frozen base of training.

@@ -97,10 +97,13 @@ pub fn attend(queries: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor
 /// then a sequence's own positions: [`KvLayer`](super::kv_cache::KvLayer)). On the CPU each
 /// part is read where it is, and the result has the bits the parts would give as one tensor.
 pub fn attend_parts(queries: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tensor> {
-    let on_cpu_f32 = parts
-        .iter()
-        .all(|(k, v)| k.device().is_cpu() && k.dtype() == DType::F32 && v.dtype() == DType::F32);
-    if on_cpu_f32 {
+    // Keys and values kept in f32 or f16 (`KvDtype`), every part alike.
+    let stored = parts.first().map(|(k, _)| k.dtype());
+    let on_cpu = matches!(stored, Some(DType::F32 | DType::F16))
+        && parts.iter().all(|(k, v)| {
+            k.device().is_cpu() && Some(k.dtype()) == stored && Some(v.dtype()) == stored
+        });
+    if on_cpu {
         return cpu::attend(queries, parts);
     }
     let (keys, values) = super::kv_cache::concatenate_parts(parts)?;

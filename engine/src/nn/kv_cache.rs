@@ -1,3 +1,5 @@
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -26,7 +28,57 @@ pub struct KvCache {
     prefix: Option<SharedPrefix>,
     n_kv_heads: usize,
     head_dim: usize,
+    /// What the buffers hold: [`KvDtype`]'s type.
+    dtype: DType,
     device: Device,
+}
+
+/// How a KV cache on the CPU keeps keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// Each value rounded to the nearest f16 as it is written, as llama.cpp keeps them: half
+    /// the bytes, and a warm edit's attention is bound by reading its whole context's keys
+    /// and values; the prefix cache holds twice the positions in the same memory.
+    #[default]
+    F16,
+    /// The projections' values as they are.
+    F32,
+}
+
+impl KvDtype {
+    /// The tensor type of the buffers.
+    pub fn dtype(self) -> DType {
+        match self {
+            KvDtype::F16 => DType::F16,
+            KvDtype::F32 => DType::F32,
+        }
+    }
+
+    /// The name `--kv-dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+        }
+    }
+}
+
+impl fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f16" => Ok(KvDtype::F16),
+            "f32" => Ok(KvDtype::F32),
+            other => Err(format!("KV cache type {other:?} is not `f16` or `f32`")),
+        }
+    }
 }
 
 /// The first `len` positions of a cache that has no shared prefix of its own.
@@ -71,8 +123,15 @@ pub(crate) fn concatenate_parts(parts: &[(Tensor, Tensor)]) -> Result<(Tensor, T
 const MIN_CAPACITY: usize = 64;
 
 impl KvCache {
-    /// An empty cache for a model with these dimensions.
-    pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize, device: &Device) -> Self {
+    /// An empty cache for a model with these dimensions, its buffers of `dtype` (f32 or f16;
+    /// f16 only where attention runs on the CPU).
+    pub fn new(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
         KvCache {
             keys: Vec::with_capacity(n_layers),
             values: Vec::with_capacity(n_layers),
@@ -81,6 +140,7 @@ impl KvCache {
             prefix: None,
             n_kv_heads,
             head_dim,
+            dtype,
             device: device.clone(),
         }
         .with_layers(n_layers)
@@ -88,13 +148,13 @@ impl KvCache {
 
     /// A cache with no layers, standing in for one that was moved out or never needed.
     pub fn empty() -> Self {
-        KvCache::new(0, 0, 0, &Device::Cpu)
+        KvCache::new(0, 0, 0, DType::F32, &Device::Cpu)
     }
 
     fn with_layers(mut self, n_layers: usize) -> Self {
         // Zero-capacity placeholders; real buffers are made by the first `reserve`.
         self.keys =
-            vec![Tensor::zeros(0, DType::F32, &self.device).expect("empty tensor"); n_layers];
+            vec![Tensor::zeros(0, self.dtype, &self.device).expect("empty tensor"); n_layers];
         self.values = self.keys.clone();
         self
     }
@@ -112,6 +172,7 @@ impl KvCache {
             base.n_layers(),
             base.n_kv_heads,
             base.head_dim,
+            base.dtype,
             &base.device,
         );
         res.prefix = Some(SharedPrefix {
@@ -150,7 +211,7 @@ impl KvCache {
 
     /// Bytes one position takes across all layers.
     pub fn bytes_per_position(&self) -> usize {
-        self.keys.len() * 2 * self.n_kv_heads * self.head_dim * DType::F32.size_in_bytes()
+        self.keys.len() * 2 * self.n_kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
 
     /// Bytes allocated for this cache's own positions (a shared prefix belongs to its base).
@@ -169,7 +230,7 @@ impl KvCache {
         let shape = (self.n_kv_heads, capacity, self.head_dim);
         for buffers in [&mut self.keys, &mut self.values] {
             for buffer in buffers.iter_mut() {
-                let grown = Tensor::zeros(shape, DType::F32, &self.device)?;
+                let grown = Tensor::zeros(shape, self.dtype, &self.device)?;
                 if own > 0 {
                     grown.slice_set(&buffer.narrow(1, 0, own)?.contiguous()?, 1, 0)?;
                 }
@@ -205,8 +266,8 @@ impl KvCache {
         debug_assert!(own + n <= self.capacity, "reserve before write");
         let k_buf = &self.keys[layer_idx];
         let v_buf = &self.values[layer_idx];
-        k_buf.slice_set(&keys.contiguous()?, 1, own)?;
-        v_buf.slice_set(&values.contiguous()?, 1, own)?;
+        k_buf.slice_set(&keys.to_dtype(self.dtype)?.contiguous()?, 1, own)?;
+        v_buf.slice_set(&values.to_dtype(self.dtype)?.contiguous()?, 1, own)?;
         let mut parts = Vec::with_capacity(2);
         parts.extend(self.shared_part(layer_idx)?);
         parts.push((k_buf.narrow(1, 0, own + n)?, v_buf.narrow(1, 0, own + n)?));
@@ -247,6 +308,7 @@ impl KvCache {
             self.keys.len(),
             self.n_kv_heads,
             self.head_dim,
+            self.dtype,
             &self.device,
         );
         if len == 0 {
@@ -259,7 +321,7 @@ impl KvCache {
         let capacity = len + extra.max(1);
         let tail = Tensor::zeros(
             (self.n_kv_heads, capacity - len, self.head_dim),
-            DType::F32,
+            self.dtype,
             &self.device,
         )?;
         let shared = self.shared_len().min(len);
@@ -301,7 +363,7 @@ mod tests {
 
     fn filled(n_layers: usize, positions: usize) -> KvCache {
         let (heads, dim) = (2, 8);
-        let mut cache = KvCache::new(n_layers, heads, dim, &Device::Cpu);
+        let mut cache = KvCache::new(n_layers, heads, dim, DType::F32, &Device::Cpu);
         cache.reserve(positions).expect("reserve");
         for layer in 0..n_layers {
             let values = |seed| {
@@ -349,6 +411,56 @@ mod tests {
         // Asking for more than it holds gives what it holds; nothing gives an empty cache.
         assert_eq!(original.fork(500, 0).expect("fork").len(), 70);
         assert!(original.fork(0, 3).expect("fork").is_empty());
+    }
+
+    /// An f16 cache holds each written value rounded to the nearest f16, in half the bytes,
+    /// and its forks and the caches that share it keep f16.
+    #[test]
+    fn an_f16_cache_keeps_each_value_rounded_in_half_the_bytes() {
+        let (heads, dim, positions) = (2, 8, 10);
+        let mut half = KvCache::new(2, heads, dim, KvDtype::F16.dtype(), &Device::Cpu);
+        let full = KvCache::new(2, heads, dim, KvDtype::F32.dtype(), &Device::Cpu);
+        assert_eq!(2 * half.bytes_per_position(), full.bytes_per_position());
+        half.reserve(positions).expect("reserve");
+        // Values with more bits than an f16 holds, and one beyond its range.
+        let mut values = random(heads * positions * dim, 9);
+        values[3] = 1e6;
+        let t = Tensor::from_vec(values.clone(), (heads, positions, dim), &Device::Cpu)
+            .expect("values");
+        for layer in 0..2 {
+            half.write(layer, &t, &t).expect("write");
+        }
+        half.advance(positions);
+        let (k, v) = half.layer(1).expect("layer");
+        assert_eq!(k.dtype(), DType::F16);
+        let rounded: Vec<f32> = values
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        let widened = |t: &Tensor| to_vec(&t.to_dtype(DType::F32).expect("f32"));
+        assert_eq!(widened(&k), rounded);
+        assert_eq!(widened(&v), rounded);
+        assert_ne!(rounded, values, "the test's values must need rounding");
+        assert!(rounded[3].is_infinite());
+        let base = std::sync::Arc::new(half);
+        for cache in [
+            base.fork(7, 3).expect("fork"),
+            KvCache::share(&base, 7, 3).expect("share"),
+        ] {
+            assert_eq!(cache.bytes_per_position(), base.bytes_per_position());
+            assert_eq!(cache.layer(0).expect("layer").0.dtype(), DType::F16);
+        }
+    }
+
+    #[test]
+    fn kv_dtype_names_parse_and_a_bad_one_is_named() {
+        for dtype in [KvDtype::F16, KvDtype::F32] {
+            assert_eq!(dtype.name().parse::<KvDtype>(), Ok(dtype));
+            assert_eq!(dtype.to_string(), dtype.name());
+        }
+        assert_eq!(KvDtype::default(), KvDtype::F16);
+        let err = "bf16".parse::<KvDtype>().expect_err("bf16");
+        assert!(err.contains("\"bf16\""), "{err}");
     }
 
     /// A cache on a shared prefix reads the base's positions in place, writes its own

@@ -123,11 +123,6 @@ impl LowRankDelta {
         self.n_out
     }
 
-    /// Whether `A` and `Bᵀ` are both kept in two bytes a value (f16 or bf16).
-    pub fn is_half(&self) -> bool {
-        self.a.bytes() + self.b_tiles.bytes() == 2 * self.rank * (self.n_in + self.n_out)
-    }
-
     /// The type `A` and `Bᵀ` are kept in: `"f16"`, `"bf16"`, `"f32"`, or (each its own)
     /// `"mixed"`.
     pub fn storage(&self) -> &'static str {
@@ -543,15 +538,12 @@ mod tests {
             .expect("shape")
         };
         let halves = make(Round::F16, Round::F16);
-        assert!(halves.is_half());
         assert_eq!(halves.storage(), "f16");
         assert_eq!(halves.bytes(), (rank * n_in + rank * n_out) * 2);
         let brains = make(Round::Bf16, Round::Bf16);
-        assert!(brains.is_half());
         assert_eq!(brains.storage(), "bf16");
         assert_eq!(brains.bytes(), (rank * n_in + rank * n_out) * 2);
         let floats = make(Round::None, Round::F16);
-        assert!(!floats.is_half());
         assert_eq!(floats.storage(), "mixed");
         assert_eq!(make(Round::None, Round::None).storage(), "f32");
         let wrong = LowRankDelta::new(vec![0.0; 7], vec![0.0; 8], 1.0, 2, 4);
@@ -567,7 +559,12 @@ mod tests {
             let a = values(rank * n_in, 3, round);
             let b_t = values(rank * n_out, 4, round);
             let delta = LowRankDelta::new(a.clone(), b_t.clone(), 1.5, rank, n_in).expect("shape");
-            assert_eq!(delta.is_half(), round != Round::None);
+            let expected = match round {
+                Round::F16 => "f16",
+                Round::Bf16 => "bf16",
+                Round::None => "f32",
+            };
+            assert_eq!(delta.storage(), expected);
             let xs = values(rows * n_in, 5, Round::None);
             let batch = delta.apply(&xs, rows);
             // Added into a projection's output: the bits of adding the delta.

@@ -24,7 +24,7 @@ pub use attention::{Rope, attend, attend_parts, attend_with_matmuls};
 pub use dense::DenseMatrix;
 pub use exp::exp_in_place;
 pub use kquant::KQuantMatrix;
-pub use kv_cache::{KvCache, KvLayer};
+pub use kv_cache::{KvCache, KvDtype, KvLayer};
 pub use legacy::LegacyMatrix;
 pub use low_rank::LowRankDelta;
 pub use q8::Q8Matrix;
@@ -109,11 +109,16 @@ pub trait LinearHook {
     /// `ys`, projection `proj`'s output for `xs`, plus [`LinearHook::delta`]. A hook that can
     /// add its delta in place overrides this to skip a tensor and a pass over it.
     fn add_delta(&self, layer_idx: usize, proj: Proj, xs: &Tensor, ys: Tensor) -> Result<Tensor> {
-        match self.delta(layer_idx, proj, xs)? {
-            Some(delta) => Ok((ys + delta)?),
-            None => Ok(ys),
-        }
+        plus_delta(ys, self.delta(layer_idx, proj, xs)?)
     }
+}
+
+/// `ys` plus `delta`, where a hook gave one.
+pub(crate) fn plus_delta(ys: Tensor, delta: Option<Tensor>) -> Result<Tensor> {
+    Ok(match delta {
+        Some(delta) => (ys + delta)?,
+        None => ys,
+    })
 }
 
 /// A projection `y = W·x + b`, with `W` quantized or dense.

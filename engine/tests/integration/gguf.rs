@@ -184,10 +184,11 @@ fn all_logits(engine: &hexacoder_engine::Engine) -> Tensor {
 fn f32_gguf_matches_safetensors_exactly() {
     for arch in [Arch::Llama, Arch::Qwen2] {
         let tiny = Tiny::quantizable(arch);
-        let (dir, reference) = support::tiny_engine(tiny, 3, &support::options());
+        let (dir, reference) = support::tiny_engine(tiny, 3, &support::exact_options());
         let path = dir.path().join("tiny.gguf");
         write_gguf(tiny, &tiny.weights(3), &[GgmlDType::F32], &path);
-        let engine = load::load(&ModelFiles::Gguf(path), &support::options()).expect("load gguf");
+        let engine =
+            load::load(&ModelFiles::Gguf(path), &support::exact_options()).expect("load gguf");
         let diff = max_abs_diff(&all_logits(&engine), &all_logits(&reference));
         assert!(diff < 1e-4, "{arch:?}: max diff {diff}");
     }
@@ -198,10 +199,11 @@ fn f32_gguf_matches_safetensors_exactly() {
 #[test]
 fn an_adapter_acts_the_same_on_a_gguf_llama_as_on_its_safetensors() {
     let tiny = Tiny::quantizable(Arch::Llama);
-    let (dir, reference) = support::tiny_engine(tiny, 3, &support::options());
+    let (dir, reference) = support::tiny_engine(tiny, 3, &support::exact_options());
     let path = dir.path().join("tiny.gguf");
     write_gguf(tiny, &tiny.weights(3), &[GgmlDType::F32], &path);
-    let mut engine = load::load(&ModelFiles::Gguf(path), &support::options()).expect("load gguf");
+    let mut engine =
+        load::load(&ModelFiles::Gguf(path), &support::exact_options()).expect("load gguf");
     let adapter = crate::lora::adapter_for(&tiny, 7, false);
     let logits = |engine: &hexacoder_engine::Engine| {
         let loaded = LoadedAdapter::new("a", 1, &adapter, engine.model()).expect("prepare");
@@ -237,10 +239,10 @@ fn dequantized_gguf_matches_the_f32_checkpoint_of_its_values() {
         let stored = write_gguf(tiny, &tiny.weights(3), TYPES, &path);
         let hf_dir = tiny.write_hf_dir_with(&dir.path().join("hf"), &stored);
         let reference =
-            load::load(&ModelFiles::HfDir(hf_dir), &support::options()).expect("reference");
+            load::load(&ModelFiles::HfDir(hf_dir), &support::exact_options()).expect("reference");
         let options = hexacoder_engine::load::LoadOptions {
             requantize: Requantize::Dequantize,
-            ..support::options()
+            ..support::exact_options()
         };
         let engine = load::load(&ModelFiles::Gguf(path), &options).expect("load gguf");
         let diff = max_abs_diff(&all_logits(&engine), &all_logits(&reference));
@@ -261,11 +263,11 @@ fn quantized_gguf_matches_f32_checkpoint_within_tolerance() {
             // (plus the Q8_0 re-quantization with LegacyToQ8_0). Both candle's kernels and ours
             // land at 2-3% of the logit scale here.
             let hf_dir = tiny.write_hf_dir_with(&dir.path().join("hf"), &stored);
-            let reference = load::load(&ModelFiles::HfDir(hf_dir), &support::options())
+            let reference = load::load(&ModelFiles::HfDir(hf_dir), &support::exact_options())
                 .expect("load reference");
             let options = hexacoder_engine::load::LoadOptions {
                 requantize,
-                ..support::options()
+                ..support::exact_options()
             };
             let engine = load::load(&ModelFiles::Gguf(path), &options).expect("load gguf");
             assert_eq!(engine.model().config().arch.name(), arch.name());
@@ -320,7 +322,7 @@ fn a_truncated_gguf_is_an_error_not_a_crash() {
     let bytes = std::fs::read(&path).expect("read");
     for keep in [3, 100, bytes.len() / 2] {
         std::fs::write(&path, &bytes[..keep]).expect("truncate");
-        let res = load::load(&ModelFiles::Gguf(path.clone()), &support::options());
+        let res = load::load(&ModelFiles::Gguf(path.clone()), &support::exact_options());
         assert!(res.is_err(), "a GGUF cut at {keep} bytes loaded");
     }
     let _ = Device::Cpu;

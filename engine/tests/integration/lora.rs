@@ -83,7 +83,7 @@ fn tiny() -> Tiny {
 
 #[test]
 fn zero_b_gives_exactly_the_base_logits() {
-    let (_dir, engine) = support::tiny_engine(tiny(), 3, &support::options());
+    let (_dir, engine) = support::tiny_engine(tiny(), 3, &support::exact_options());
     let adapter = LoadedAdapter::new("zero", 1, &adapter_for(&tiny(), 1, true), engine.model())
         .expect("prepare");
     let tokens: Vec<u32> = (0..12).collect();
@@ -98,7 +98,7 @@ fn zero_b_gives_exactly_the_base_logits() {
 #[test]
 fn side_branch_equals_merged_weights_and_survives_a_save_and_load() {
     let tiny = tiny();
-    let (dir, engine) = support::tiny_engine(tiny, 3, &support::options());
+    let (dir, engine) = support::tiny_engine(tiny, 3, &support::exact_options());
     let adapter = adapter_for(&tiny, 2, false);
     // Through the files, as a server loads it.
     let adapter_dir = dir.path().join("adapter");
@@ -114,8 +114,11 @@ fn side_branch_equals_merged_weights_and_survives_a_save_and_load() {
         merged.insert(name, (w + delta).expect("merge"));
     }
     let merged_dir = tiny.write_hf_dir_with(&dir.path().join("merged"), &merged);
-    let merged_engine =
-        load::load(&ModelFiles::HfDir(merged_dir.clone()), &support::options()).expect("merged");
+    let merged_engine = load::load(
+        &ModelFiles::HfDir(merged_dir.clone()),
+        &support::exact_options(),
+    )
+    .expect("merged");
 
     let tokens: Vec<u32> = (3..40).collect();
     let side = engine
@@ -198,7 +201,7 @@ fn request(prompt: &str, adapter: Option<Arc<LoadedAdapter>>) -> GenerateRequest
 #[test]
 fn requests_for_different_adapters_share_a_batch_and_give_what_they_give_alone() {
     let tiny = tiny();
-    let (_dir, mut engine) = support::tiny_engine(tiny, 3, &support::options());
+    let (_dir, mut engine) = support::tiny_engine(tiny, 3, &support::exact_options());
     let x = Arc::new(
         LoadedAdapter::new("x", 1, &adapter_for(&tiny, 5, false), engine.model()).expect("x"),
     );
@@ -223,7 +226,7 @@ fn requests_for_different_adapters_share_a_batch_and_give_what_they_give_alone()
         .collect();
     assert_ne!(alone[0], alone[1], "the adapter changes the output");
 
-    let (_dir2, engine) = support::tiny_engine(tiny, 3, &support::options());
+    let (_dir2, engine) = support::tiny_engine(tiny, 3, &support::exact_options());
     let scheduler = Scheduler::start(
         engine,
         SchedulerOptions {
@@ -256,7 +259,7 @@ fn requests_for_different_adapters_share_a_batch_and_give_what_they_give_alone()
 #[test]
 fn prefix_cache_never_serves_another_adapter_or_version() {
     let tiny = tiny();
-    let (_dir, mut engine) = support::tiny_engine(tiny, 3, &support::options());
+    let (_dir, mut engine) = support::tiny_engine(tiny, 3, &support::exact_options());
     let weights = adapter_for(&tiny, 5, false);
     let v1 = Arc::new(LoadedAdapter::new("sec", 1, &weights, engine.model()).expect("v1"));
     let v2 = Arc::new(LoadedAdapter::new("sec", 2, &weights, engine.model()).expect("v2"));
@@ -288,8 +291,8 @@ fn prefix_cache_never_serves_another_adapter_or_version() {
 #[test]
 fn merged_mode_matches_the_side_branch() {
     let tiny = tiny();
-    let (_dir, engine) = support::tiny_engine(tiny, 3, &support::options());
-    let (_dir2, mut merged) = support::tiny_engine(tiny, 3, &support::options());
+    let (_dir, engine) = support::tiny_engine(tiny, 3, &support::exact_options());
+    let (_dir2, mut merged) = support::tiny_engine(tiny, 3, &support::exact_options());
     let adapter = adapter_for(&tiny, 9, false);
     let loaded = LoadedAdapter::new("m", 1, &adapter, engine.model()).expect("prepare");
     merged

@@ -12,7 +12,7 @@ const PROMPT: &[u32] = &[5, 17, 42, 3, 64, 90, 11, 7, 33, 2, 71, 60];
 
 /// Our logits for every position of `PROMPT`, in one forward pass: `[len, vocab]`.
 fn ours_all_positions(tiny: Tiny) -> (tempfile::TempDir, Tensor) {
-    let (dir, engine) = support::tiny_engine(tiny, 1, &support::options());
+    let (dir, engine) = support::tiny_engine(tiny, 1, &support::exact_options());
     let model = engine.model();
     let logits = model.forward_all(PROMPT, None).expect("forward");
     (dir, logits)
@@ -101,7 +101,7 @@ fn incremental_and_ragged_batch_match_full_forward() {
     for arch in [Arch::Llama, Arch::Qwen2] {
         let tiny = Tiny::small(arch);
         let (_dir, full) = ours_all_positions(tiny);
-        let (_dir2, engine) = support::tiny_engine(tiny, 1, &support::options());
+        let (_dir2, engine) = support::tiny_engine(tiny, 1, &support::exact_options());
         let model = engine.model();
         // Prefill 5, then one token at a time.
         let mut cache = model.new_cache();
@@ -214,7 +214,8 @@ fn sharded_half_precision_checkpoints_load() {
         }
         let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
         std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).expect("index");
-        let engine = load::load(&ModelFiles::HfDir(dir), &support::options()).expect("load shards");
+        let engine =
+            load::load(&ModelFiles::HfDir(dir), &support::exact_options()).expect("load shards");
         let logits = engine.model().forward_all(PROMPT, None).expect("forward");
         let diff = max_abs_diff(&logits, &reference);
         let scale = max_abs_diff(&reference, &reference.zeros_like().expect("zeros"));
@@ -275,8 +276,8 @@ fn linear_hook_side_branch_equals_merged_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let merged_dir = tiny.write_hf_dir_with(&tmp.path().join("merged"), &weights);
     let merged =
-        load::load(&ModelFiles::HfDir(merged_dir), &support::options()).expect("load merged");
-    let (_dir, base) = support::tiny_engine(tiny, 1, &support::options());
+        load::load(&ModelFiles::HfDir(merged_dir), &support::exact_options()).expect("load merged");
+    let (_dir, base) = support::tiny_engine(tiny, 1, &support::exact_options());
     let hook = LowRank { factors, scale };
     let hooked = base
         .model()

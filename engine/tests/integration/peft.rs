@@ -120,7 +120,7 @@ fn base_engine(name: &str, arch: Arch) -> (tempfile::TempDir, Engine) {
     .expect("tokenizer config");
     let engine = load::load(
         &ModelFiles::HfDir(dir.path().to_path_buf()),
-        &support::options(),
+        &support::exact_options(),
     )
     .expect("load the transformers checkpoint");
     assert_eq!(engine.model().config().vocab_size, tiny(arch).vocab_size());

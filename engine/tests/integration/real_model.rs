@@ -2,6 +2,7 @@
 
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::load::{self, LoadOptions};
+use hexacoder_engine::nn::KvDtype;
 use hexacoder_engine::{FinishReason, GenerateRequest, Generation, SamplingParams, Scheduler};
 
 use crate::invariance::same_output;
@@ -162,4 +163,64 @@ fn smollm2_repeats_a_greedy_request_exactly_cold_cached_and_batched() {
     if let Err(diff) = same_output(&cold, &batched[4]) {
         panic!("alone and in a batch of nine: {diff}");
     }
+}
+
+/// Keys and values kept in f16 (the default) against f32 on the default model, every
+/// position of a real source file teacher-forced: what rounding them costs in the model's
+/// predictions.
+#[test]
+fn qwen_coder_predicts_the_same_with_f16_keys_and_values() {
+    let Some(path) = support::real_model("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let source = include_str!("../../src/sampling.rs");
+    let load_with = |kv_dtype| {
+        let options = LoadOptions {
+            kv_dtype,
+            ..LoadOptions::cpu()
+        };
+        load::load(&ModelFiles::Gguf(path.clone()), &options).expect("load")
+    };
+    let (half, full) = (load_with(KvDtype::F16), load_with(KvDtype::F32));
+    let tokens = half.tokenizer().encode(source).expect("tokens");
+    let tokens = &tokens[..tokens.len().min(600)];
+    let logprobs = |engine: &hexacoder_engine::Engine| -> Vec<Vec<f32>> {
+        let logits = engine.model().forward_all(tokens, None).expect("forward");
+        candle_nn::ops::log_softmax(&logits, 1)
+            .and_then(|l| l.to_vec2::<f32>())
+            .expect("logprobs")
+    };
+    let (half, full) = (logprobs(&half), logprobs(&full));
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .expect("a vocabulary")
+    };
+    let mut disagreements = 0;
+    let mut max_shift = 0f32;
+    let mut shifts = Vec::new();
+    for (h, f) in half.iter().zip(&full) {
+        let best = argmax(f);
+        if argmax(h) != best {
+            disagreements += 1;
+        }
+        let shift = (h[best] - f[best]).abs();
+        max_shift = max_shift.max(shift);
+        shifts.push(shift);
+    }
+    shifts.sort_by(f32::total_cmp);
+    let median = shifts[shifts.len() / 2];
+    eprintln!(
+        "{} positions: top-1 differs at {disagreements}, |Δ logprob| of the f32 top-1 median \
+         {median:.2e}, max {max_shift:.2e}",
+        tokens.len()
+    );
+    assert!(
+        disagreements * 100 <= tokens.len(),
+        "top-1 differs at {disagreements} of {} positions",
+        tokens.len()
+    );
+    assert!(median < 0.01, "median |Δ logprob| {median}");
 }

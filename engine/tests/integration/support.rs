@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use hexacoder_engine::ModelFiles;
 use hexacoder_engine::fim::FimSetting;
 use hexacoder_engine::load::{self, LoadOptions, Requantize};
+use hexacoder_engine::nn::KvDtype;
 use hexacoder_engine::{Engine, GenerateRequest, SamplingParams};
 pub use hexacoder_testkit::{SPECIAL, Tiny, real_model, shared_dir, vocab};
 
@@ -34,6 +35,17 @@ pub fn options() -> LoadOptions {
         prefix_cache_bytes: 64 << 20,
         prefill_chunk: 512,
         q8_kernel: hexacoder_engine::nn::Q8Kernel::Fastest,
+        kv_dtype: KvDtype::default(),
+    }
+}
+
+/// [`options`] with keys and values kept in f32, for comparisons with a reference that
+/// computes in f32 (candle-transformers, PEFT, transformers' fixtures, merged weights):
+/// the default f16 KV cache moves these random-weight models' logits by up to 2e-2.
+pub fn exact_options() -> LoadOptions {
+    LoadOptions {
+        kv_dtype: KvDtype::F32,
+        ..options()
     }
 }
 

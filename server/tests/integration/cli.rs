@@ -52,6 +52,21 @@ fn bad_flag_values_are_rejected_before_loading() {
     ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("lots"));
+    let output = server(&[
+        "generate",
+        "--model",
+        "x",
+        "--prompt",
+        "x",
+        "--kv-dtype",
+        "bf16",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("\"bf16\" is not `f16` or `f32`"),
+        "{}",
+        stderr(&output)
+    );
     let output = server(&["generate", "--model", "x", "--prompt", "x", "--fim", "a,b"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("a,b"), "{}", stderr(&output));

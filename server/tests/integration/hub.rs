@@ -18,6 +18,7 @@ fn load_options() -> LoadOptions {
         prefix_cache_bytes: 64 << 20,
         prefill_chunk: 512,
         q8_kernel: hexacoder_engine::nn::Q8Kernel::Fastest,
+        kv_dtype: hexacoder_engine::nn::KvDtype::default(),
     }
 }
 

@@ -124,12 +124,8 @@ pub struct Settings {
     /// How the exported adapters (`--out` and the run's `best`) store their weights;
     /// checkpoints stay f32 so that a resumed run continues exactly. Runs recorded before
     /// this setting existed wrote f32.
-    #[serde(default = "f32_for_older_runs")]
+    #[serde(default)]
     pub save_dtype: WeightDtype,
-}
-
-fn f32_for_older_runs() -> WeightDtype {
-    WeightDtype::F32
 }
 
 impl Settings {

@@ -8,7 +8,11 @@
 //! same order however its prompt was split and whatever shares its batch. Masked keys are
 //! skipped rather than added as minus infinity, which also halves a prefill's work.
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use half::f16;
 
 use crate::Result;
 use crate::nn::pool_threads;
@@ -20,28 +24,118 @@ const QUERY_TILE: usize = 8;
 /// Calls with fewer multiply-adds than this run on the calling thread.
 const INLINE_WORK: usize = 1 << 16;
 
+/// A key or value as the KV cache keeps it: f32, or f16 (half the bytes to read; a warm
+/// edit's attention is bound by reading them). Kernels widen each to f32 exactly as they load
+/// it, so f16 values give the bits their f32 widening would.
+pub(super) trait Stored: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+
+    /// The values of a CPU storage, if it holds this type.
+    fn values(storage: &CpuStorage) -> Option<&[Self]>;
+
+    /// Eight values at `p`, in f32.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; eight values readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> __m256;
+
+    /// Sixteen values at `p`, in f32.
+    ///
+    /// # Safety
+    /// AVX-512F; sixteen values readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Stored for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn values(storage: &CpuStorage) -> Option<&[f32]> {
+        match storage {
+            CpuStorage::F32(data) => Some(data),
+            _ => None,
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: the caller's.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl Stored for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    fn values(storage: &CpuStorage) -> Option<&[f16]> {
+        match storage {
+            CpuStorage::F16(data) => Some(data),
+            _ => None,
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: the caller's.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        // SAFETY: the caller's.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
 /// The rows of a `[kv_heads, positions, head_dim]` buffer, borrowed from its storage.
-#[derive(Clone, Copy)]
-struct HeadRows<'a> {
-    data: &'a [f32],
+struct HeadRows<'a, T> {
+    data: &'a [T],
     head_stride: usize,
     head_dim: usize,
 }
 
-impl<'a> HeadRows<'a> {
-    fn row(&self, head: usize, position: usize) -> &'a [f32] {
+// Not derived: a derive would ask `T: Copy` of the slice's element for nothing.
+impl<T> Clone for HeadRows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for HeadRows<'_, T> {}
+
+impl<'a, T> HeadRows<'a, T> {
+    fn row(&self, head: usize, position: usize) -> &'a [T] {
         let start = head * self.head_stride + position * self.head_dim;
         &self.data[start..start + self.head_dim]
     }
 
     /// Rows `position..position + count` of one head, back to back.
-    fn block(&self, head: usize, position: usize, count: usize) -> &'a [f32] {
+    fn block(&self, head: usize, position: usize, count: usize) -> &'a [T] {
         let start = head * self.head_stride + position * self.head_dim;
         &self.data[start..start + count * self.head_dim]
     }
 
     /// The same heads from position `positions` on.
-    fn skip(self, positions: usize) -> HeadRows<'a> {
+    fn skip(self, positions: usize) -> HeadRows<'a, T> {
         HeadRows {
             data: &self.data[positions * self.head_dim..],
             ..self
@@ -49,18 +143,23 @@ impl<'a> HeadRows<'a> {
     }
 }
 
-/// The rows of `t` (`[kv_heads, positions, head_dim]`, f32 on the CPU, each row contiguous:
+/// The rows of `t` (`[kv_heads, positions, head_dim]`, `T` on the CPU, each row contiguous:
 /// a narrowed view of a KV buffer) in `storage`, its storage, without copying them.
-fn head_rows<'a>(
+fn head_rows<'a, T: Stored>(
     t: &Tensor,
     storage: &'a Storage,
     layout: &candle_core::Layout,
-) -> Result<HeadRows<'a>> {
+) -> Result<HeadRows<'a, T>> {
     let (heads, positions, head_dim) = t.dims3()?;
-    let Storage::Cpu(CpuStorage::F32(data)) = storage else {
-        return Err(
-            candle_core::Error::Msg("CPU attention needs f32 keys and values".into()).into(),
-        );
+    let Some(data) = (match storage {
+        Storage::Cpu(storage) => T::values(storage),
+        _ => None,
+    }) else {
+        return Err(candle_core::Error::Msg(format!(
+            "CPU attention needs keys and values of one type (f32 or f16) on the CPU, got {:?}",
+            t.dtype()
+        ))
+        .into());
     };
     let stride = layout.stride();
     let contiguous_rows = stride[2] == 1 && (positions <= 1 || stride[1] == head_dim);
@@ -84,13 +183,20 @@ fn head_rows<'a>(
 }
 
 /// One part of a sequence's keys and values: positions `start..start + len`.
-#[derive(Clone, Copy)]
-struct Part<'a> {
-    keys: HeadRows<'a>,
-    values: HeadRows<'a>,
+struct Part<'a, T> {
+    keys: HeadRows<'a, T>,
+    values: HeadRows<'a, T>,
     start: usize,
     len: usize,
 }
+
+impl<T> Clone for Part<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Part<'_, T> {}
 
 /// Which instructions the two reductions use; chosen once per call from CPUID and the head
 /// size, so every query of a model on one machine takes the same path.
@@ -148,10 +254,10 @@ impl Kernel {
 
     /// [`Kernel::scores`] of one to eight queries over the same keys (`out[0].len()` of
     /// them): eight, four or two together where [`Kernel::group_width`] allows.
-    fn scores_group(
+    fn scores_group<T: Stored>(
         self,
         queries: &[&[f32]],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         out: &mut [&mut [f32]],
@@ -186,10 +292,10 @@ impl Kernel {
     }
 
     /// [`Kernel::weighted_sum`] of one to four queries' weights over the same values.
-    fn weighted_sum_group(
+    fn weighted_sum_group<T: Stored>(
         self,
         weights: &[&[f32]],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: &mut [&mut [f32]],
     ) {
@@ -223,10 +329,10 @@ impl Kernel {
 
     /// [`Kernel::scores`] of two queries over the same keys (`first.len()` of them).
     #[allow(clippy::too_many_arguments)]
-    fn scores_pair(
+    fn scores_pair<T: Stored>(
         self,
         queries: [&[f32]; 2],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         first: &mut [f32],
@@ -248,28 +354,28 @@ impl Kernel {
 
     /// Adds one more key's `weight · value` to a [`Kernel::weighted_sum`], as the sum would
     /// have had it been one key longer.
-    fn add_weighted(self, weight: f32, value: &[f32], out: &mut [f32]) {
+    fn add_weighted<T: Stored>(self, weight: f32, value: &[T], out: &mut [f32]) {
         match self {
             // The vector kernels' chains are fused multiply-adds.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::Avx512 => {
                 for (o, &v) in out.iter_mut().zip(value) {
-                    *o = weight.mul_add(v, *o);
+                    *o = weight.mul_add(v.to_f32(), *o);
                 }
             }
             Kernel::Portable => {
                 for (o, &v) in out.iter_mut().zip(value) {
-                    *o += weight * v;
+                    *o += weight * v.to_f32();
                 }
             }
         }
     }
 
     /// [`Kernel::weighted_sum`] of two queries' weights over the same values.
-    fn weighted_sum_pair(
+    fn weighted_sum_pair<T: Stored>(
         self,
         weights: [&[f32]; 2],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: [&mut [f32]; 2],
     ) {
@@ -288,10 +394,10 @@ impl Kernel {
     }
 
     /// `scores[j] = scale · query · key_j` for every `j < scores.len()`.
-    fn scores(
+    fn scores<T: Stored>(
         self,
         query: &[f32],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         scores: &mut [f32],
@@ -305,7 +411,11 @@ impl Kernel {
             Kernel::Portable => {
                 for (j, score) in scores.iter_mut().enumerate() {
                     let key = keys.row(head, j);
-                    *score = query.iter().zip(key).fold(0f32, |acc, (q, k)| acc + q * k) * scale;
+                    *score = query
+                        .iter()
+                        .zip(key)
+                        .fold(0f32, |acc, (q, k)| acc + q * k.to_f32())
+                        * scale;
                 }
             }
         }
@@ -313,7 +423,13 @@ impl Kernel {
 
     /// `out += Σ_j weights[j] · value_j`, added in order of `j` onto `out`'s values (so a
     /// sum over keys in two parts is two calls with the bits of one).
-    fn weighted_sum(self, weights: &[f32], values: HeadRows<'_>, head: usize, out: &mut [f32]) {
+    fn weighted_sum<T: Stored>(
+        self,
+        weights: &[f32],
+        values: HeadRows<'_, T>,
+        head: usize,
+        out: &mut [f32],
+    ) {
         match self {
             // SAFETY: as for `scores`.
             #[cfg(target_arch = "x86_64")]
@@ -323,7 +439,7 @@ impl Kernel {
             Kernel::Portable => {
                 for (j, &w) in weights.iter().enumerate() {
                     for (o, v) in out.iter_mut().zip(values.row(head, j)) {
-                        *o += w * v;
+                        *o += w * v.to_f32();
                     }
                 }
             }
@@ -371,6 +487,18 @@ pub(super) fn attend(queries: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Ten
 }
 
 pub(super) fn attend_with(
+    kernel: Kernel,
+    queries: &Tensor,
+    parts: &[(Tensor, Tensor)],
+) -> Result<Tensor> {
+    match parts.first().map(|(keys, _)| keys.dtype()) {
+        Some(DType::F16) => attend_stored::<f16>(kernel, queries, parts),
+        _ => attend_stored::<f32>(kernel, queries, parts),
+    }
+}
+
+/// [`attend_with`] over keys and values kept as `T`.
+fn attend_stored<T: Stored>(
     kernel: Kernel,
     queries: &Tensor,
     parts: &[(Tensor, Tensor)],
@@ -437,7 +565,7 @@ pub(super) fn attend_with(
     };
     let query = |head: usize, i: usize| &queries[(head * n + i) * head_dim..][..head_dim];
     let width = kernel.group_width();
-    let run = |items: std::ops::Range<usize>, parts: &[Part<'_>]| {
+    let run = |items: std::ops::Range<usize>, parts: &[Part<'_, T>]| {
         // The new positions' own keys (each query's last ones) are all in the last part.
         let Some(&last) = parts.last() else {
             return;
@@ -588,12 +716,12 @@ fn sum_in_lanes(values: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::HeadRows;
+    use super::{HeadRows, Stored};
     use crate::nn::simd::{lane_sum, lane_sums};
 
     /// [`super::max_in_lanes`] eight lanes to a vector. `vmaxps` returns its second operand
     /// when the first is NaN, so a NaN score is passed over as `f32::max` passes it over.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn max_in_lanes(values: &[f32]) -> f32 {
         let mut lanes = _mm256_set1_ps(f32::NEG_INFINITY);
         let chunks = values.chunks_exact(8);
@@ -611,7 +739,7 @@ mod avx2 {
     }
 
     /// [`super::sum_in_lanes`] eight lanes to a vector: the same additions in the same order.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn sum_in_lanes(values: &[f32]) -> f32 {
         let mut lanes = _mm256_setzero_ps();
         let chunks = values.chunks_exact(8);
@@ -632,15 +760,15 @@ mod avx2 {
     ///
     /// # Safety
     /// AVX2 and FMA; `query` and `key` hold the same multiple of 8 values.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot(query: &[f32], key: &[f32]) -> __m256 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot<T: Stored>(query: &[f32], key: &[T]) -> __m256 {
         let mut acc = _mm256_setzero_ps();
         for c in (0..query.len()).step_by(8) {
             // SAFETY: `c + 8 <= len` for both slices.
             let (q, k) = unsafe {
                 (
                     _mm256_loadu_ps(query.as_ptr().add(c)),
-                    _mm256_loadu_ps(key.as_ptr().add(c)),
+                    T::load8(key.as_ptr().add(c)),
                 )
             };
             acc = _mm256_fmadd_ps(q, k, acc);
@@ -650,10 +778,10 @@ mod avx2 {
 
     /// # Safety
     /// AVX2 and FMA; the head size is a multiple of 8 and `keys` holds `scores.len()` rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores<T: Stored>(
         query: &[f32],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         scores: &mut [f32],
@@ -671,7 +799,7 @@ mod avx2 {
                 // SAFETY: `c + 8 <= dim`; the block holds eight rows of `dim` values.
                 let q = unsafe { _mm256_loadu_ps(query.as_ptr().add(c)) };
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let k = unsafe { _mm256_loadu_ps(block.add(r * dim + c)) };
+                    let k = unsafe { T::load8(block.add(r * dim + c)) };
                     *a = _mm256_fmadd_ps(q, k, *a);
                 }
             }
@@ -692,7 +820,7 @@ mod avx2 {
                 // SAFETY: `c + 8 <= len` for the query and every key row.
                 let q = unsafe { _mm256_loadu_ps(query.as_ptr().add(c)) };
                 for (a, row) in acc.iter_mut().zip(rows) {
-                    let k = unsafe { _mm256_loadu_ps(row.as_ptr().add(c)) };
+                    let k = unsafe { T::load8(row.as_ptr().add(c)) };
                     *a = _mm256_fmadd_ps(q, k, *a);
                 }
             }
@@ -710,10 +838,10 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA; `out.len()` is the head size, a multiple of 8, and `values` holds
     /// `weights.len()` rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sum(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum<T: Stored>(
         weights: &[f32],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: &mut [f32],
     ) {
@@ -730,7 +858,7 @@ mod avx2 {
                 let row = values.row(head, j);
                 for (c, a) in acc.iter_mut().enumerate().take(vectors) {
                     // SAFETY: `start + 8 * c + 8 <= head size`.
-                    let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(start + 8 * c)) };
+                    let v = unsafe { T::load8(row.as_ptr().add(start + 8 * c)) };
                     *a = _mm256_fmadd_ps(w, v, *a);
                 }
             }
@@ -749,25 +877,25 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::HeadRows;
+    use super::{HeadRows, Stored};
     use crate::nn::simd::lane_sums;
 
     /// The largest head whose two queries stay in registers.
     pub(super) const MAX_HEAD_DIM: usize = 128;
 
     /// `low` in the low 256 bits, `high` in the high ones.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn join(low: __m256, high: __m256) -> __m512 {
         let low = _mm512_castpd256_pd512(_mm256_castps_pd(low));
         _mm512_castpd_ps(_mm512_insertf64x4::<1>(low, _mm256_castps_pd(high)))
     }
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn low_half(v: __m512) -> __m256 {
         _mm512_castps512_ps256(v)
     }
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn high_half(v: __m512) -> __m256 {
         _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
     }
@@ -775,10 +903,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2 and FMA; both queries hold the head size, a multiple of 16 and at most
     /// [`MAX_HEAD_DIM`]; `keys` holds `first.len()` rows and `second` is as long as `first`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn scores_pair(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_pair<T: Stored>(
         queries: [&[f32]; 2],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         first: &mut [f32],
@@ -787,14 +915,14 @@ mod avx512 {
         // SAFETY: passed on from the caller; the const is the head size's eighth.
         unsafe {
             match queries[0].len() / 8 {
-                2 => scores_pair_n::<2>(queries, keys, head, scale, first, second),
-                4 => scores_pair_n::<4>(queries, keys, head, scale, first, second),
-                6 => scores_pair_n::<6>(queries, keys, head, scale, first, second),
-                8 => scores_pair_n::<8>(queries, keys, head, scale, first, second),
-                10 => scores_pair_n::<10>(queries, keys, head, scale, first, second),
-                12 => scores_pair_n::<12>(queries, keys, head, scale, first, second),
-                14 => scores_pair_n::<14>(queries, keys, head, scale, first, second),
-                _ => scores_pair_n::<16>(queries, keys, head, scale, first, second),
+                2 => scores_pair_n::<T, 2>(queries, keys, head, scale, first, second),
+                4 => scores_pair_n::<T, 4>(queries, keys, head, scale, first, second),
+                6 => scores_pair_n::<T, 6>(queries, keys, head, scale, first, second),
+                8 => scores_pair_n::<T, 8>(queries, keys, head, scale, first, second),
+                10 => scores_pair_n::<T, 10>(queries, keys, head, scale, first, second),
+                12 => scores_pair_n::<T, 12>(queries, keys, head, scale, first, second),
+                14 => scores_pair_n::<T, 14>(queries, keys, head, scale, first, second),
+                _ => scores_pair_n::<T, 16>(queries, keys, head, scale, first, second),
             }
         }
     }
@@ -803,10 +931,10 @@ mod avx512 {
     ///
     /// # Safety
     /// As [`scores_pair`], with a head of `8 * CHUNKS` values.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn scores_pair_n<const CHUNKS: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn scores_pair_n<T: Stored, const CHUNKS: usize>(
         queries: [&[f32]; 2],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         first: &mut [f32],
@@ -834,7 +962,7 @@ mod avx512 {
             for (c, &qc) in q.iter().enumerate() {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: the block holds eight rows of `8 * CHUNKS` values.
-                    let k = unsafe { _mm256_loadu_ps(block.add(r * 8 * CHUNKS + 8 * c)) };
+                    let k = unsafe { T::load8(block.add(r * 8 * CHUNKS + 8 * c)) };
                     let k = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(k)));
                     *acc = _mm512_fmadd_ps(qc, k, *acc);
                 }
@@ -866,10 +994,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2 and FMA; both outputs hold the head size, a multiple of 16 and at most
     /// [`MAX_HEAD_DIM`]; `values` holds as many rows as there are weights, the same for both.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn weighted_sum_pair(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum_pair<T: Stored>(
         weights: [&[f32]; 2],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         first: &mut [f32],
         second: &mut [f32],
@@ -877,24 +1005,24 @@ mod avx512 {
         // SAFETY: passed on from the caller; the const is the head size's sixteenth.
         unsafe {
             match first.len() / 16 {
-                1 => weighted_sum_pair_n::<1>(weights, values, head, first, second),
-                2 => weighted_sum_pair_n::<2>(weights, values, head, first, second),
-                3 => weighted_sum_pair_n::<3>(weights, values, head, first, second),
-                4 => weighted_sum_pair_n::<4>(weights, values, head, first, second),
-                5 => weighted_sum_pair_n::<5>(weights, values, head, first, second),
-                6 => weighted_sum_pair_n::<6>(weights, values, head, first, second),
-                7 => weighted_sum_pair_n::<7>(weights, values, head, first, second),
-                _ => weighted_sum_pair_n::<8>(weights, values, head, first, second),
+                1 => weighted_sum_pair_n::<T, 1>(weights, values, head, first, second),
+                2 => weighted_sum_pair_n::<T, 2>(weights, values, head, first, second),
+                3 => weighted_sum_pair_n::<T, 3>(weights, values, head, first, second),
+                4 => weighted_sum_pair_n::<T, 4>(weights, values, head, first, second),
+                5 => weighted_sum_pair_n::<T, 5>(weights, values, head, first, second),
+                6 => weighted_sum_pair_n::<T, 6>(weights, values, head, first, second),
+                7 => weighted_sum_pair_n::<T, 7>(weights, values, head, first, second),
+                _ => weighted_sum_pair_n::<T, 8>(weights, values, head, first, second),
             }
         }
     }
 
     /// # Safety
     /// As [`weighted_sum_pair`], with a head of `16 * VECTORS` values.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn weighted_sum_pair_n<const VECTORS: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn weighted_sum_pair_n<T: Stored, const VECTORS: usize>(
         weights: [&[f32]; 2],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         first: &mut [f32],
         second: &mut [f32],
@@ -916,7 +1044,7 @@ mod avx512 {
             let [acc_a, acc_b] = &mut acc;
             for (c, (a, b)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
                 // SAFETY: the row holds `16 * VECTORS` values.
-                let v = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * c)) };
+                let v = unsafe { T::load16(row.as_ptr().add(16 * c)) };
                 *a = _mm512_fmadd_ps(wa, v, *a);
                 *b = _mm512_fmadd_ps(wb, v, *b);
             }
@@ -933,7 +1061,7 @@ mod avx512 {
     /// additions of the same values, a 512-bit shuffle in place of the 256-bit one and every
     /// later step within 128-bit blocks. Block 0 holds the sums of `v[0..4]`'s low halves,
     /// block 1 of their high halves, blocks 2 and 3 the same for `v[4..8]`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn lane_sums_x2(v: [__m512; 8]) -> __m512 {
         // `[a.0 + a.1, a.2 + a.3, b.0 + b.1, b.2 + b.3]` in 128-bit blocks: each 256-bit
         // half's two blocks added, as `lane_sums` adds them.
@@ -963,7 +1091,7 @@ mod avx512 {
     }
 
     /// Queries `2p` and `2p + 1` in pair `p`, one per 256-bit half, in `CHUNKS` vectors.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn query_pairs<const CHUNKS: usize, const PAIRS: usize>(
         queries: &[&[f32]],
     ) -> [[__m512; CHUNKS]; PAIRS] {
@@ -986,7 +1114,7 @@ mod avx512 {
     ///
     /// # Safety
     /// Every output holds at least `j + 4` values.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store_four_scores(
         acc: [[__m512; 4]; 2],
         scale: __m512,
@@ -1019,10 +1147,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2 and FMA; the queries hold the head size, a multiple of 16 and at most
     /// [`MAX_QUAD_HEAD_DIM`]; `keys` holds `out[0].len()` rows, and every `out` is as long.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn scores_quad(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_quad<T: Stored>(
         queries: [&[f32]; 4],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         out: [&mut [f32]; 4],
@@ -1030,20 +1158,20 @@ mod avx512 {
         // SAFETY: passed on from the caller; the const is the head size's eighth.
         unsafe {
             match queries[0].len() / 8 {
-                2 => scores_quad_n::<2>(queries, keys, head, scale, out),
-                4 => scores_quad_n::<4>(queries, keys, head, scale, out),
-                6 => scores_quad_n::<6>(queries, keys, head, scale, out),
-                _ => scores_quad_n::<8>(queries, keys, head, scale, out),
+                2 => scores_quad_n::<T, 2>(queries, keys, head, scale, out),
+                4 => scores_quad_n::<T, 4>(queries, keys, head, scale, out),
+                6 => scores_quad_n::<T, 6>(queries, keys, head, scale, out),
+                _ => scores_quad_n::<T, 8>(queries, keys, head, scale, out),
             }
         }
     }
 
     /// # Safety
     /// As [`scores_quad`], with a head of `8 * CHUNKS` values.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn scores_quad_n<const CHUNKS: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn scores_quad_n<T: Stored, const CHUNKS: usize>(
         queries: [&[f32]; 4],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         mut out: [&mut [f32]; 4],
@@ -1063,7 +1191,7 @@ mod avx512 {
             for (c, (&qa, &qb)) in q[0].iter().zip(&q[1]).enumerate() {
                 for (r, (a, b)) in acc_a.iter_mut().zip(&mut acc_b).enumerate() {
                     // SAFETY: the block holds four rows of `8 * CHUNKS` values.
-                    let k = unsafe { _mm256_loadu_ps(block.add(r * 8 * CHUNKS + 8 * c)) };
+                    let k = unsafe { T::load8(block.add(r * 8 * CHUNKS + 8 * c)) };
                     let k = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(k)));
                     *a = _mm512_fmadd_ps(qa, k, *a);
                     *b = _mm512_fmadd_ps(qb, k, *b);
@@ -1088,30 +1216,30 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2 and FMA; the outputs hold the head size, a multiple of 16 and at most
     /// [`MAX_QUAD_HEAD_DIM`]; `values` holds as many rows as there are weights, the same for all.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn weighted_sum_quad(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum_quad<T: Stored>(
         weights: [&[f32]; 4],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: [&mut [f32]; 4],
     ) {
         // SAFETY: passed on from the caller; the const is the head size's sixteenth.
         unsafe {
             match out[0].len() / 16 {
-                1 => weighted_sum_quad_n::<1>(weights, values, head, out),
-                2 => weighted_sum_quad_n::<2>(weights, values, head, out),
-                3 => weighted_sum_quad_n::<3>(weights, values, head, out),
-                _ => weighted_sum_quad_n::<4>(weights, values, head, out),
+                1 => weighted_sum_quad_n::<T, 1>(weights, values, head, out),
+                2 => weighted_sum_quad_n::<T, 2>(weights, values, head, out),
+                3 => weighted_sum_quad_n::<T, 3>(weights, values, head, out),
+                _ => weighted_sum_quad_n::<T, 4>(weights, values, head, out),
             }
         }
     }
 
     /// # Safety
     /// As [`weighted_sum_quad`], with a head of `16 * VECTORS` values.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn weighted_sum_quad_n<const VECTORS: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn weighted_sum_quad_n<T: Stored, const VECTORS: usize>(
         weights: [&[f32]; 4],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: [&mut [f32]; 4],
     ) {
@@ -1129,7 +1257,7 @@ mod avx512 {
             let row = values.row(head, j);
             for c in 0..VECTORS {
                 // SAFETY: the row holds `16 * VECTORS` values.
-                let v = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * c)) };
+                let v = unsafe { T::load16(row.as_ptr().add(16 * c)) };
                 for (acc, w) in acc.iter_mut().zip(&weights) {
                     acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), v, acc[c]);
                 }
@@ -1150,10 +1278,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2 and FMA; the queries hold the head size, a multiple of 16 and at most
     /// [`MAX_HEAD_DIM`]; `keys` holds `out[0].len()` rows, and every `out` is as long.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn scores_oct(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_oct<T: Stored>(
         queries: [&[f32]; 8],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         out: [&mut [f32]; 8],
@@ -1161,24 +1289,24 @@ mod avx512 {
         // SAFETY: passed on from the caller; the const is the head size's eighth.
         unsafe {
             match queries[0].len() / 8 {
-                2 => scores_oct_n::<2>(queries, keys, head, scale, out),
-                4 => scores_oct_n::<4>(queries, keys, head, scale, out),
-                6 => scores_oct_n::<6>(queries, keys, head, scale, out),
-                8 => scores_oct_n::<8>(queries, keys, head, scale, out),
-                10 => scores_oct_n::<10>(queries, keys, head, scale, out),
-                12 => scores_oct_n::<12>(queries, keys, head, scale, out),
-                14 => scores_oct_n::<14>(queries, keys, head, scale, out),
-                _ => scores_oct_n::<16>(queries, keys, head, scale, out),
+                2 => scores_oct_n::<T, 2>(queries, keys, head, scale, out),
+                4 => scores_oct_n::<T, 4>(queries, keys, head, scale, out),
+                6 => scores_oct_n::<T, 6>(queries, keys, head, scale, out),
+                8 => scores_oct_n::<T, 8>(queries, keys, head, scale, out),
+                10 => scores_oct_n::<T, 10>(queries, keys, head, scale, out),
+                12 => scores_oct_n::<T, 12>(queries, keys, head, scale, out),
+                14 => scores_oct_n::<T, 14>(queries, keys, head, scale, out),
+                _ => scores_oct_n::<T, 16>(queries, keys, head, scale, out),
             }
         }
     }
 
     /// # Safety
     /// As [`scores_oct`], with a head of `8 * CHUNKS` values.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn scores_oct_n<const CHUNKS: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn scores_oct_n<T: Stored, const CHUNKS: usize>(
         queries: [&[f32]; 8],
-        keys: HeadRows<'_>,
+        keys: HeadRows<'_, T>,
         head: usize,
         scale: f32,
         mut out: [&mut [f32]; 8],
@@ -1197,7 +1325,7 @@ mod avx512 {
             for c in 0..CHUNKS {
                 for r in 0..4 {
                     // SAFETY: the block holds four rows of `8 * CHUNKS` values.
-                    let k = unsafe { _mm256_loadu_ps(block.add(r * 8 * CHUNKS + 8 * c)) };
+                    let k = unsafe { T::load8(block.add(r * 8 * CHUNKS + 8 * c)) };
                     let k = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(k)));
                     for (acc, pair) in acc.iter_mut().zip(&q) {
                         acc[r] = _mm512_fmadd_ps(pair[c], k, acc[r]);
@@ -1229,10 +1357,10 @@ mod avx512 {
     /// # Safety
     /// AVX-512F, AVX2 and FMA; the outputs hold the head size, a multiple of 16; `values`
     /// holds as many rows as there are weights, the same for all.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn weighted_sum_oct(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum_oct<T: Stored>(
         weights: [&[f32]; 8],
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: [&mut [f32]; 8],
     ) {
@@ -1247,9 +1375,9 @@ mod avx512 {
             // every weight row `len`.
             unsafe {
                 if head_dim - start >= 32 {
-                    weighted_sum_oct_slice::<2>(weights, len, values, head, out, start);
+                    weighted_sum_oct_slice::<T, 2>(weights, len, values, head, out, start);
                 } else {
-                    weighted_sum_oct_slice::<1>(weights, len, values, head, out, start);
+                    weighted_sum_oct_slice::<T, 1>(weights, len, values, head, out, start);
                 }
             }
         }
@@ -1258,11 +1386,11 @@ mod avx512 {
     /// # Safety
     /// As [`weighted_sum_oct`]; every output holds `start + 16 * VECTORS` values, and every
     /// weight row `len`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn weighted_sum_oct_slice<const VECTORS: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn weighted_sum_oct_slice<T: Stored, const VECTORS: usize>(
         weights: [*const f32; 8],
         len: usize,
-        values: HeadRows<'_>,
+        values: HeadRows<'_, T>,
         head: usize,
         out: [*mut f32; 8],
         start: usize,
@@ -1279,7 +1407,7 @@ mod avx512 {
             let mut v = [_mm512_setzero_ps(); VECTORS];
             for (c, v) in v.iter_mut().enumerate() {
                 // SAFETY: the row holds `start + 16 * VECTORS` values.
-                *v = unsafe { _mm512_loadu_ps(row.add(16 * c)) };
+                *v = unsafe { T::load16(row.add(16 * c)) };
             }
             for (acc, &w) in acc.iter_mut().zip(&weights) {
                 // SAFETY: `j < len`, every weight row's length.

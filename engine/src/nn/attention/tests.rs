@@ -104,17 +104,7 @@ fn a_querys_result_does_not_depend_on_how_the_prompt_was_split() {
 /// this CPU runs: what lets a prefix-cache hit read the cached positions in place.
 #[test]
 fn keys_in_parts_give_the_bits_of_one_tensor() {
-    let mut kernels = vec![cpu::Kernel::Portable];
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::nn::simd::Isa;
-        if Isa::Avx2.supported() {
-            kernels.push(cpu::Kernel::Avx2);
-        }
-        if Isa::Avx512Vnni.supported() {
-            kernels.push(cpu::Kernel::Avx512);
-        }
-    }
+    let kernels = kernels_here();
     for &(heads, kv_heads, head_dim) in &[(14, 2, 64), (9, 3, 64), (8, 8, 128), (6, 2, 36)] {
         let (past, n) = (70, 9);
         let total = past + n;
@@ -155,6 +145,109 @@ fn keys_in_parts_give_the_bits_of_one_tensor() {
         (k.narrow(1, 8, 2).expect("k"), k.narrow(1, 8, 2).expect("k")),
     ];
     assert!(attend_parts(&q, &parts).is_err());
+}
+
+/// Every kernel this CPU runs, the portable one first.
+fn kernels_here() -> Vec<cpu::Kernel> {
+    let mut kernels = vec![cpu::Kernel::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::nn::simd::Isa;
+        if Isa::Avx2.supported() {
+            kernels.push(cpu::Kernel::Avx2);
+        }
+        if Isa::Avx512Vnni.supported() {
+            kernels.push(cpu::Kernel::Avx512);
+        }
+    }
+    kernels
+}
+
+/// Keys and values kept in f16 (the KV cache's default) give, with every kernel, the bits
+/// that their f32 values give: each is widened exactly as it is loaded, and every sum runs
+/// in f32 in the order it runs for f32 keys. So the invariance above holds for f16 caches
+/// too, and the only difference f16 makes is the rounding as values are stored.
+#[test]
+fn f16_keys_and_values_give_the_bits_of_their_f32_values() {
+    use candle_core::DType;
+
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("vec")
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    for &(heads, kv_heads, head_dim, past, n) in &[
+        (14, 2, 64, 0, 1),
+        (14, 2, 64, 2047, 1),
+        (14, 2, 64, 61, 17),
+        (9, 3, 48, 10, 5),
+        (12, 2, 128, 33, 16),
+        (4, 2, 16, 3, 9),
+        (6, 2, 36, 7, 6),
+    ] {
+        let total = past + n;
+        let q = random(&[heads, n, head_dim], 31);
+        let k = cache_view(kv_heads, total, head_dim, 32);
+        let v = cache_view(kv_heads, total, head_dim, 33);
+        let (k16, v16) = (
+            k.to_dtype(DType::F16).expect("k"),
+            v.to_dtype(DType::F16).expect("v"),
+        );
+        let (k32, v32) = (
+            k16.to_dtype(DType::F32).expect("k"),
+            v16.to_dtype(DType::F32).expect("v"),
+        );
+        // A shared prefix and a sequence's own positions, as a prefix-cache hit reads them.
+        let split = past / 2;
+        let parts = |k: &Tensor, v: &Tensor| {
+            vec![
+                (
+                    k.narrow(1, 0, split).expect("k"),
+                    v.narrow(1, 0, split).expect("v"),
+                ),
+                (
+                    k.narrow(1, split, total - split).expect("k"),
+                    v.narrow(1, split, total - split).expect("v"),
+                ),
+            ]
+        };
+        for kernel in kernels_here() {
+            if head_dim % 8 != 0 && kernel != cpu::Kernel::Portable {
+                continue;
+            }
+            let wide = cpu::attend_with(kernel, &q, &[(k32.clone(), v32.clone())]).expect("f32");
+            let half = cpu::attend_with(kernel, &q, &[(k16.clone(), v16.clone())]).expect("f16");
+            let half_parts = cpu::attend_with(kernel, &q, &parts(&k16, &v16)).expect("parts");
+            let case = format!("{kernel:?}, {heads}/{kv_heads} heads of {head_dim}, {past}+{n}");
+            assert!(
+                bits(&wide) == bits(&half),
+                "{case}: {}",
+                max_diff(&wide, &half)
+            );
+            assert!(bits(&wide) == bits(&half_parts), "{case}, in parts");
+        }
+        // Through the public entry, which picks the kernel and takes f16 parts as they come.
+        let ours = attend_parts(&q, &parts(&k16, &v16)).expect("f16 parts");
+        let reference = attend(&q, &k32, &v32).expect("f32");
+        assert!(
+            bits(&ours) == bits(&reference),
+            "{heads}/{kv_heads} of {head_dim}"
+        );
+    }
+    // Parts of two types are an error, not a misread.
+    let (q, k) = (random(&[4, 3, 16], 1), random(&[2, 10, 16], 2));
+    let k16 = k.to_dtype(DType::F16).expect("k");
+    let mixed = [
+        (
+            k16.narrow(1, 0, 5).expect("k"),
+            k16.narrow(1, 0, 5).expect("v"),
+        ),
+        (k.narrow(1, 5, 5).expect("k"), k.narrow(1, 5, 5).expect("v")),
+    ];
+    assert!(attend_parts(&q, &mixed).is_err());
 }
 
 #[test]
