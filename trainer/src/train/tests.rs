@@ -15,7 +15,12 @@ use super::optim;
 fn engine(tiny: Tiny, seed: u64) -> (tempfile::TempDir, hexacoder_engine::Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = tiny.write_hf_dir(&dir.path().join("m"), seed);
-    let engine = load::load(&ModelFiles::HfDir(path), &LoadOptions::cpu()).expect("load");
+    // Keys and values exact: the training pass computes in f32 and keeps no KV cache.
+    let options = LoadOptions {
+        kv_dtype: hexacoder_engine::nn::KvDtype::F32,
+        ..LoadOptions::cpu()
+    };
+    let engine = load::load(&ModelFiles::HfDir(path), &options).expect("load");
     (dir, engine)
 }
 
