@@ -1,39 +1,7 @@
-//! The oracle's embedded analyzer (tree-sitter plus its rules) on arbitrary Python, C and
-//! C++ source.
+//! libFuzzer's entry to `hexacoder_fuzz_targets::oracle`, whose documentation says what the
+//! target feeds and checks.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use hexacoder_oracle::{EmbeddedAnalyzer, Language};
-use libfuzzer_sys::fuzz_target;
-
-fn analyzer() -> &'static EmbeddedAnalyzer {
-    static ANALYZER: OnceLock<EmbeddedAnalyzer> = OnceLock::new();
-    ANALYZER.get_or_init(|| EmbeddedAnalyzer::builtin().expect("the built-in rules"))
-}
-
-fuzz_target!(init: { analyzer(); }, |data: &[u8]| {
-    let Some((&language, source)) = data.split_first() else {
-        return;
-    };
-    let Ok(source) = std::str::from_utf8(source) else {
-        return;
-    };
-    let (language, path) = match language % 3 {
-        0 => (Language::Python, "sample.py"),
-        1 => (Language::C, "sample.c"),
-        _ => (Language::Cpp, "sample.cpp"),
-    };
-    let lines = source.split('\n').count();
-    // A parse past its time budget is an error value, which is fine here.
-    let Ok(findings) = analyzer().scan(language, path, source) else {
-        return;
-    };
-    for finding in findings {
-        let span = finding.span;
-        assert!(
-            1 <= span.start_line && span.start_line <= span.end_line && span.end_line <= lines,
-            "a finding outside the source: {span:?}"
-        );
-    }
+libfuzzer_sys::fuzz_target!(init: { hexacoder_fuzz_targets::oracle::init(); }, |data: &[u8]| {
+    hexacoder_fuzz_targets::oracle::run(data)
 });

@@ -4,7 +4,7 @@ to change them). Everything comes from the repository, ../shared and the catalog
 
     python3 fuzz/seeds/make_seeds.py [--models DIR]   # DIR: where `fetch` put the GGUFs
 
-The two-part inputs use hexacoder_fuzz::split's form: a little-endian u32 length, that many
+The two-part inputs use hexacoder_fuzz_targets::split's form: a little-endian u32 length, that many
 bytes, then the rest.
 """
 

@@ -1,9 +1,21 @@
-//! What the fuzz targets share: a scratch directory in memory, a tiny model and adapter
-//! written once per process, and the split of one input into two byte strings.
+//! The fuzz targets, one module each (`run` takes one input; `init`, where there is one, sets
+//! up what the target reuses), and what they share: a scratch directory in memory, a tiny
+//! model and adapter written once per process, and the split of one input into two byte
+//! strings. The libFuzzer binaries in `fuzz/fuzz_targets/` call them, and `cargo test` runs
+//! them on every committed seed (`tests/seeds.rs`).
 //!
 //! Every target holds the same contract as the product: a malformed input comes back as an
 //! error value. A panic, a hang (libFuzzer's `-timeout`) or an allocation past `-rss_limit_mb`
 //! is a finding.
+
+pub mod adapter;
+pub mod chat_template;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod imports;
+pub mod lsp_document;
+pub mod oracle;
+pub mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
