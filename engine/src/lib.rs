@@ -74,7 +74,7 @@ const PREFIX_CACHE_MIN_MATCH: usize = 4;
 impl Engine {
     /// Assembles an engine from its parts (see [`load::load`] for the usual way in).
     pub fn new(
-        model: Model,
+        mut model: Model,
         tokenizer: Tokenizer,
         fim: Option<FimTemplate>,
         chat_template: Option<String>,
@@ -82,7 +82,6 @@ impl Engine {
         path: PathBuf,
         options: &load::LoadOptions,
     ) -> Self {
-        let mut model = model;
         model.set_kv_dtype(options.kv_dtype);
         Engine {
             model: Arc::new(model),

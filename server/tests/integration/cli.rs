@@ -41,50 +41,30 @@ fn missing_model_is_a_clear_error_with_exit_code_1() {
 
 #[test]
 fn bad_flag_values_are_rejected_before_loading() {
-    let output = server(&[
-        "generate",
-        "--model",
-        "x",
-        "--prompt",
-        "x",
-        "--max-tokens",
-        "lots",
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("lots"));
-    let output = server(&[
-        "generate",
-        "--model",
-        "x",
-        "--prompt",
-        "x",
-        "--kv-dtype",
-        "bf16",
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("\"bf16\" is not `f16` or `f32`"),
-        "{}",
-        stderr(&output)
-    );
-    let output = server(&["generate", "--model", "x", "--prompt", "x", "--fim", "a,b"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("a,b"), "{}", stderr(&output));
-    // Sampling values are checked before the model is looked up.
-    let output = server(&[
-        "generate",
-        "--model",
-        "./no/such/model",
-        "--prompt",
-        "a",
-        "--temperature=-1",
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("temperature"),
-        "{}",
-        stderr(&output)
-    );
+    // (model, flags, exit code, what the message names). Sampling values are checked before
+    // the model is looked up.
+    let cases: [(&str, &[&str], i32, &str); 4] = [
+        ("x", &["--max-tokens", "lots"], 2, "lots"),
+        (
+            "x",
+            &["--kv-dtype", "bf16"],
+            2,
+            "\"bf16\" is not `f16` or `f32`",
+        ),
+        ("x", &["--fim", "a,b"], 1, "a,b"),
+        ("./no/such/model", &["--temperature=-1"], 1, "temperature"),
+    ];
+    for (model, flags, code, named) in cases {
+        let mut args = vec!["generate", "--model", model, "--prompt", "x"];
+        args.extend_from_slice(flags);
+        let output = server(&args);
+        assert_eq!(output.status.code(), Some(code), "{flags:?}");
+        assert!(
+            stderr(&output).contains(named),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+    }
 }
 
 #[test]

@@ -107,6 +107,7 @@ impl Stored for f16 {
 }
 
 /// The rows of a `[kv_heads, positions, head_dim]` buffer, borrowed from its storage.
+#[derive(Clone, Copy)]
 struct HeadRows<'a, T> {
     data: &'a [T],
     head_stride: usize,
@@ -114,14 +115,6 @@ struct HeadRows<'a, T> {
 }
 
 // Not derived: a derive would ask `T: Copy` of the slice's element for nothing.
-impl<T> Clone for HeadRows<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for HeadRows<'_, T> {}
-
 impl<'a, T> HeadRows<'a, T> {
     fn row(&self, head: usize, position: usize) -> &'a [T] {
         let start = head * self.head_stride + position * self.head_dim;
@@ -183,20 +176,13 @@ fn head_rows<'a, T: Stored>(
 }
 
 /// One part of a sequence's keys and values: positions `start..start + len`.
+#[derive(Clone, Copy)]
 struct Part<'a, T> {
     keys: HeadRows<'a, T>,
     values: HeadRows<'a, T>,
     start: usize,
     len: usize,
 }
-
-impl<T> Clone for Part<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Part<'_, T> {}
 
 /// Which instructions the two reductions use; chosen once per call from CPUID and the head
 /// size, so every query of a model on one machine takes the same path.

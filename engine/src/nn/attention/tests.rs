@@ -147,6 +147,16 @@ fn keys_in_parts_give_the_bits_of_one_tensor() {
     assert!(attend_parts(&q, &parts).is_err());
 }
 
+/// A tensor's values as bits, for comparisons that must be exact.
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("vec")
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
 /// Every kernel this CPU runs, the portable one first.
 fn kernels_here() -> Vec<cpu::Kernel> {
     let mut kernels = vec![cpu::Kernel::Portable];
@@ -171,14 +181,6 @@ fn kernels_here() -> Vec<cpu::Kernel> {
 fn f16_keys_and_values_give_the_bits_of_their_f32_values() {
     use candle_core::DType;
 
-    let bits = |t: &Tensor| -> Vec<u32> {
-        t.flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("vec")
-            .into_iter()
-            .map(f32::to_bits)
-            .collect()
-    };
     for &(heads, kv_heads, head_dim, past, n) in &[
         (14, 2, 64, 0, 1),
         (14, 2, 64, 2047, 1),
@@ -311,14 +313,6 @@ fn the_avx512_kernels_give_the_avx2_kernels_bits() {
         let parts = [(k.clone(), v.clone())];
         let narrow = cpu::attend_with(cpu::Kernel::Avx2, &q, &parts).expect("avx2");
         let wide = cpu::attend_with(cpu::Kernel::Avx512, &q, &parts).expect("avx512");
-        let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .expect("vec")
-                .into_iter()
-                .map(f32::to_bits)
-                .collect()
-        };
         assert!(
             bits(&narrow) == bits(&wide),
             "{heads}/{kv_heads} heads of {head_dim}, {past}+{n}: max diff {}",
