@@ -57,13 +57,15 @@ const TARGETS: [Target; 8] = [
     },
 ];
 
-fn seeds_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds")
+/// The fuzzing workspace, beside this crate.
+fn fuzz_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).join("fuzz")
 }
 
 /// The seed files of `target`, in name order.
 fn seeds(target: &str) -> Vec<PathBuf> {
-    let dir = seeds_dir().join(target);
+    let dir = fuzz_dir().join("seeds").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("a directory entry").path())
@@ -83,7 +85,8 @@ fn every_target_holds_on_every_committed_seed() {
         for file in files {
             let data = std::fs::read(&file).expect("read the seed");
             if catch_unwind(AssertUnwindSafe(|| (target.run)(&data))).is_err() {
-                failures.push(format!("{}: {}", target.name, file.display()));
+                let name = file.file_name().unwrap_or_default().to_string_lossy();
+                failures.push(format!("fuzz/seeds/{}/{name}", target.name));
             }
         }
     }
@@ -97,7 +100,7 @@ fn every_target_holds_on_every_committed_seed() {
 
 #[test]
 fn every_target_has_its_seeds_and_a_binary() {
-    let binaries: Vec<String> = std::fs::read_dir(seeds_dir().join("../fuzz_targets"))
+    let binaries: Vec<String> = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
         .expect("fuzz/fuzz_targets")
         .filter_map(|entry| {
             let name = entry.ok()?.file_name().into_string().ok()?;

@@ -400,7 +400,8 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     );
 }
 
-/// Real-model tier: a few dozen steps on a handful of the shared set's rows halve their loss.
+/// Real-model tier: a dozen steps on two of the shared set's rows halve their loss (it falls
+/// to about a quarter; 24 steps of 4 rows × 96 tokens took 234 s on 2 cores for the same).
 #[test]
 fn smollm2_learns_a_handful_of_rows() {
     let Some(model) = hexacoder_testkit::real_model("smollm2-135m") else {
@@ -413,10 +414,10 @@ fn smollm2_learns_a_handful_of_rows() {
         .expect("shared training set")
         .lines()
         .filter(|l| !l.contains("\"changes\": []"))
-        .take(4)
+        .take(2)
         .map(|l| format!("{l}\n"))
         .collect();
-    let data = dir.path().join("four.jsonl");
+    let data = dir.path().join("two.jsonl");
     std::fs::write(&data, rows).expect("write");
     let run = dir.path().join("run");
     let output = train(&[
@@ -434,13 +435,13 @@ fn smollm2_learns_a_handful_of_rows() {
         "--dropout",
         "0",
         "--batch-size",
-        "4",
+        "2",
         "--epochs",
-        "24",
+        "12",
         "--lr",
         "3e-3",
         "--max-seq-len",
-        "96",
+        "64",
         "--warmup-ratio",
         "0",
         "--checkpoint-every",
@@ -456,7 +457,7 @@ fn smollm2_learns_a_handful_of_rows() {
                 .expect("loss")
         })
         .collect();
-    assert_eq!(losses.len(), 24);
+    assert_eq!(losses.len(), 12);
     let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
     assert!(
         last <= 0.5 * losses[0],

@@ -102,15 +102,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("values")
-            .into_iter()
-            .map(f32::to_bits)
-            .collect()
-    }
+    use crate::nn::test_util::bits;
 
     /// The fused op may not change a served model's output by a bit.
     #[test]

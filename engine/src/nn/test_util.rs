@@ -16,6 +16,16 @@ pub(crate) fn random(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// A tensor's values as bits, for comparisons that must be exact.
+pub(crate) fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("values")
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
 /// The largest absolute value of `t`.
 pub(crate) fn max_abs(t: &Tensor) -> f32 {
     t.abs()

@@ -1,6 +1,7 @@
 use candle_core::{Device, IndexOp, Tensor};
 
 use super::*;
+use crate::nn::test_util::bits;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -145,16 +146,6 @@ fn keys_in_parts_give_the_bits_of_one_tensor() {
         (k.narrow(1, 8, 2).expect("k"), k.narrow(1, 8, 2).expect("k")),
     ];
     assert!(attend_parts(&q, &parts).is_err());
-}
-
-/// A tensor's values as bits, for comparisons that must be exact.
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("vec")
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
 }
 
 /// Every kernel this CPU runs, the portable one first.
