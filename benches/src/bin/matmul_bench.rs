@@ -1,5 +1,5 @@
-//! Run with: `cargo run --release -p hexacoder-benches --bin matmul-bench [REPS] [lora]`
-//! (`lora`: only the last table)
+//! Run with: `cargo run --release -p hexacoder-benches --bin matmul-bench [REPS] [lora|streamed]`
+//! (`lora`: only the last table; `streamed`: only the fourth)
 //!
 //! The engine's Q8_0 matmul kernels against candle's (the peer: what the engine would use
 //! without them), at the projection shapes of Qwen2.5-Coder-0.5B, for a decode step (1 row),
@@ -16,7 +16,9 @@
 //! at the shapes where the catalogue's models have them.
 //!
 //! A fourth times Q5_0 products on weights streamed from memory rather than from cache, as a
-//! model's are: the kernels' prefetching shows there.
+//! model's are, with each kernel this CPU runs: the kernels' prefetching shows there, and at
+//! 9-10 rows (a warm editor request's new tokens) how many activation rows one unpacking of
+//! the weights serves.
 //!
 //! A fifth times the LoRA side branch alone (`nn::LowRankDelta`), one decode token's worth:
 //! an r=16 branch on each of the 0.5B model's 168 projections, with f16, bf16 and f32 values.
@@ -42,6 +44,14 @@ fn main() -> Result<()> {
         return low_rank_table(reps);
     }
     let kernels: Vec<Isa> = Isa::ALL.into_iter().filter(|isa| isa.supported()).collect();
+    if std::env::args().nth(2).as_deref() == Some("streamed") {
+        println!(
+            "CPU: {}, {} threads",
+            cpu_name(),
+            candle_core::utils::get_num_threads()
+        );
+        return streamed_table(reps, &kernels);
+    }
     println!(
         "CPU: {}, {} threads, median of {reps} (ms per product)\n",
         cpu_name(),
@@ -95,7 +105,7 @@ fn main() -> Result<()> {
     }
     legacy_table(reps, &shapes[..4])?;
     kquant_table(reps, &kernels)?;
-    streamed_table(reps)?;
+    streamed_table(reps, &kernels)?;
     low_rank_table(reps)
 }
 
@@ -170,39 +180,42 @@ fn low_rank_table(reps: usize) -> Result<()> {
 /// per forward pass, and a model is larger than the caches): Q5_0 at the 0.5B model's gate
 /// shape, enough distinct matrices to pass 300 MB, each pass over all of them timed, best
 /// pass of `reps` (the bandwidth is what other tenants leave).
-fn streamed_table(reps: usize) -> Result<()> {
+fn streamed_table(reps: usize, kernels: &[Isa]) -> Result<()> {
     const MATRICES: usize = 100;
     let (out, inp) = (4864, 896);
-    let matrices = (0..MATRICES)
-        .map(|seed| {
-            let weight =
-                QTensor::quantize(&random_tensor(&[out, inp], seed as u64)?, GgmlDType::Q5_0)?;
-            LegacyMatrix::from_qtensor(&weight)?
-                .context("the legacy kernels need an x86-64 CPU with AVX2 and FMA")
-        })
-        .collect::<Result<Vec<_>>>()?;
     let bytes = (MATRICES * out * inp) as f64 * 5.5 / 8.0;
     println!(
-        "\n| Q5_0, streamed from memory | rows | ms per pass (best of {reps}) | GB/s of weights | GMAC/s |"
+        "\n| Q5_0, streamed from memory | kernel | rows | ms per pass (best of {reps}) | GB/s of weights | GMAC/s |"
     );
-    println!("|---|---|---|---|---|");
-    for m in [1, 8] {
-        let xs = random_tensor(&[m, inp], 2)?;
-        let mut best = f64::INFINITY;
-        for _ in 0..reps {
-            let started = std::time::Instant::now();
-            for matrix in &matrices {
-                matrix.matmul(&xs)?;
+    println!("|---|---|---|---|---|---|");
+    for &isa in kernels {
+        let matrices = (0..MATRICES)
+            .map(|seed| {
+                let weight =
+                    QTensor::quantize(&random_tensor(&[out, inp], seed as u64)?, GgmlDType::Q5_0)?;
+                LegacyMatrix::from_qtensor(&weight)?
+                    .and_then(|m| m.with_isa(isa))
+                    .context("the legacy kernels need an x86-64 CPU with AVX2 and FMA")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for m in [1, 4, 8, 10, 16] {
+            let xs = random_tensor(&[m, inp], 2)?;
+            let mut best = f64::INFINITY;
+            for _ in 0..reps {
+                let started = std::time::Instant::now();
+                for matrix in &matrices {
+                    matrix.matmul(&xs)?;
+                }
+                best = best.min(started.elapsed().as_secs_f64());
             }
-            best = best.min(started.elapsed().as_secs_f64());
+            println!(
+                "| {MATRICES} × gate ({out} × {inp}), {:.0} MB | {isa:?} | {m} | {:.2} | {:.1} | {:.0} |",
+                bytes / 1e6,
+                best * 1e3,
+                bytes / best / 1e9,
+                (MATRICES * out * inp * m) as f64 / best / 1e9
+            );
         }
-        println!(
-            "| {MATRICES} × gate ({out} × {inp}), {:.0} MB | {m} | {:.2} | {:.1} | {:.0} |",
-            bytes / 1e6,
-            best * 1e3,
-            bytes / best / 1e9,
-            (MATRICES * out * inp * m) as f64 / best / 1e9
-        );
     }
     Ok(())
 }

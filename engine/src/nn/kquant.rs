@@ -28,9 +28,7 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
-use super::tiles::{
-    PREFETCH_BLOCKS, QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours, prefetch_block,
-};
+use super::tiles::{PREFETCH_BLOCKS, QuantizedRows, TILE_ROWS, TileDot, prefetch_block};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -211,22 +209,6 @@ fn prefetch_ahead<const SIX: bool>(w: &KQuantTile, b: usize) {
 struct ActivationSums<'a> {
     scaled: &'a [f32],
     half_offsets: &'a [i32],
-}
-
-impl<'a> ActivationSums<'a> {
-    /// Rows `from..from + count` of these, of `kb` blocks each.
-    fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationSums<'a> {
-        ActivationSums {
-            scaled: self
-                .scaled
-                .get(from * kb..(from + count) * kb)
-                .unwrap_or(&[]),
-            half_offsets: self
-                .half_offsets
-                .get(2 * from * kb..2 * (from + count) * kb)
-                .unwrap_or(&[]),
-        }
-    }
 }
 
 impl KQuantMatrix {
@@ -442,26 +424,42 @@ impl KQuantMatrix {
                     .get(2 * row * kb..2 * (row + n_rows) * kb)
                     .unwrap_or(&[]),
             };
-            let avx2 = |from, rows, part: &mut [[f32; TILE_ROWS]; 4]| {
-                let (x, x_sums) = (xr.rows(from, rows, kb), x_sums.rows(from, rows, kb));
-                // SAFETY: as below, for rows `from..from + rows`.
-                unsafe {
-                    match self.kind {
-                        Kind::Q4K => tile_dots_avx2::<false>(&w, &x, &x_sums, kb, part),
-                        Kind::Q6K => tile_dots_avx2::<true>(&w, &x, &x_sums, kb, part),
-                    }
-                }
-            };
             // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
             // `kb` blocks, the activations `kb` blocks per row and `x_sums` the kind's sums.
-            match (self.isa, self.kind) {
-                (Isa::Avx2, _) => in_fours(n_rows, sums, avx2),
-                (Isa::Avx512Vnni, Kind::Q4K) => unsafe {
-                    tile_dots_avx512::<false>(&w, &xr, &x_sums, kb, sums)
-                },
-                (Isa::Avx512Vnni, Kind::Q6K) => unsafe {
-                    tile_dots_avx512::<true>(&w, &xr, &x_sums, kb, sums)
-                },
+            // The narrowest build that holds the rows (`ROW_GROUP`).
+            unsafe {
+                match (self.kind, self.isa, n_rows) {
+                    (Kind::Q4K, Isa::Avx2, ..=4) => {
+                        tile_dots_avx2::<false, 4>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q4K, Isa::Avx2, ..=8) => {
+                        tile_dots_avx2::<false, 8>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q4K, Isa::Avx2, _) => {
+                        tile_dots_avx2::<false, 16>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q4K, Isa::Avx512Vnni, ..=8) => {
+                        tile_dots_avx512::<false, 8>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q4K, Isa::Avx512Vnni, _) => {
+                        tile_dots_avx512::<false, 16>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q6K, Isa::Avx2, ..=4) => {
+                        tile_dots_avx2::<true, 4>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q6K, Isa::Avx2, ..=8) => {
+                        tile_dots_avx2::<true, 8>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q6K, Isa::Avx2, _) => {
+                        tile_dots_avx2::<true, 16>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q6K, Isa::Avx512Vnni, ..=8) => {
+                        tile_dots_avx512::<true, 8>(&w, &xr, &x_sums, kb, sums)
+                    }
+                    (Kind::Q6K, Isa::Avx512Vnni, _) => {
+                        tile_dots_avx512::<true, 16>(&w, &xr, &x_sums, kb, sums)
+                    }
+                }
             }
         })
     }
@@ -497,26 +495,29 @@ struct KQuantTileMut<'a> {
 
 /// `sums[j][r]`: row `r` of the tile against activation row `j`, with 256-bit vectors (eight
 /// tile rows each): a block's quants unpacked to unsigned bytes, `vpmaddubsw` against the
-/// broadcast activation bytes, `vpmaddwd` to 32 bits (exact: at most 2 · 63 · 127 per pair).
+/// broadcast activation bytes, added in 16 bits as far as they cannot overflow (eight for
+/// Q4_K, two for Q6_K), `vpmaddwd` to 32 bits: exact, at most 2 · 63 · 128 per pair.
 /// `SIX` picks Q6_K, otherwise Q4_K.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `w` holds `kb` blocks (a multiple of eight), `x`
-/// `x.count <= 4` rows of `kb` blocks, and `x_sums` `x.count` rows of the kind's sums.
+/// `x.count <= R` rows of `kb` blocks, `x_sums` `x.count` rows of the kind's sums, and `sums`
+/// at least `x.count` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_dots_avx2<const SIX: bool>(
+unsafe fn tile_dots_avx2<const SIX: bool, const R: usize>(
     w: &KQuantTile,
     x: &ActivationRows,
     x_sums: &ActivationSums,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; 4],
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(kb.is_multiple_of(BLOCKS_PER_SUPER));
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES);
     debug_assert!(w.block_scales.len() >= kb * TILE_SCALE_BYTES);
-    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= R && sums.len() >= x.count);
+    debug_assert!(x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(if SIX {
         w.high_bits.len() >= kb * TILE_HIGH_BYTES && x_sums.half_offsets.len() >= 2 * x.count * kb
     } else {
@@ -527,7 +528,7 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
     let low = _mm256_set1_epi8(0x0F);
     let pair = _mm256_set1_epi8(0x30);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..kb {
         let s = b / BLOCKS_PER_SUPER;
         prefetch_ahead::<SIX>(w, b);
@@ -573,15 +574,25 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
                 let (sc_a, sc_b) = (_mm256_cvtepi8_epi32(first), _mm256_cvtepi8_epi32(second));
                 for (j, acc) in acc.iter_mut().enumerate().take(x.count) {
                     let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
-                    let mut halves = [_mm256_setzero_si256(); 2];
+                    // Two pair sums add in 16 bits before widening: each is at most
+                    // 2 · 63 · 128 = 16,128 in magnitude, two 32,256, below 2^15.
+                    let mut words = [_mm256_setzero_si256(); 4];
                     for (g, q) in q.iter().enumerate() {
                         let x4 = _mm256_set1_epi32(unsafe {
                             (xp.add(g * 4) as *const i32).read_unaligned()
                         });
-                        let pairs = _mm256_maddubs_epi16(*q, x4);
-                        halves[g / 4] =
-                            _mm256_add_epi32(halves[g / 4], _mm256_madd_epi16(pairs, ones));
+                        words[g / 2] = _mm256_add_epi16(words[g / 2], _mm256_maddubs_epi16(*q, x4));
                     }
+                    let halves = [
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(words[0], ones),
+                            _mm256_madd_epi16(words[1], ones),
+                        ),
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(words[2], ones),
+                            _mm256_madd_epi16(words[3], ones),
+                        ),
+                    ];
                     let jb = j * kb + b;
                     let offsets = &x_sums.half_offsets[2 * jb..2 * jb + 2];
                     let a = _mm256_sub_epi32(halves[0], _mm256_set1_epi32(offsets[0]));
@@ -607,14 +618,16 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
                 );
                 for (j, acc) in acc.iter_mut().enumerate().take(x.count) {
                     let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
-                    let mut isum = _mm256_setzero_si256();
+                    // All eight pair sums add in 16 bits before one widening: each is at most
+                    // 2 · 15 · 128 = 3,840 in magnitude, eight 30,720, below 2^15.
+                    let mut words = _mm256_setzero_si256();
                     for (g, q) in q.iter().enumerate() {
                         let x4 = _mm256_set1_epi32(unsafe {
                             (xp.add(g * 4) as *const i32).read_unaligned()
                         });
-                        let pairs = _mm256_maddubs_epi16(*q, x4);
-                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
+                        words = _mm256_add_epi16(words, _mm256_maddubs_epi16(*q, x4));
                     }
+                    let isum = _mm256_madd_epi16(words, ones);
                     let jb = j * kb + b;
                     let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x.scales[jb]));
                     acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[half]);
@@ -637,21 +650,22 @@ unsafe fn tile_dots_avx2<const SIX: bool>(
 /// results are its bits.
 ///
 /// # Safety
-/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`] and up to [`ROW_GROUP`] activation rows.
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_dots_avx512<const SIX: bool>(
+unsafe fn tile_dots_avx512<const SIX: bool, const R: usize>(
     w: &KQuantTile,
     x: &ActivationRows,
     x_sums: &ActivationSums,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; ROW_GROUP],
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(kb.is_multiple_of(BLOCKS_PER_SUPER));
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES);
     debug_assert!(w.block_scales.len() >= kb * TILE_SCALE_BYTES);
-    debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= R && sums.len() >= x.count);
+    debug_assert!(x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(if SIX {
         w.high_bits.len() >= kb * TILE_HIGH_BYTES && x_sums.half_offsets.len() >= 2 * x.count * kb
     } else {
@@ -661,7 +675,7 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
     let per_row = if SIX { 1 } else { 2 };
     let low = _mm512_set1_epi8(0x0F);
     let pair = _mm512_set1_epi8(0x30);
-    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
+    let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..kb {
         let s = b / BLOCKS_PER_SUPER;
         prefetch_ahead::<SIX>(w, b);
@@ -744,23 +758,23 @@ unsafe fn tile_dots_avx512<const SIX: bool>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dots_avx2<const SIX: bool>(
+unsafe fn tile_dots_avx2<const SIX: bool, const R: usize>(
     _: &KQuantTile,
     _: &ActivationRows,
     _: &ActivationSums,
     _: usize,
-    _: &mut [[f32; TILE_ROWS]; 4],
+    _: &mut [[f32; TILE_ROWS]],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dots_avx512<const SIX: bool>(
+unsafe fn tile_dots_avx512<const SIX: bool, const R: usize>(
     _: &KQuantTile,
     _: &ActivationRows,
     _: &ActivationSums,
     _: usize,
-    _: &mut [[f32; TILE_ROWS]; ROW_GROUP],
+    _: &mut [[f32; TILE_ROWS]],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }

@@ -13,7 +13,8 @@
 //! pairs them), one vector of fifth bits for the 5-bit types (bit `g` of byte `(row, i)` is
 //! the fifth bit of value `4g + i`), and sixteen f16 scales (and minimums): exactly the file's
 //! bits per weight. The kernels unpack a block into eight vectors of unsigned quants in
-//! registers and reuse them for up to four activation rows, as the Q8_0 kernels do.
+//! registers and reuse them for up to eight (AVX2) or sixteen activation rows, as the Q8_0
+//! kernels do.
 //!
 //! Products are `Σ q · x` on unsigned quants (`vpdpbusd`, or `vpmaddubsw` and `vpmaddwd`),
 //! exact in 32 bits; the `_0` types take `offset · Σx` back (`q - 8`, `q - 16`) and the `_1`
@@ -25,9 +26,7 @@ use candle_core::{Device, Tensor};
 
 use super::q8::ActivationRows;
 use super::simd::Isa;
-use super::tiles::{
-    PREFETCH_BLOCKS, QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours, prefetch_block,
-};
+use super::tiles::{PREFETCH_BLOCKS, QuantizedRows, TILE_ROWS, TileDot, prefetch_block};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -115,17 +114,6 @@ struct LegacyTile<'a> {
 struct ActivationSums<'a> {
     offsets: &'a [i32],
     scaled: &'a [f32],
-}
-
-impl<'a> ActivationSums<'a> {
-    /// Rows `from..from + count` of these, of `kb` blocks each.
-    fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationSums<'a> {
-        let range = from * kb..(from + count) * kb;
-        ActivationSums {
-            offsets: &self.offsets[range.clone()],
-            scaled: self.scaled.get(range).unwrap_or(&[]),
-        }
-    }
 }
 
 impl LegacyMatrix {
@@ -345,12 +333,15 @@ impl LegacyMatrix {
             };
             // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
             // `kb` blocks and the activations `kb` blocks per row.
-            match self.isa {
-                Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
-                    let sums = x_sums.rows(from, rows, kb);
-                    tile_dots_avx2(&w, &xr.rows(from, rows, kb), &sums, kb, part)
-                }),
-                Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &xr, &x_sums, kb, sums) },
+            // The narrowest build that holds the rows (`ROW_GROUP`).
+            unsafe {
+                match (self.isa, n_rows) {
+                    (Isa::Avx2, ..=4) => tile_dots_avx2::<4>(&w, &xr, &x_sums, kb, sums),
+                    (Isa::Avx2, ..=8) => tile_dots_avx2::<8>(&w, &xr, &x_sums, kb, sums),
+                    (Isa::Avx2, _) => tile_dots_avx2::<16>(&w, &xr, &x_sums, kb, sums),
+                    (Isa::Avx512Vnni, ..=8) => tile_dots_avx512::<8>(&w, &xr, &x_sums, kb, sums),
+                    (Isa::Avx512Vnni, _) => tile_dots_avx512::<16>(&w, &xr, &x_sums, kb, sums),
+                }
             }
         })
     }
@@ -358,31 +349,33 @@ impl LegacyMatrix {
 
 /// `sums[j][r]`: row `r` of the tile against activation row `j`, with 256-bit vectors (eight
 /// tile rows each): a block's nibbles unpacked to unsigned quants, `vpmaddubsw` against the
-/// broadcast activation bytes, `vpmaddwd` to 32 bits. Exact: at most 2 · 31 · 127 per pair.
+/// broadcast activation bytes, four of those added in 16 bits, `vpmaddwd` to 32 bits. Exact:
+/// at most 2 · 31 · 128 per pair, four times that per 16-bit sum.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` holds `kb` blocks, `x` `x.count <= 4` rows of
-/// `kb` blocks, and `x_sums` `x.count` rows of `kb` values (`scaled`: for the `_1` types).
+/// The CPU must support AVX2, FMA and F16C; `w` holds `kb` blocks, `x` `x.count <= R` rows of
+/// `kb` blocks, `x_sums` `x.count` rows of `kb` values (`scaled`: for the `_1` types), and
+/// `sums` at least `x.count` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_dots_avx2(
+unsafe fn tile_dots_avx2<const R: usize>(
     w: &LegacyTile,
     x: &ActivationRows,
     x_sums: &ActivationSums,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; 4],
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
-    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
-    debug_assert!(x_sums.offsets.len() >= x.count * kb);
+    debug_assert!(x.count <= R && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x_sums.offsets.len() >= x.count * kb && sums.len() >= x.count);
     let k = kb * BLOCK;
     let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
     debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
     let low = _mm256_set1_epi8(0x0F);
     let fifth = _mm256_set1_epi8(0x10);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..kb {
         prefetch_ahead(w, b);
         for half in 0..2 {
@@ -403,10 +396,20 @@ unsafe fn tile_dots_avx2(
                         w.high_bits.as_ptr().add(b * TILE_HIGH_BYTES + half * 32) as *const __m256i
                     )
                 };
-                for (g, q) in q.iter_mut().enumerate() {
-                    let bit = _mm256_set1_epi8((1u8 << g) as i8);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(high, bit), bit);
-                    *q = _mm256_or_si256(*q, _mm256_and_si256(set, fifth));
+                // Bit `g` of each byte moved to bit 4 (a 16-bit shift moves bit 4 of each byte
+                // within that byte) and or-ed onto the nibble, whose bit 4 is clear.
+                let moved = [
+                    _mm256_slli_epi16(high, 4),
+                    _mm256_slli_epi16(high, 3),
+                    _mm256_slli_epi16(high, 2),
+                    _mm256_slli_epi16(high, 1),
+                    high,
+                    _mm256_srli_epi16(high, 1),
+                    _mm256_srli_epi16(high, 2),
+                    _mm256_srli_epi16(high, 3),
+                ];
+                for (q, moved) in q.iter_mut().zip(moved) {
+                    *q = _mm256_or_si256(*q, _mm256_and_si256(moved, fifth));
                 }
             }
             let at = b * TILE_ROWS + half * 8;
@@ -423,14 +426,20 @@ unsafe fn tile_dots_avx2(
             for (j, acc) in acc.iter_mut().enumerate() {
                 if j < x.count {
                     let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
-                    let mut isum = _mm256_setzero_si256();
+                    // Four pair sums add in 16 bits before one widening: each is at most
+                    // 2 · 31 · 128 = 7,936 in magnitude, four 31,744, below 2^15.
+                    let mut words = [_mm256_setzero_si256(); 2];
                     for (g, q) in q.iter().enumerate() {
                         let x4 = _mm256_set1_epi32(unsafe {
                             (xp.add(g * 4) as *const i32).read_unaligned()
                         });
                         let pairs = _mm256_maddubs_epi16(*q, x4);
-                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, ones));
+                        words[g / 4] = _mm256_add_epi16(words[g / 4], pairs);
                     }
+                    let isum = _mm256_add_epi32(
+                        _mm256_madd_epi16(words[0], ones),
+                        _mm256_madd_epi16(words[1], ones),
+                    );
                     let jb = j * kb + b;
                     let isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(x_sums.offsets[jb]));
                     let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x.scales[jb]));
@@ -457,26 +466,26 @@ unsafe fn tile_dots_avx2(
 /// additions are the AVX2 kernel's, so the results are its bits.
 ///
 /// # Safety
-/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`] and up to [`ROW_GROUP`] activation rows.
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_dots_avx512(
+unsafe fn tile_dots_avx512<const R: usize>(
     w: &LegacyTile,
     x: &ActivationRows,
     x_sums: &ActivationSums,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; ROW_GROUP],
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
-    debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
-    debug_assert!(x_sums.offsets.len() >= x.count * kb);
+    debug_assert!(x.count <= R && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x_sums.offsets.len() >= x.count * kb && sums.len() >= x.count);
     let k = kb * BLOCK;
     let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
     debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
     let low = _mm512_set1_epi8(0x0F);
     let fifth = _mm512_set1_epi8(0x10);
-    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
+    let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..kb {
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let np = unsafe { w.nibbles.as_ptr().add(b * TILE_NIBBLE_BYTES) };
@@ -558,23 +567,23 @@ fn prefetch_ahead(w: &LegacyTile, b: usize) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dots_avx2(
+unsafe fn tile_dots_avx2<const R: usize>(
     _: &LegacyTile,
     _: &ActivationRows,
     _: &ActivationSums,
     _: usize,
-    _: &mut [[f32; TILE_ROWS]; 4],
+    _: &mut [[f32; TILE_ROWS]],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dots_avx512(
+unsafe fn tile_dots_avx512<const R: usize>(
     _: &LegacyTile,
     _: &ActivationRows,
     _: &ActivationSums,
     _: usize,
-    _: &mut [[f32; TILE_ROWS]; ROW_GROUP],
+    _: &mut [[f32; TILE_ROWS]],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }

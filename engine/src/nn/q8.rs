@@ -20,9 +20,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::simd::Isa;
-use super::tiles::{
-    PREFETCH_BLOCKS, QuantizedRows, ROW_GROUP, TILE_ROWS, TileDot, in_fours, prefetch_block,
-};
+use super::tiles::{PREFETCH_BLOCKS, QuantizedRows, TILE_ROWS, TileDot, prefetch_block};
 use crate::Result;
 
 const BLOCK: usize = 32;
@@ -189,11 +187,15 @@ impl Q8Matrix {
             let offsets = &x_offsets[row * kb..(row + n_rows) * kb];
             // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
             // `kb` blocks and the activations `kb` blocks per row.
-            match self.isa {
-                Isa::Avx2 => in_fours(n_rows, sums, |from, rows, part| unsafe {
-                    tile_dots_avx2(&w, &xr.rows(from, rows, kb), kb, part)
-                }),
-                Isa::Avx512Vnni => unsafe { tile_dots_avx512(&w, &xr, offsets, kb, sums) },
+            // The narrowest build that holds the rows (`ROW_GROUP`).
+            unsafe {
+                match (self.isa, n_rows) {
+                    (Isa::Avx2, ..=4) => tile_dots_avx2::<4>(&w, &xr, kb, sums),
+                    (Isa::Avx2, ..=8) => tile_dots_avx2::<8>(&w, &xr, kb, sums),
+                    (Isa::Avx2, _) => tile_dots_avx2::<16>(&w, &xr, kb, sums),
+                    (Isa::Avx512Vnni, ..=8) => tile_dots_avx512::<8>(&w, &xr, offsets, kb, sums),
+                    (Isa::Avx512Vnni, _) => tile_dots_avx512::<16>(&w, &xr, offsets, kb, sums),
+                }
             }
         })
     }
@@ -296,22 +298,23 @@ struct WeightTile<'a> {
 /// bits. The products are exact: at most 2 · 128 · 127 per 16-bit pair.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `w` holds `kb` tile blocks, `x` `x.count <= 4` rows of
-/// `kb` blocks.
+/// The CPU must support AVX2 and FMA; `w` holds `kb` tile blocks, `x` `x.count <= R` rows of
+/// `kb` blocks, and `sums` at least `x.count` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_dots_avx2(
+unsafe fn tile_dots_avx2<const R: usize>(
     w: &WeightTile,
     x: &ActivationRows,
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; 4],
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.quants.len() >= kb * TILE_BLOCK_BYTES && w.scales.len() >= kb * TILE_ROWS);
-    debug_assert!(x.count <= 4 && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= R && sums.len() >= x.count);
+    debug_assert!(x.quants.len() >= x.count * kb * BLOCK);
     let k = kb * BLOCK;
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..kb {
         // SAFETY (all loads): block `b` of the tile is `TILE_BLOCK_BYTES` bytes at
         // `b * TILE_BLOCK_BYTES`, its scales `TILE_ROWS` values at `b * TILE_ROWS`, and each
@@ -321,8 +324,7 @@ unsafe fn tile_dots_avx2(
         prefetch_block(w.scales.as_ptr(), b + PREFETCH_BLOCKS, 4 * TILE_ROWS);
         for half in 0..2 {
             let ws = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(b * TILE_ROWS + half * 8)) };
-            // Over all four accumulators with a bound check, so that the loop unrolls and
-            // they stay in registers.
+            // Over all `R` accumulators with a bound check, so that the loop unrolls.
             for (j, acc) in acc.iter_mut().enumerate() {
                 if j < x.count {
                     let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
@@ -361,24 +363,24 @@ unsafe fn tile_dots_avx2(
 /// exact and equal to the AVX2 kernel's; so are the scaling and the order of the additions.
 ///
 /// # Safety
-/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`] and up to [`ROW_GROUP`] activation rows;
-/// `offsets` holds `x.count` rows of `kb`.
+/// As for [`tile_dots_avx2`], with [`Isa::Avx512Vnni`]; `offsets` holds `x.count` rows of `kb`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_dots_avx512(
+unsafe fn tile_dots_avx512<const R: usize>(
     w: &WeightTile,
     x: &ActivationRows,
     offsets: &[i32],
     kb: usize,
-    sums: &mut [[f32; TILE_ROWS]; ROW_GROUP],
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.quants.len() >= kb * TILE_BLOCK_BYTES && w.scales.len() >= kb * TILE_ROWS);
-    debug_assert!(x.count <= ROW_GROUP && x.quants.len() >= x.count * kb * BLOCK);
+    debug_assert!(x.count <= R && sums.len() >= x.count);
+    debug_assert!(x.quants.len() >= x.count * kb * BLOCK);
     debug_assert!(offsets.len() >= x.count * kb);
     let k = kb * BLOCK;
     let flip = _mm512_set1_epi8(i8::MIN);
-    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
+    let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..kb {
         // SAFETY (all loads): as in `tile_dots_avx2`.
         let wq = unsafe { w.quants.as_ptr().add(b * TILE_BLOCK_BYTES) };
@@ -416,17 +418,22 @@ unsafe fn tile_dots_avx512(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dots_avx2(_: &WeightTile, _: &ActivationRows, _: usize, _: &mut [[f32; 16]; 4]) {
+unsafe fn tile_dots_avx2<const R: usize>(
+    _: &WeightTile,
+    _: &ActivationRows,
+    _: usize,
+    _: &mut [[f32; 16]],
+) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_dots_avx512(
+unsafe fn tile_dots_avx512<const R: usize>(
     _: &WeightTile,
     _: &ActivationRows,
     _: &[i32],
     _: usize,
-    _: &mut [[f32; 16]; ROW_GROUP],
+    _: &mut [[f32; 16]],
 ) {
     unreachable!("no kernel of ours runs off x86-64: Isa::best() is None there")
 }
@@ -444,15 +451,6 @@ impl<'a> ActivationRows<'a> {
         ActivationRows {
             quants: &x.quants[row * k..(row + count) * k],
             scales: &x.scales[row * k / BLOCK..(row + count) * k / BLOCK],
-            count,
-        }
-    }
-
-    /// Rows `from..from + count` of these, of `kb` blocks each.
-    pub fn rows(&self, from: usize, count: usize, kb: usize) -> ActivationRows<'a> {
-        ActivationRows {
-            quants: &self.quants[from * kb * BLOCK..(from + count) * kb * BLOCK],
-            scales: &self.scales[from * kb..(from + count) * kb],
             count,
         }
     }

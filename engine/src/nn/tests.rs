@@ -63,6 +63,63 @@ fn a_rows_projection_does_not_depend_on_the_other_rows() {
     }
 }
 
+/// The kernels add several byte products in 16 bits before widening them (as many as cannot
+/// overflow for each type): at the largest quants against the largest activations of either
+/// sign, for every row count a kernel is built for, each type and kernel still gives the
+/// exact product (the activations, all ±1, quantize exactly).
+#[test]
+fn the_largest_quants_against_the_largest_activations_do_not_overflow() {
+    use crate::nn::test_util::{kernels, max_abs};
+    let (k, n) = (512, 19);
+    // One value of -1 per 32 makes the scale 1/16 (Q5_0), and +1 then the largest quant.
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| if i % 32 == 7 { -1.0 } else { 1.0 })
+        .collect();
+    let w = Tensor::from_vec(w, (n, k), &Device::Cpu).expect("w");
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q8_0,
+    ] {
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let stored = q.dequantize(&Device::Cpu).expect("dequantize");
+        for isa in kernels() {
+            let product = |xs: &Tensor| -> Tensor {
+                let ours = match dtype {
+                    GgmlDType::Q8_0 => Q8Matrix::from_qtensor(&q)
+                        .expect("layout")
+                        .and_then(|m| m.with_isa(isa))
+                        .map(|m| m.matmul(xs)),
+                    GgmlDType::Q4K | GgmlDType::Q6K => KQuantMatrix::from_qtensor(&q)
+                        .expect("layout")
+                        .and_then(|m| m.with_isa(isa))
+                        .map(|m| m.matmul(xs)),
+                    _ => LegacyMatrix::from_qtensor(&q)
+                        .expect("layout")
+                        .and_then(|m| m.with_isa(isa))
+                        .map(|m| m.matmul(xs)),
+                };
+                ours.expect("our kernel takes the type").expect("product")
+            };
+            for m in [1, 4, 5, 8, 9, 16] {
+                for sign in [1.0f32, -1.0] {
+                    let xs = Tensor::full(sign, (m, k), &Device::Cpu).expect("xs");
+                    let exact = xs.matmul(&stored.t().expect("t")).expect("exact");
+                    let err = max_abs(&(product(&xs) - &exact).expect("sub"));
+                    assert!(
+                        err <= 1e-5 * max_abs(&exact),
+                        "{dtype:?} ({isa:?}), {m} rows of {sign}: off by {err}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A layer's projections of one input in one call on the pool (`forward_each`) give each
 /// projection's own product to the bit, whatever the mix of weight types, widths that end
 /// mid-tile, biases, row counts across a row tile, or a weight that falls back to candle.
