@@ -426,42 +426,39 @@ impl KQuantMatrix {
             };
             // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
             // `kb` blocks, the activations `kb` blocks per row and `x_sums` the kind's sums.
-            // The narrowest build that holds the rows (`ROW_GROUP`).
             unsafe {
-                match (self.kind, self.isa, n_rows) {
-                    (Kind::Q4K, Isa::Avx2, ..=4) => {
-                        tile_dots_avx2::<false, 4>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q4K, Isa::Avx2, ..=8) => {
-                        tile_dots_avx2::<false, 8>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q4K, Isa::Avx2, _) => {
-                        tile_dots_avx2::<false, 16>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q4K, Isa::Avx512Vnni, ..=8) => {
-                        tile_dots_avx512::<false, 8>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q4K, Isa::Avx512Vnni, _) => {
-                        tile_dots_avx512::<false, 16>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q6K, Isa::Avx2, ..=4) => {
-                        tile_dots_avx2::<true, 4>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q6K, Isa::Avx2, ..=8) => {
-                        tile_dots_avx2::<true, 8>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q6K, Isa::Avx2, _) => {
-                        tile_dots_avx2::<true, 16>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q6K, Isa::Avx512Vnni, ..=8) => {
-                        tile_dots_avx512::<true, 8>(&w, &xr, &x_sums, kb, sums)
-                    }
-                    (Kind::Q6K, Isa::Avx512Vnni, _) => {
-                        tile_dots_avx512::<true, 16>(&w, &xr, &x_sums, kb, sums)
-                    }
+                match self.kind {
+                    Kind::Q4K => tile_dots::<false>(self.isa, &w, &xr, &x_sums, kb, sums),
+                    Kind::Q6K => tile_dots::<true>(self.isa, &w, &xr, &x_sums, kb, sums),
                 }
             }
         })
+    }
+}
+
+/// The kernel for `isa` in the narrowest build that holds `x.count` rows ([`ROW_GROUP`]).
+///
+/// # Safety
+/// As for [`tile_dots_avx2`], with `isa` supported by this CPU.
+///
+/// [`ROW_GROUP`]: super::tiles::ROW_GROUP
+unsafe fn tile_dots<const SIX: bool>(
+    isa: Isa,
+    w: &KQuantTile,
+    x: &ActivationRows,
+    x_sums: &ActivationSums,
+    kb: usize,
+    sums: &mut [[f32; TILE_ROWS]],
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match (isa, x.count) {
+            (Isa::Avx2, ..=4) => tile_dots_avx2::<SIX, 4>(w, x, x_sums, kb, sums),
+            (Isa::Avx2, ..=8) => tile_dots_avx2::<SIX, 8>(w, x, x_sums, kb, sums),
+            (Isa::Avx2, _) => tile_dots_avx2::<SIX, 16>(w, x, x_sums, kb, sums),
+            (Isa::Avx512Vnni, ..=8) => tile_dots_avx512::<SIX, 8>(w, x, x_sums, kb, sums),
+            (Isa::Avx512Vnni, _) => tile_dots_avx512::<SIX, 16>(w, x, x_sums, kb, sums),
+        }
     }
 }
 
