@@ -13,8 +13,7 @@
 //! pairs them), one vector of fifth bits for the 5-bit types (bit `g` of byte `(row, i)` is
 //! the fifth bit of value `4g + i`), and sixteen f16 scales (and minimums): exactly the file's
 //! bits per weight. The kernels unpack a block into eight vectors of unsigned quants in
-//! registers and reuse them for up to eight (AVX2) or sixteen activation rows, as the Q8_0
-//! kernels do.
+//! registers and reuse them for up to sixteen activation rows, as the Q8_0 kernels do.
 //!
 //! Products are `Σ q · x` on unsigned quants (`vpdpbusd`, or `vpmaddubsw` and `vpmaddwd`),
 //! exact in 32 bits; the `_0` types take `offset · Σx` back (`q - 8`, `q - 16`) and the `_1`
