@@ -1,5 +1,6 @@
-//! Run with: `cargo run --release -p hexacoder-benches --bin matmul-bench [REPS] [lora|streamed]`
-//! (`lora`: only the last table; `streamed`: only the fourth)
+//! Run with: `cargo run --release -p hexacoder-benches --bin matmul-bench [REPS] [lora|streamed [MATRICES]]`
+//! (`lora`: only the last table; `streamed`: only the fourth, over `MATRICES` weights, 100 unless
+//! given)
 //!
 //! The engine's Q8_0 matmul kernels against candle's (the peer: what the engine would use
 //! without them), at the projection shapes of Qwen2.5-Coder-0.5B, for a decode step (1 row),
@@ -50,7 +51,17 @@ fn main() -> Result<()> {
             cpu_name(),
             candle_core::utils::get_num_threads()
         );
-        return streamed_table(reps, &kernels);
+        // A third argument sets how many matrices a pass reads: one (3 MB) stays in cache,
+        // which times the kernels' arithmetic alone.
+        let matrices = match std::env::args().nth(3) {
+            Some(count) => count
+                .parse()
+                .ok()
+                .filter(|&count| count > 0)
+                .with_context(|| format!("MATRICES must be a positive count, not {count:?}"))?,
+            None => 100,
+        };
+        return streamed_table(reps, &kernels, matrices);
     }
     println!(
         "CPU: {}, {} threads, median of {reps} (ms per product)\n",
@@ -105,7 +116,7 @@ fn main() -> Result<()> {
     }
     legacy_table(reps, &shapes[..4])?;
     kquant_table(reps, &kernels)?;
-    streamed_table(reps, &kernels)?;
+    streamed_table(reps, &kernels, 100)?;
     low_rank_table(reps)
 }
 
@@ -180,16 +191,15 @@ fn low_rank_table(reps: usize) -> Result<()> {
 /// per forward pass, and a model is larger than the caches): Q5_0 at the 0.5B model's gate
 /// shape, enough distinct matrices to pass 300 MB, each pass over all of them timed, best
 /// pass of `reps` (the bandwidth is what other tenants leave).
-fn streamed_table(reps: usize, kernels: &[Isa]) -> Result<()> {
-    const MATRICES: usize = 100;
+fn streamed_table(reps: usize, kernels: &[Isa], matrices_count: usize) -> Result<()> {
     let (out, inp) = (4864, 896);
-    let bytes = (MATRICES * out * inp) as f64 * 5.5 / 8.0;
+    let bytes = (matrices_count * out * inp) as f64 * 5.5 / 8.0;
     println!(
         "\n| Q5_0, streamed from memory | kernel | rows | ms per pass (best of {reps}) | GB/s of weights | GMAC/s |"
     );
     println!("|---|---|---|---|---|---|");
     for &isa in kernels {
-        let matrices = (0..MATRICES)
+        let matrices = (0..matrices_count)
             .map(|seed| {
                 let weight =
                     QTensor::quantize(&random_tensor(&[out, inp], seed as u64)?, GgmlDType::Q5_0)?;
@@ -209,11 +219,11 @@ fn streamed_table(reps: usize, kernels: &[Isa]) -> Result<()> {
                 best = best.min(started.elapsed().as_secs_f64());
             }
             println!(
-                "| {MATRICES} × gate ({out} × {inp}), {:.0} MB | {isa:?} | {m} | {:.2} | {:.1} | {:.0} |",
+                "| {matrices_count} × gate ({out} × {inp}), {:.0} MB | {isa:?} | {m} | {:.2} | {:.1} | {:.0} |",
                 bytes / 1e6,
                 best * 1e3,
                 bytes / best / 1e9,
-                (MATRICES * out * inp * m) as f64 / best / 1e9
+                (matrices_count * out * inp * m) as f64 / best / 1e9
             );
         }
     }

@@ -229,13 +229,16 @@ impl Kernel {
     }
 
     /// How many queries [`Kernel::scores_group`] and [`Kernel::weighted_sum_group`] take at
-    /// once for the price of about one: two per 512-bit vector, four such pairs.
+    /// once for the price of about one: with AVX-512 two per 512-bit vector, four such pairs;
+    /// with AVX2 four, sharing each key and value load.
     fn group_width(self) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Avx512 {
-            return 8;
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => 8,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 4,
+            Kernel::Portable => 1,
         }
-        1
     }
 
     /// [`Kernel::scores`] of one to eight queries over the same keys (`out[0].len()` of
@@ -266,8 +269,14 @@ impl Kernel {
             // SAFETY: as above; four queries stay in registers only up to `MAX_QUAD_HEAD_DIM`.
             #[cfg(target_arch = "x86_64")]
             ([a, b, c, d], [w, x, y, z])
-                if self.group_width() >= 4 && a.len() <= avx512::MAX_QUAD_HEAD_DIM =>
+                if self == Kernel::Avx512 && a.len() <= avx512::MAX_QUAD_HEAD_DIM =>
             unsafe { avx512::scores_quad([a, b, c, d], keys, head, scale, [w, x, y, z]) },
+            // SAFETY: `group_width` gave 4 for `Avx2` (so `detect` saw AVX2, FMA and a head of
+            // a multiple of 8).
+            #[cfg(target_arch = "x86_64")]
+            ([a, b, c, d], [w, x, y, z]) if self == Kernel::Avx2 => unsafe {
+                avx2::scores_quad([a, b, c, d], keys, head, scale, [w, x, y, z])
+            },
             ([a, b], [x, y]) if self.pairs() => self.scores_pair([a, b], keys, head, scale, x, y),
             (queries, out) => {
                 for (query, out) in queries.iter().zip(out.iter_mut()) {
@@ -277,7 +286,7 @@ impl Kernel {
         }
     }
 
-    /// [`Kernel::weighted_sum`] of one to four queries' weights over the same values.
+    /// [`Kernel::weighted_sum`] of one to eight queries' weights over the same values.
     fn weighted_sum_group<T: Stored>(
         self,
         weights: &[&[f32]],
@@ -300,8 +309,13 @@ impl Kernel {
             },
             #[cfg(target_arch = "x86_64")]
             ([a, b, c, d], [w, x, y, z])
-                if self.group_width() >= 4 && w.len() <= avx512::MAX_QUAD_HEAD_DIM =>
+                if self == Kernel::Avx512 && w.len() <= avx512::MAX_QUAD_HEAD_DIM =>
             unsafe { avx512::weighted_sum_quad([a, b, c, d], values, head, [w, x, y, z]) },
+            // SAFETY: as for `scores_group`.
+            #[cfg(target_arch = "x86_64")]
+            ([a, b, c, d], [w, x, y, z]) if self == Kernel::Avx2 => unsafe {
+                avx2::weighted_sum_quad([a, b, c, d], values, head, [w, x, y, z])
+            },
             ([a, b], [x, y]) if self.pairs() => {
                 self.weighted_sum_pair([a, b], values, head, [&mut **x, &mut **y])
             }
@@ -818,6 +832,142 @@ mod avx2 {
         for (offset, s) in scores[j..].iter_mut().enumerate() {
             // SAFETY: as above.
             *s = lane_sum(unsafe { dot(query, keys.row(head, j + offset)) }) * scale;
+        }
+    }
+
+    /// [`scores`] of four queries over the same keys: each key piece is loaded (and widened
+    /// from f16) once for four queries, where alone the widening took one instruction per
+    /// multiply-add. A score's eight lanes are the same chains, finished by the same tree.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; the queries hold the head size, a multiple of 8; `keys` holds
+    /// `out[0].len()` rows, and every `out` is as long.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores_quad<T: Stored>(
+        queries: [&[f32]; 4],
+        keys: HeadRows<'_, T>,
+        head: usize,
+        scale: f32,
+        mut out: [&mut [f32]; 4],
+    ) {
+        let dim = queries[0].len();
+        let len = out[0].len();
+        debug_assert!(queries.iter().all(|q| q.len() == dim) && dim.is_multiple_of(8));
+        debug_assert!(out.iter().all(|o| o.len() == len));
+        let scale_v = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j + 8 <= len {
+            let block = keys.block(head, j, 8).as_ptr();
+            // Per query, the eight keys' chains; two keys at a time are eight chains in
+            // registers beside the two key pieces.
+            let mut chains = [[_mm256_setzero_ps(); 8]; 4];
+            for r in (0..8).step_by(2) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for c in (0..dim).step_by(8) {
+                    // SAFETY: the block holds eight rows of `dim` values; `c + 8 <= dim`.
+                    let k = [r, r + 1].map(|r| unsafe { T::load8(block.add(r * dim + c)) });
+                    for (acc, query) in acc.iter_mut().zip(queries) {
+                        // SAFETY: `c + 8 <= dim`.
+                        let q = unsafe { _mm256_loadu_ps(query.as_ptr().add(c)) };
+                        acc[0] = _mm256_fmadd_ps(q, k[0], acc[0]);
+                        acc[1] = _mm256_fmadd_ps(q, k[1], acc[1]);
+                    }
+                }
+                for (chains, [first, second]) in chains.iter_mut().zip(acc) {
+                    chains[r] = first;
+                    chains[r + 1] = second;
+                }
+            }
+            for (out, chains) in out.iter_mut().zip(chains) {
+                let sums = _mm256_mul_ps(lane_sums(chains), scale_v);
+                // SAFETY: `j + 8 <= len` for every output.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j), sums) };
+            }
+            j += 8;
+        }
+        if j < len {
+            for (query, out) in queries.into_iter().zip(out) {
+                // SAFETY: as above; the single kernel gives each key the same bits.
+                unsafe { scores(query, keys.skip(j), head, scale, &mut out[j..]) };
+            }
+        }
+    }
+
+    /// [`weighted_sum`] of four queries' weights over the same values: each value piece is
+    /// loaded (and widened) once for four sums. Each element is the same chain over the keys.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; every `out` holds the head size, a multiple of 8; `values` holds
+    /// as many rows as there are weights, the same for all four.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum_quad<T: Stored>(
+        weights: [&[f32]; 4],
+        values: HeadRows<'_, T>,
+        head: usize,
+        mut out: [&mut [f32]; 4],
+    ) {
+        let dim = out[0].len();
+        debug_assert!(out.iter().all(|o| o.len() == dim) && dim.is_multiple_of(8));
+        debug_assert!(weights.iter().all(|w| w.len() == weights[0].len()));
+        // Sixteen values of the head at a time: four queries' two vectors are eight chains.
+        for start in (0..dim).step_by(16) {
+            let end = (start + 16).min(dim);
+            let [a, b, c, d] = &mut out;
+            let parts = [
+                &mut a[start..end],
+                &mut b[start..end],
+                &mut c[start..end],
+                &mut d[start..end],
+            ];
+            // SAFETY: passed on; each part holds 16 values, or 8 at the head's end.
+            unsafe {
+                if dim - start >= 16 {
+                    weighted_sum_quad_slice::<T, 2>(weights, values, head, start, parts);
+                } else {
+                    weighted_sum_quad_slice::<T, 1>(weights, values, head, start, parts);
+                }
+            }
+        }
+    }
+
+    /// [`weighted_sum_quad`] on head values `start..start + 8 * VECTORS`, held in `out`.
+    ///
+    /// # Safety
+    /// As [`weighted_sum_quad`]; every `out` holds `8 * VECTORS` values and the rows of
+    /// `values` at least `start + 8 * VECTORS`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_sum_quad_slice<T: Stored, const VECTORS: usize>(
+        weights: [&[f32]; 4],
+        values: HeadRows<'_, T>,
+        head: usize,
+        start: usize,
+        out: [&mut [f32]; 4],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); VECTORS]; 4];
+        for (acc, out) in acc.iter_mut().zip(&out) {
+            for (c, a) in acc.iter_mut().enumerate() {
+                // SAFETY: each output holds `8 * VECTORS` values.
+                *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(8 * c)) };
+            }
+        }
+        for j in 0..weights[0].len() {
+            let row = values.row(head, j).as_ptr();
+            // SAFETY: the row holds at least `start + 8 * VECTORS` values.
+            let v: [__m256; VECTORS] =
+                std::array::from_fn(|c| unsafe { T::load8(row.add(start + 8 * c)) });
+            for (acc, w) in acc.iter_mut().zip(&weights) {
+                // SAFETY: every weight slice holds `weights[0].len()` values.
+                let w = _mm256_set1_ps(unsafe { *w.get_unchecked(j) });
+                for (a, &v) in acc.iter_mut().zip(&v) {
+                    *a = _mm256_fmadd_ps(w, v, *a);
+                }
+            }
+        }
+        for (out, acc) in out.into_iter().zip(acc) {
+            for (c, a) in acc.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), a) };
+            }
         }
     }
 

@@ -350,3 +350,83 @@ fn every_kernel_gives_softmax_the_same_bits() {
         }
     }
 }
+
+/// A query's output with each kernel is the one it gets alone (one head, one key head, one
+/// position), whatever group of queries shares its key and value loads: the grouped kernels
+/// (four or eight queries at once) run each query's chains exactly as the single ones do.
+#[test]
+fn grouped_queries_give_the_bits_of_each_query_alone() {
+    for kernel in kernels_here() {
+        // Head sizes of 8 (AVX2's quad with one vector per slice), 24, 64 and 128; groups of
+        // 7, 3 and 1 heads per key head; key counts around multiples of 8.
+        for &(heads, kv_heads, head_dim, past, n) in &[
+            (14, 2, 64, 61, 10),
+            (9, 3, 64, 7, 6),
+            (4, 2, 8, 13, 5),
+            (6, 2, 24, 0, 9),
+            (8, 8, 128, 30, 4),
+        ] {
+            // Only where `detect` could pick the kernel: AVX2 takes heads of a multiple of 8,
+            // AVX-512 of 16 up to 128.
+            let wide = head_dim % 16 == 0 && head_dim <= 128;
+            let runs = match kernel {
+                cpu::Kernel::Portable => true,
+                #[cfg(target_arch = "x86_64")]
+                cpu::Kernel::Avx2 => head_dim % 8 == 0,
+                #[cfg(target_arch = "x86_64")]
+                cpu::Kernel::Avx512 => wide,
+            };
+            if !runs {
+                continue;
+            }
+            let total = past + n;
+            let q = random(&[heads, n, head_dim], 31);
+            let k = cache_view(kv_heads, total, head_dim, 32).to_dtype(candle_core::DType::F16);
+            let v = cache_view(kv_heads, total, head_dim, 33).to_dtype(candle_core::DType::F16);
+            let (k, v) = (k.expect("k"), v.expect("v"));
+            // In two parts, so that each weighted sum runs on from the first into the second.
+            let split = past / 2;
+            let part =
+                |t: &Tensor, start: usize, len: usize| t.narrow(1, start, len).expect("part");
+            let parts = [
+                (part(&k, 0, split), part(&v, 0, split)),
+                (
+                    part(&k, split, total - split),
+                    part(&v, split, total - split),
+                ),
+            ];
+            let together = cpu::attend_with(kernel, &q, &parts)
+                .expect("together")
+                .to_vec2::<f32>()
+                .expect("vec");
+            let group = heads / kv_heads;
+            for head in 0..heads {
+                for (i, together) in together.iter().enumerate() {
+                    let seen = past + i + 1;
+                    let one = |t: &Tensor| {
+                        t.narrow(0, head / group, 1)
+                            .and_then(|t| t.narrow(1, 0, seen))
+                    };
+                    let alone = cpu::attend_with(
+                        kernel,
+                        &q.narrow(0, head, 1)
+                            .and_then(|q| q.narrow(1, i, 1))
+                            .expect("q"),
+                        &[(one(&k).expect("k"), one(&v).expect("v"))],
+                    )
+                    .expect("alone")
+                    .to_vec2::<f32>()
+                    .expect("vec");
+                    let row = &together[head * head_dim..(head + 1) * head_dim];
+                    assert!(
+                        row.iter()
+                            .map(|x| x.to_bits())
+                            .eq(alone[0].iter().map(|x| x.to_bits())),
+                        "{kernel:?}, {heads}/{kv_heads} heads of {head_dim}, {past}+{n}: \
+                         head {head}, query {i} differs alone"
+                    );
+                }
+            }
+        }
+    }
+}
