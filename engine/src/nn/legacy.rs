@@ -109,9 +109,10 @@ struct LegacyTile<'a> {
     mins: &'a [half::f16],
 }
 
-/// Per activation row and block: `offset · Σx` (`_0` types) and `d_x · Σx` (`_1` types).
+/// Per activation row and block: `-offset · Σx` (`_0` types; negated, so that the kernels add
+/// a broadcast of it from memory) and `d_x · Σx` (`_1` types).
 struct ActivationSums<'a> {
-    offsets: &'a [i32],
+    negated_offsets: &'a [i32],
     scaled: &'a [f32],
 }
 
@@ -312,7 +313,8 @@ impl LegacyMatrix {
             .chunks_exact(BLOCK)
             .map(|q| q.iter().map(|&v| v as i32).sum())
             .collect();
-        let offsets: Vec<i32> = block_sums.iter().map(|s| self.kind.offset() * s).collect();
+        let negated_offsets: Vec<i32> =
+            block_sums.iter().map(|s| -self.kind.offset() * s).collect();
         let scaled: Vec<f32> = if self.kind.has_min() {
             block_sums
                 .iter()
@@ -327,7 +329,7 @@ impl LegacyMatrix {
             let xr = ActivationRows::of(x, row, n_rows, k);
             let rows = row * kb..(row + n_rows) * kb;
             let x_sums = ActivationSums {
-                offsets: &offsets[rows.clone()],
+                negated_offsets: &negated_offsets[rows.clone()],
                 scaled: scaled.get(rows).unwrap_or(&[]),
             };
             // SAFETY: `self.isa` was checked against CPUID when it was set; the tile holds
@@ -367,7 +369,8 @@ unsafe fn tile_dots_avx2<const R: usize>(
     use std::arch::x86_64::*;
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
     debug_assert!(x.count <= R && x.quants.len() >= x.count * kb * BLOCK);
-    debug_assert!(x_sums.offsets.len() >= x.count * kb && sums.len() >= x.count);
+    debug_assert!(x_sums.negated_offsets.len() >= x.count * kb && sums.len() >= x.count);
+    debug_assert!(x.scales.len() >= x.count * kb);
     let k = kb * BLOCK;
     let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
     debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
@@ -440,8 +443,15 @@ unsafe fn tile_dots_avx2<const R: usize>(
                         _mm256_madd_epi16(words[1], ones),
                     );
                     let jb = j * kb + b;
-                    let isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(x_sums.offsets[jb]));
-                    let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x.scales[jb]));
+                    // SAFETY: `jb < x.count * kb`, the length of both (asserted above).
+                    let (negated_offset, x_scale) = unsafe {
+                        (
+                            *x_sums.negated_offsets.get_unchecked(jb),
+                            *x.scales.get_unchecked(jb),
+                        )
+                    };
+                    let isum = _mm256_add_epi32(isum, _mm256_set1_epi32(negated_offset));
+                    let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x_scale));
                     acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[half]);
                     if has_min {
                         acc[half] =
@@ -478,7 +488,8 @@ unsafe fn tile_dots_avx512<const R: usize>(
     use std::arch::x86_64::*;
     debug_assert!(w.nibbles.len() >= kb * TILE_NIBBLE_BYTES && w.scales.len() >= kb * TILE_ROWS);
     debug_assert!(x.count <= R && x.quants.len() >= x.count * kb * BLOCK);
-    debug_assert!(x_sums.offsets.len() >= x.count * kb && sums.len() >= x.count);
+    debug_assert!(x_sums.negated_offsets.len() >= x.count * kb && sums.len() >= x.count);
+    debug_assert!(x.scales.len() >= x.count * kb);
     let k = kb * BLOCK;
     let (five_bits, has_min) = (w.kind.five_bits(), w.kind.has_min());
     debug_assert!(!has_min || (x_sums.scaled.len() >= x.count * kb && w.mins.len() >= kb * 16));
@@ -533,8 +544,15 @@ unsafe fn tile_dots_avx512<const R: usize>(
                 }
                 let isum = _mm512_add_epi32(halves[0], halves[1]);
                 let jb = j * kb + b;
-                let isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(x_sums.offsets[jb]));
-                let scale = _mm512_mul_ps(ws, _mm512_set1_ps(x.scales[jb]));
+                // SAFETY: as in `tile_dots_avx2`.
+                let (negated_offset, x_scale) = unsafe {
+                    (
+                        *x_sums.negated_offsets.get_unchecked(jb),
+                        *x.scales.get_unchecked(jb),
+                    )
+                };
+                let isum = _mm512_add_epi32(isum, _mm512_set1_epi32(negated_offset));
+                let scale = _mm512_mul_ps(ws, _mm512_set1_ps(x_scale));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
                 if has_min {
                     *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(x_sums.scaled[jb]), *acc);
