@@ -116,6 +116,17 @@ struct ActivationSums<'a> {
     scaled: &'a [f32],
 }
 
+/// Bits 0, 4, 8, …, 28 of `bits` as bits 0 to 7 of a byte: the fifth bits of values `4g + i`
+/// (for `bits` shifted right by `i`) gathered into one byte, bit `g` for value `4g + i`.
+fn every_fourth_bit(bits: u32) -> u8 {
+    // Each step halves the gaps: pairs of bits 4 apart, then pairs of pairs 8 apart, then the
+    // two nibbles 16 apart.
+    let x = bits & 0x1111_1111;
+    let x = (x | x >> 3) & 0x0303_0303;
+    let x = (x | x >> 6) & 0x000F_000F;
+    ((x | x >> 12) & 0xFF) as u8
+}
+
 impl LegacyMatrix {
     /// Whether this CPU can run the kernels.
     pub fn supported() -> bool {
@@ -173,8 +184,9 @@ impl LegacyMatrix {
             let first_row = tile * TILE_ROWS;
             let tile_rows = &data[first_row * kb * block_bytes..]
                 [..(rows - first_row).min(TILE_ROWS) * kb * block_bytes];
-            for (i, block) in tile_rows.chunks_exact(block_bytes).enumerate() {
-                let (lane, b) = (i / kb, i % kb);
+            let blocks = tile_rows.chunks_exact(block_bytes);
+            let lanes_and_blocks = (0..TILE_ROWS).flat_map(|lane| (0..kb).map(move |b| (lane, b)));
+            for ((lane, b), block) in lanes_and_blocks.zip(blocks) {
                 let f16 = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]);
                 scales[b * TILE_ROWS + lane] = f16(0);
                 let mut at = 2;
@@ -191,9 +203,7 @@ impl LegacyMatrix {
                     ]);
                     at += 4;
                     for i in 0..4 {
-                        high_bits[b * TILE_HIGH_BYTES + lane * 4 + i] = (0..8)
-                            .map(|g| (((high >> (4 * g + i)) & 1) as u8) << g)
-                            .fold(0, |byte, bit| byte | bit);
+                        high_bits[b * TILE_HIGH_BYTES + lane * 4 + i] = every_fourth_bit(high >> i);
                     }
                 }
                 for (v, four) in block[at..at + 16].chunks_exact(4).enumerate() {

@@ -78,15 +78,15 @@ impl Q8Matrix {
             let first_row = tile * TILE_ROWS;
             let tile_rows = &data[first_row * kb * block_bytes..]
                 [..(rows - first_row).min(TILE_ROWS) * kb * block_bytes];
-            for (i, block) in tile_rows.chunks_exact(block_bytes).enumerate() {
-                let (lane, b) = (i / kb, i % kb);
+            let blocks = tile_rows.chunks_exact(block_bytes);
+            let lanes_and_blocks = (0..TILE_ROWS).flat_map(|lane| (0..kb).map(move |b| (lane, b)));
+            for ((lane, b), block) in lanes_and_blocks.zip(blocks) {
                 scales[b * TILE_ROWS + lane] =
                     half::f16::from_le_bytes([block[0], block[1]]).to_f32();
                 for (group, values) in block[2..].chunks_exact(4).enumerate() {
                     let at = b * TILE_BLOCK_BYTES + (group * TILE_ROWS + lane) * 4;
-                    for (q, &v) in quants[at..at + 4].iter_mut().zip(values) {
-                        *q = v as i8;
-                    }
+                    let four: [u8; 4] = [values[0], values[1], values[2], values[3]];
+                    quants[at..at + 4].copy_from_slice(&four.map(|v| v as i8));
                 }
             }
         };

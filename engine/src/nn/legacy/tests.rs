@@ -184,3 +184,20 @@ fn every_quant_position_reads_back() {
         }
     }
 }
+
+/// The fifth bits' gathering at load, against the bit-by-bit definition: every single bit,
+/// and pseudo-random words.
+#[test]
+fn every_fourth_bit_gathers_bits_0_4_8_to_28() {
+    let naive = |bits: u32| (0..8).fold(0u8, |byte, g| byte | (((bits >> (4 * g)) & 1) as u8) << g);
+    let mut state = 0x9E37_79B9u32;
+    let words = (0..32).map(|bit| 1u32 << bit).chain((0..10_000).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    }));
+    for bits in words.chain([0, u32::MAX]) {
+        assert_eq!(every_fourth_bit(bits), naive(bits), "{bits:#010x}");
+    }
+}
