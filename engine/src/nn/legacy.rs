@@ -435,38 +435,35 @@ unsafe fn tile_dots_avx2<const R: usize>(
             } else {
                 _mm256_setzero_ps()
             };
-            for (j, acc) in acc.iter_mut().enumerate() {
-                if j < x.count {
-                    let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
-                    // Four pair sums add in 16 bits before one widening: each is at most
-                    // 2 · 31 · 128 = 7,936 in magnitude, four 31,744, below 2^15.
-                    let mut words = [_mm256_setzero_si256(); 2];
-                    for (g, q) in q.iter().enumerate() {
-                        let x4 = _mm256_set1_epi32(unsafe {
-                            (xp.add(g * 4) as *const i32).read_unaligned()
-                        });
-                        let pairs = _mm256_maddubs_epi16(*q, x4);
-                        words[g / 4] = _mm256_add_epi16(words[g / 4], pairs);
-                    }
-                    let isum = _mm256_add_epi32(
-                        _mm256_madd_epi16(words[0], ones),
-                        _mm256_madd_epi16(words[1], ones),
-                    );
-                    let jb = j * kb + b;
-                    // SAFETY: `jb < x.count * kb`, the length of both (asserted above).
-                    let (negated_offset, x_scale) = unsafe {
-                        (
-                            *x_sums.negated_offsets.get_unchecked(jb),
-                            *x.scales.get_unchecked(jb),
-                        )
-                    };
-                    let isum = _mm256_add_epi32(isum, _mm256_set1_epi32(negated_offset));
-                    let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x_scale));
-                    acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[half]);
-                    if has_min {
-                        acc[half] =
-                            _mm256_fmadd_ps(wm, _mm256_set1_ps(x_sums.scaled[jb]), acc[half]);
-                    }
+            for (j, acc) in acc.iter_mut().enumerate().take(x.count) {
+                let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
+                // Four pair sums add in 16 bits before one widening: each is at most
+                // 2 · 31 · 128 = 7,936 in magnitude, four 31,744, below 2^15.
+                let mut words = [_mm256_setzero_si256(); 2];
+                for (g, q) in q.iter().enumerate() {
+                    let x4 = _mm256_set1_epi32(unsafe {
+                        (xp.add(g * 4) as *const i32).read_unaligned()
+                    });
+                    let pairs = _mm256_maddubs_epi16(*q, x4);
+                    words[g / 4] = _mm256_add_epi16(words[g / 4], pairs);
+                }
+                let isum = _mm256_add_epi32(
+                    _mm256_madd_epi16(words[0], ones),
+                    _mm256_madd_epi16(words[1], ones),
+                );
+                let jb = j * kb + b;
+                // SAFETY: `jb < x.count * kb`, the length of both (asserted above).
+                let (negated_offset, x_scale) = unsafe {
+                    (
+                        *x_sums.negated_offsets.get_unchecked(jb),
+                        *x.scales.get_unchecked(jb),
+                    )
+                };
+                let isum = _mm256_add_epi32(isum, _mm256_set1_epi32(negated_offset));
+                let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x_scale));
+                acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[half]);
+                if has_min {
+                    acc[half] = _mm256_fmadd_ps(wm, _mm256_set1_ps(x_sums.scaled[jb]), acc[half]);
                 }
             }
         }
@@ -540,33 +537,30 @@ unsafe fn tile_dots_avx512<const R: usize>(
         } else {
             _mm512_setzero_ps()
         };
-        for (j, acc) in acc.iter_mut().enumerate() {
-            if j < x.count {
-                let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
-                // Two chains of `vpdpbusd` (its latency is five cycles): exact, so the sum
-                // is the same in any order.
-                let mut halves = [_mm512_setzero_si512(); 2];
-                for (g, q) in q.iter().enumerate() {
-                    let x4 = _mm512_set1_epi32(unsafe {
-                        (xp.add(g * 4) as *const i32).read_unaligned()
-                    });
-                    halves[g % 2] = _mm512_dpbusd_epi32(halves[g % 2], *q, x4);
-                }
-                let isum = _mm512_add_epi32(halves[0], halves[1]);
-                let jb = j * kb + b;
-                // SAFETY: as in `tile_dots_avx2`.
-                let (negated_offset, x_scale) = unsafe {
-                    (
-                        *x_sums.negated_offsets.get_unchecked(jb),
-                        *x.scales.get_unchecked(jb),
-                    )
-                };
-                let isum = _mm512_add_epi32(isum, _mm512_set1_epi32(negated_offset));
-                let scale = _mm512_mul_ps(ws, _mm512_set1_ps(x_scale));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
-                if has_min {
-                    *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(x_sums.scaled[jb]), *acc);
-                }
+        for (j, acc) in acc.iter_mut().enumerate().take(x.count) {
+            let xp = unsafe { x.quants.as_ptr().add(j * k + b * BLOCK) };
+            // Two chains of `vpdpbusd` (its latency is five cycles): exact, so the sum
+            // is the same in any order.
+            let mut halves = [_mm512_setzero_si512(); 2];
+            for (g, q) in q.iter().enumerate() {
+                let x4 =
+                    _mm512_set1_epi32(unsafe { (xp.add(g * 4) as *const i32).read_unaligned() });
+                halves[g % 2] = _mm512_dpbusd_epi32(halves[g % 2], *q, x4);
+            }
+            let isum = _mm512_add_epi32(halves[0], halves[1]);
+            let jb = j * kb + b;
+            // SAFETY: as in `tile_dots_avx2`.
+            let (negated_offset, x_scale) = unsafe {
+                (
+                    *x_sums.negated_offsets.get_unchecked(jb),
+                    *x.scales.get_unchecked(jb),
+                )
+            };
+            let isum = _mm512_add_epi32(isum, _mm512_set1_epi32(negated_offset));
+            let scale = _mm512_mul_ps(ws, _mm512_set1_ps(x_scale));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+            if has_min {
+                *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(x_sums.scaled[jb]), *acc);
             }
         }
     }
