@@ -2,13 +2,19 @@
 //!
 //! Training throughput of `hexacoder-train`'s forward and backward pass on real rows of the
 //! shared HexaCoder set (cut to SEQ tokens, default 256; ROWS rows, default 8), against this
-//! CPU's f32 matrix-multiply peak measured with the same GEMM in the same run, before and after
-//! the timed steps (the higher is the reference). Prints one
+//! CPU's f32 matrix-multiply peak measured in the same run with candle's GEMM and the trainer's
+//! own (the faster of the two per shape), before and after the timed steps (the higher is the
+//! reference). Prints one
 //! JSON document: tokens/s, achieved GFLOP/s (FLOPs counted from the shapes), the share of
 //! the peak, the forward/backward split and peak RSS. `TRAIN_BENCH_DEFAULT_MALLOC=1` measures
 //! with glibc's default allocator settings instead of the trainer's. `TRAIN_BENCH_ROWS=FILE`
 //! writes the rows it times (ids and loss mask, as JSONL) so that a peer trains on the same
 //! tokens (`benches/train_vs_peft.py`).
+//!
+//! `train-bench gemm [M] [REPS]` times instead the frozen projections' products alone, at the
+//! 0.5B model's shapes with M tokens (default 256): candle's matmul (the `gemm` crate, which
+//! packs the weight on every call) against `PackedMatrix` (packed once), forward (`x · Wᵀ`)
+//! and the input's gradient (`dy · W`), the two alternated, medians of REPS (default 9).
 
 use std::time::Instant;
 
@@ -19,19 +25,34 @@ use hexacoder_trainer::train::data::{self, Example};
 use hexacoder_trainer::train::model::{self, Lora, LoraSettings, TrainModel};
 use serde_json::json;
 
-/// GFLOP/s of `[m, k] × [n, k]ᵀ` in f32, median of 7 after a warm-up.
+/// GFLOP/s of `[m, k] × [n, k]ᵀ` in f32, median of 7 after a warm-up: the better of
+/// candle's matmul and the trainer's over a packed weight (the GEMMs this process has).
 fn matmul_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+    use hexacoder_trainer::train::packed::PackedMatrix;
     let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
     let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
-    a.matmul(&b.t()?)?;
-    let times = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            a.matmul(&b.t()?)?;
-            Ok(t.elapsed().as_secs_f64())
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(2.0 * (m * k * n) as f64 / median(times) / 1e9)
+    let packed = PackedMatrix::transposed(&b.flatten_all()?.to_vec1::<f32>()?, n, k);
+    let a_values: Vec<f32> = a.flatten_all()?.to_vec1()?;
+    let median_s = |product: &dyn Fn() -> Result<()>| -> Result<f64> {
+        product()?;
+        let times = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                product()?;
+                Ok(t.elapsed().as_secs_f64())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(median(times))
+    };
+    let candle = median_s(&|| {
+        a.matmul(&b.t()?)?;
+        Ok(())
+    })?;
+    let ours = median_s(&|| {
+        std::hint::black_box(packed.left_multiply(&a_values));
+        Ok(())
+    })?;
+    Ok(2.0 * (m * k * n) as f64 / candle.min(ours) / 1e9)
 }
 
 fn peak_rss_mb() -> f64 {
@@ -67,8 +88,82 @@ fn row_flops(model: &TrainModel, example: &Example) -> f64 {
 #[global_allocator]
 static ALLOCATOR: hexacoder_engine::alloc::HugePageAlloc = hexacoder_engine::alloc::HugePageAlloc;
 
+/// The projections' products, candle's against ours over packed weights (see the module's
+/// comment).
+fn gemm_table(m: usize, reps: usize) -> Result<()> {
+    use hexacoder_trainer::train::packed::PackedMatrix;
+    println!(
+        "CPU: {}, {} threads, M = {m}, median of {reps} (ms per product)\n",
+        cpu_name(),
+        candle_core::utils::get_num_threads()
+    );
+    println!("| projection (out × in) | product | candle | packed | candle / packed |");
+    println!("|---|---|---|---|---|");
+    let shapes = [
+        ("q, o", 896, 896),
+        ("k, v", 128, 896),
+        ("gate, up", 4864, 896),
+        ("down", 896, 4864),
+    ];
+    let (mut candle_total, mut packed_total) = (0.0, 0.0);
+    for (name, out, inp) in shapes {
+        let w = Tensor::randn(0f32, 0.05, (out, inp), &Device::Cpu)?;
+        let values: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let forward = PackedMatrix::transposed(&values, out, inp);
+        let gradient = PackedMatrix::plain(&values, out, inp);
+        for (product, packed, k) in [("x · Wᵀ", &forward, inp), ("dy · W", &gradient, out)] {
+            let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+            let a_values: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            let theirs = || -> Result<()> {
+                if k == inp {
+                    a.matmul(&w.t()?)?;
+                } else {
+                    a.matmul(&w)?;
+                }
+                Ok(())
+            };
+            let ours = || {
+                std::hint::black_box(packed.left_multiply(&a_values));
+            };
+            theirs()?;
+            ours();
+            let (mut t_theirs, mut t_ours) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let t = Instant::now();
+                theirs()?;
+                t_theirs.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                ours();
+                t_ours.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let (theirs, ours) = (median(t_theirs), median(t_ours));
+            let count = if name == "down" { 1.0 } else { 2.0 };
+            candle_total += count * theirs;
+            packed_total += count * ours;
+            println!(
+                "| {name} ({out} × {inp}) | {product} | {theirs:.2} | {ours:.2} | {:.2}× |",
+                theirs / ours
+            );
+        }
+    }
+    println!(
+        "| one layer's seven, both ways | | {candle_total:.1} | {packed_total:.1} | {:.2}× |",
+        candle_total / packed_total
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
+    if std::env::args().nth(1).as_deref() == Some("gemm") {
+        let mut numbers = std::env::args().skip(2).map(|v| {
+            v.parse::<usize>()
+                .with_context(|| format!("M and REPS are whole numbers, not {v:?}"))
+        });
+        let m = numbers.next().transpose()?.unwrap_or(256);
+        let reps = numbers.next().transpose()?.unwrap_or(9);
+        return gemm_table(m, reps);
+    }
     let model_path = args
         .next()
         .context("usage: train-bench MODEL [SEQ] [ROWS]")?;

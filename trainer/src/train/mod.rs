@@ -13,6 +13,7 @@ pub mod data;
 mod fused;
 pub mod model;
 pub mod optim;
+pub mod packed;
 pub mod report;
 
 #[cfg(test)]
@@ -232,7 +233,7 @@ pub fn load_base(model: &Path) -> Result<hexacoder_engine::Engine> {
     Ok(load::load(&files, &options)?)
 }
 
-/// Bytes a run will hold at its peak, roughly: the dense base, the activations one sequence
+/// Bytes a run will hold at its peak, roughly: the frozen base, the activations one sequence
 /// of `max_seq_len` keeps for its backward pass, and the quantized model while it is copied.
 pub fn memory_estimate(
     config: &hexacoder_engine::config::TransformerConfig,
@@ -251,7 +252,8 @@ pub fn memory_estimate(
     );
     let per_layer = h * (q + 2 * kv) + q * h + 3 * h * i;
     let heads = if c.tie_word_embeddings { 1 } else { 2 };
-    let params = heads * c.vocab_size as u64 * h + c.num_hidden_layers as u64 * per_layer;
+    // The projections are held twice, packed for each direction ([`packed`]).
+    let params = heads * c.vocab_size as u64 * h + 2 * c.num_hidden_layers as u64 * per_layer;
     // Per layer and token: about a dozen hidden-wide tensors, four MLP-wide ones, and the
     // attention scores of every head.
     let activations =
