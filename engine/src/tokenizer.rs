@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Value, json};
 
@@ -20,9 +21,11 @@ use crate::{Error, Result};
 
 /// A tokenizer plus the facts generation needs: byte strings, special and end tokens.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-    /// Same as `inner`, but special tokens in the text are encoded as plain text.
-    plain: tokenizers::Tokenizer,
+    inner: Arc<tokenizers::Tokenizer>,
+    /// Same as `inner`, but special tokens in the text are encoded as plain text. A full copy
+    /// of `inner` (150 ms of CPU for Qwen's vocabulary), so it is made after the load, on a
+    /// thread of its own, or by the first call that needs it, whichever comes first.
+    plain: Arc<OnceLock<tokenizers::Tokenizer>>,
     token_bytes: Vec<Vec<u8>>,
     special: HashSet<u32>,
     end_of_generation: HashSet<u32>,
@@ -98,10 +101,19 @@ impl Tokenizer {
             .collect::<Result<_>>()?;
         let pre = gguf.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
         let (normalizer, pre_tokenizer) = pre_tokenizer_for(pre)?;
-        let vocab: ahash::AHashMap<String, u32> = tokens
+        // A token text listed twice keeps its last id, as in `tokenizer.json`; the earlier id
+        // then has no text of its own.
+        let mut vocab = ahash::AHashMap::with_capacity(tokens.len());
+        let mut shadowed = HashSet::new();
+        for (id, token) in tokens.iter().enumerate() {
+            if let Some(earlier) = vocab.insert(token.to_string(), id as u32) {
+                shadowed.insert(earlier);
+            }
+        }
+        let texts: Vec<Option<&str>> = tokens
             .iter()
             .enumerate()
-            .map(|(id, token)| (token.to_string(), id as u32))
+            .map(|(id, token)| (!shadowed.contains(&(id as u32))).then_some(*token))
             .collect();
         let added_tokens: Vec<tokenizers::AddedToken> = tokens
             .iter()
@@ -157,7 +169,7 @@ impl Tokenizer {
         let add_bos = gguf
             .opt_bool("tokenizer.ggml.add_bos_token")?
             .unwrap_or(false);
-        Self::finish(inner, end_of_generation, bos, add_bos)
+        Self::finish(inner, Some(&texts), end_of_generation, bos, add_bos)
     }
 
     /// Loads `tokenizer.json` from an HF directory, with `tokenizer_config.json` and
@@ -215,11 +227,14 @@ impl Tokenizer {
             .get("add_bos_token")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        Self::finish(inner, end_of_generation, bos, add_bos)
+        Self::finish(inner, None, end_of_generation, bos, add_bos)
     }
 
+    /// `texts`: each id's token text where the caller has them (the GGUF's list), which
+    /// spares a lookup and a copy per token.
     fn finish(
         inner: tokenizers::Tokenizer,
+        texts: Option<&[Option<&str>]>,
         mut end_of_generation: HashSet<u32>,
         bos: Option<u32>,
         add_bos: bool,
@@ -235,9 +250,15 @@ impl Tokenizer {
                 end_of_generation.insert(id);
             }
         }
-        let token_bytes = token_byte_table(&inner)?;
-        let mut plain = inner.clone();
-        plain.set_encode_special_tokens(true);
+        let token_bytes = token_byte_table(&inner, texts)?;
+        let (inner, plain) = (Arc::new(inner), Arc::new(OnceLock::new()));
+        let (source, target) = (inner.clone(), plain.clone());
+        // If no thread can be started, the first plain encoding makes the copy.
+        let _ = std::thread::Builder::new()
+            .name("tokenizer-copy".into())
+            .spawn(move || {
+                target.get_or_init(|| plain_copy(&source));
+            });
         Ok(Tokenizer {
             inner,
             plain,
@@ -258,7 +279,7 @@ impl Tokenizer {
     /// Token ids of `text` with special-token texts encoded as ordinary text, for user content
     /// placed between template tokens (a FIM prefix must not be able to inject `<|fim_middle|>`).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        encode_with(&self.plain, text)
+        encode_with(self.plain.get_or_init(|| plain_copy(&self.inner)), text)
     }
 
     /// The text of `ids` with special tokens left out.
@@ -322,6 +343,13 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// `tokenizer` with special-token texts encoded as ordinary text.
+fn plain_copy(tokenizer: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut plain = tokenizer.clone();
+    plain.set_encode_special_tokens(true);
+    plain
 }
 
 fn encode_with(tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
@@ -405,7 +433,10 @@ fn byte_level_char_to_byte() -> std::collections::HashMap<char, u8> {
 /// The bytes every token decodes to. Byte-level BPE maps token characters back to bytes;
 /// SentencePiece-style vocabularies use `▁` for space and `<0xNN>` byte tokens; anything
 /// else falls back to decoding each token alone.
-fn token_byte_table(tokenizer: &tokenizers::Tokenizer) -> Result<Vec<Vec<u8>>> {
+fn token_byte_table(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: Option<&[Option<&str>]>,
+) -> Result<Vec<Vec<u8>>> {
     let decoder = tokenizer
         .get_decoder()
         .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
@@ -422,7 +453,11 @@ fn token_byte_table(tokenizer: &tokenizers::Tokenizer) -> Result<Vec<Vec<u8>>> {
             table.push(token.content.as_bytes().to_vec());
             continue;
         }
-        let Some(text) = tokenizer.id_to_token(id) else {
+        let text = match texts.and_then(|texts| texts.get(id as usize)) {
+            Some(text) => text.map(std::borrow::Cow::Borrowed),
+            None => tokenizer.id_to_token(id).map(std::borrow::Cow::Owned),
+        };
+        let Some(text) = text else {
             table.push(Vec::new());
             continue;
         };

@@ -75,6 +75,43 @@ fn qwen2_tokenizer_from_gguf_matches_reference() {
     check("qwen2.5-coder-0.5b", "qwen2.5-coder.tokenizer.json");
 }
 
+/// The GGUF build reads each token's bytes from the file's token list; the `tokenizer.json`
+/// build asks the BPE model for each id's text. Both must give every token the same bytes.
+#[test]
+fn every_token_has_the_same_bytes_from_gguf_as_from_tokenizer_json() {
+    for (model_id, reference_file) in [
+        ("qwen2.5-coder-0.5b", "qwen2.5-coder.tokenizer.json"),
+        ("smollm2-135m", "smollm2.tokenizer.json"),
+    ] {
+        let Some(path) = support::real_model(model_id) else {
+            return;
+        };
+        let ours = Tokenizer::from_gguf(&GgufFile::open(&path).expect("gguf header"))
+            .expect("tokenizer from gguf");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(
+            support::shared_dir()
+                .join("reference/tokenizers")
+                .join(reference_file),
+            dir.path().join("tokenizer.json"),
+        )
+        .expect("copy the reference");
+        let reference = Tokenizer::from_hf_dir(dir.path()).expect("tokenizer from json");
+        assert_eq!(ours.vocab_size(), reference.vocab_size(), "{model_id}");
+        let differing: Vec<u32> = (0..ours.vocab_size() as u32)
+            .filter(|&id| ours.token_bytes(id) != reference.token_bytes(id))
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "{model_id}: {} tokens differ, first {:?}: {:?} against {:?}",
+            differing.len(),
+            differing[0],
+            ours.token_bytes(differing[0]),
+            reference.token_bytes(differing[0])
+        );
+    }
+}
+
 #[test]
 fn smollm2_tokenizer_from_gguf_matches_reference() {
     check("smollm2-135m", "smollm2.tokenizer.json");
