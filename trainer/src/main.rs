@@ -312,6 +312,8 @@ fn main() -> ExitCode {
         let code = hexacoder_trainer::eval::sandbox::exec_confined(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    // SAFETY: nothing has started a thread yet.
+    unsafe { hexacoder_trainer::train::settle_thread_count() };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

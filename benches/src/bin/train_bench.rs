@@ -154,6 +154,8 @@ fn gemm_table(m: usize, reps: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: nothing has started a thread yet.
+    unsafe { hexacoder_trainer::train::settle_thread_count() };
     let mut args = std::env::args().skip(1);
     if std::env::args().nth(1).as_deref() == Some("gemm") {
         let mut numbers = std::env::args().skip(2).map(|v| {

@@ -22,7 +22,7 @@ pub(crate) use activation::with_values as with_f32_values;
 pub use activation::{silu_mul, silu_mul_into};
 pub use attention::{Rope, attend, attend_parts, attend_with_matmuls};
 pub use dense::DenseMatrix;
-pub use exp::exp_in_place;
+pub use exp::{exp_in_place, exp_shifted_in_place};
 pub use kquant::KQuantMatrix;
 pub use kv_cache::{KvCache, KvDtype, KvLayer};
 pub use legacy::LegacyMatrix;

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tens
 
 use hexacoder_engine::config::RopeStyle;
 
-fn contiguous<'a>(
+pub(super) fn contiguous<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
@@ -165,7 +165,7 @@ impl CustomOp1 for Rope {
 
 /// Calls `f(index, row)` for every `row_len`-wide row of `out`, spread over candle's CPU
 /// threads: a softmax over `[heads, n, n]` scores is too much work for one of them.
-fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(super) fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = out.len() / row_len.max(1);
     let base = out.as_mut_ptr() as usize;
     candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
@@ -181,7 +181,7 @@ fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) +
 }
 
 /// The sum in eight independent lanes, which vectorize, then the tail.
-fn sum_in_lanes(values: &[f32]) -> f32 {
+pub(super) fn sum_in_lanes(values: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = values.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -361,7 +361,7 @@ impl CustomOp2 for SwiGlu {
 
 /// Calls `f(start, piece)` for consecutive `len`-wide pieces of `out` (the last may be
 /// shorter), spread over candle's CPU threads.
-fn for_each_piece(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(super) fn for_each_piece(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let total = out.len();
     let base = out.as_mut_ptr() as usize;
     candle_core::utils::barrier_pool().execute_chunked(total.div_ceil(len), |range| {

@@ -25,6 +25,7 @@ use hexacoder_engine::nn::Proj;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::branch::{BranchDropout, LoraProjection};
 use super::packed::PackedMatrix;
 use super::{Error, Result, fused};
 
@@ -38,9 +39,9 @@ enum FrozenMatmul {
 }
 
 /// One frozen weight packed for `x · Wᵀ` and for `dy · W`.
-struct PackedPair {
-    forward: PackedMatrix,
-    gradient: PackedMatrix,
+pub(super) struct PackedPair {
+    pub(super) forward: PackedMatrix,
+    pub(super) gradient: PackedMatrix,
 }
 
 /// Runs `a · B` for a packed `B` on a contiguous CPU input of `k` values per row.
@@ -69,16 +70,18 @@ fn packed_product(
     ))
 }
 
-impl FrozenMatmul {
-    fn packed(weight: &Tensor) -> Result<Self> {
+impl PackedPair {
+    pub(super) fn new(weight: &Tensor) -> Result<Self> {
         let (rows, cols) = weight.dims2()?;
         let values: Vec<f32> = weight.flatten_all()?.to_vec1()?;
-        Ok(FrozenMatmul::Packed(Arc::new(PackedPair {
+        Ok(PackedPair {
             forward: PackedMatrix::transposed(&values, rows, cols),
             gradient: PackedMatrix::plain(&values, rows, cols),
-        })))
+        })
     }
+}
 
+impl FrozenMatmul {
     fn run_dense(
         weight: &Tensor,
         x: Storage,
@@ -164,19 +167,21 @@ impl CustomOp1 for FrozenGradient {
 /// A frozen projection.
 struct FrozenLinear {
     op: Arc<Box<dyn CustomOp1 + Send + Sync>>,
+    /// The packed weight on the CPU, which a LoRA branch fuses with ([`LoraProjection`]).
+    packed: Option<Arc<PackedPair>>,
     bias: Option<Tensor>,
 }
 
 impl FrozenLinear {
     /// Packed on the CPU, the dense weight kept elsewhere.
     fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let op = if weight.device().is_cpu() {
-            FrozenMatmul::packed(&weight)?
-        } else {
-            FrozenMatmul::Dense(weight)
-        };
+        if !weight.device().is_cpu() {
+            return Ok(Self::dense(weight, bias));
+        }
+        let pair = Arc::new(PackedPair::new(&weight)?);
         Ok(FrozenLinear {
-            op: Arc::new(Box::new(op)),
+            op: Arc::new(Box::new(FrozenMatmul::Packed(pair.clone()))),
+            packed: Some(pair),
             bias,
         })
     }
@@ -185,16 +190,51 @@ impl FrozenLinear {
     fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         FrozenLinear {
             op: Arc::new(Box::new(FrozenMatmul::Dense(weight))),
+            packed: None,
             bias,
         }
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = xs.contiguous()?.apply_op1_arc(self.op.clone())?;
+        self.add_bias(ys)
+    }
+
+    fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
             None => ys,
         })
+    }
+
+    /// `x·Wᵀ (+ bias) + s·((x ⊙ m)·Aᵀ)·Bᵀ`: one node over the packed weight on the CPU,
+    /// composed of candle ops elsewhere (the same mask either way).
+    fn forward_with_lora(
+        &self,
+        xs: &Tensor,
+        pair: &LoraPair,
+        dropout: Option<BranchDropout>,
+    ) -> Result<Tensor> {
+        if let Some(packed) = &self.packed {
+            let op = LoraProjection::new(packed.clone(), pair.scale as f32, dropout);
+            let ys = xs
+                .contiguous()?
+                .apply_op3(pair.a.as_tensor(), pair.b.as_tensor(), op)?;
+            return self.add_bias(ys);
+        }
+        let ys = self.forward(xs)?;
+        let input = match dropout {
+            Some(dropout) => {
+                let (rows, width) = (xs.elem_count() / xs.dim(D::Minus1)?, xs.dim(D::Minus1)?);
+                let mask = Tensor::from_vec(dropout.mask(rows, width), xs.shape(), xs.device())?;
+                (xs * mask)?
+            }
+            None => xs.clone(),
+        };
+        let delta = input
+            .matmul(&pair.a.as_tensor().t()?)?
+            .matmul(&pair.b.as_tensor().t()?)?;
+        Ok((ys + (delta * pair.scale)?)?)
     }
 }
 
@@ -552,26 +592,23 @@ impl TrainModel {
             )));
         }
         let c = &self.config;
-        let mut rng = dropout.map(|d| StdRng::seed_from_u64(d.seed));
         let attention = self.attention(n)?;
         let mut xs = self
             .embed_tokens
             .index_select(&Tensor::new(ids, &self.device)?, 0)?;
         for (layer_idx, layer) in self.layers.iter().enumerate() {
-            let mut project = |proj: Proj, xs: &Tensor| -> Result<Tensor> {
+            let project = |proj: Proj, xs: &Tensor| -> Result<Tensor> {
                 let p = proj_index(proj);
-                let ys = layer.projections[p].forward(xs)?;
-                let Some(pair) = lora.and_then(|l| l.pairs.get(&(layer_idx, p))) else {
-                    return Ok(ys);
-                };
-                let input = match (dropout, rng.as_mut()) {
-                    (Some(d), Some(rng)) if d.p > 0.0 => dropout_mask(xs, d.p, rng)?,
-                    _ => xs.clone(),
-                };
-                let delta = input
-                    .matmul(&pair.a.as_tensor().t()?)?
-                    .matmul(&pair.b.as_tensor().t()?)?;
-                Ok((ys + (delta * pair.scale)?)?)
+                let linear = &layer.projections[p];
+                match lora.and_then(|l| l.pairs.get(&(layer_idx, p))) {
+                    None => linear.forward(xs),
+                    Some(pair) => {
+                        let dropout = dropout
+                            .filter(|d| d.p > 0.0)
+                            .map(|d| BranchDropout::new(d.p, d.seed, layer_idx, p));
+                        linear.forward_with_lora(xs, pair, dropout)
+                    }
+                }
             };
             let hs = layer.input_layernorm.forward(&xs)?;
             let q = project(Proj::Q, &hs)?;
@@ -668,7 +705,7 @@ impl TrainModel {
         }
         let hidden = self.hidden(ids, lora, dropout)?;
         let logits = self.logits_at(&hidden, &positions)?;
-        let nll = logits.contiguous()?.apply_op1(CrossEntropy { targets })?;
+        let nll = logits.contiguous()?.apply_op1(CrossEntropy::new(targets))?;
         Ok((nll.sum_all()?, positions.len()))
     }
 }
@@ -747,9 +784,18 @@ pub(super) fn softmax(xs: &Tensor) -> Result<Tensor> {
 /// tensors per row set (151,936 wide for Qwen), this makes one, in the backward pass.
 struct CrossEntropy {
     targets: Vec<u32>,
+    /// Each row's log-sum-exp from the CPU forward pass, for the backward one.
+    log_sum_exps: std::sync::Mutex<Vec<f32>>,
 }
 
 impl CrossEntropy {
+    fn new(targets: Vec<u32>) -> Self {
+        CrossEntropy {
+            targets,
+            log_sum_exps: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     fn check(&self, rows: usize, vocab: usize) -> candle_core::Result<()> {
         if rows != self.targets.len() || self.targets.iter().any(|&t| t as usize >= vocab) {
             candle_core::bail!(
@@ -778,11 +824,19 @@ impl CustomOp1 for CrossEntropy {
             candle_core::bail!("cross-entropy wants contiguous f32 logits");
         };
         let logits = &all[start..end];
-        let nll = logits
-            .chunks_exact(vocab)
-            .zip(&self.targets)
-            .map(|(row, &t)| log_sum_exp(row) - row[t as usize])
+        let mut lse = vec![0f32; rows];
+        fused::for_each_row(&mut lse, 1, |i, out| {
+            out[0] = log_sum_exp(&logits[i * vocab..][..vocab]);
+        });
+        let nll = lse
+            .iter()
+            .zip(logits.chunks_exact(vocab).zip(&self.targets))
+            .map(|(lse, (row, &t))| lse - row[t as usize])
             .collect();
+        *self
+            .log_sum_exps
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("cross-entropy: a thread panicked".into()))? = lse;
         Ok((CpuStorage::F32(nll), Shape::from(rows)))
     }
 
@@ -831,15 +885,20 @@ impl CustomOp1 for CrossEntropy {
         let (rows, vocab) = logits.dims2()?;
         let grad = grad.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if logits.device().is_cpu() {
+            let lse =
+                std::mem::take(&mut *self.log_sum_exps.lock().map_err(|_| {
+                    candle_core::Error::Msg("cross-entropy: a thread panicked".into())
+                })?);
+            if lse.len() != rows || grad.len() != rows {
+                candle_core::bail!("cross-entropy: backward without its forward");
+            }
             // softmax(row)·g − g at the target, in one buffer.
             let mut values = logits.flatten_all()?.to_vec1::<f32>()?;
-            for ((row, &t), g) in values.chunks_exact_mut(vocab).zip(&self.targets).zip(&grad) {
-                let lse = log_sum_exp(row);
-                for x in row.iter_mut() {
-                    *x = (*x - lse).exp() * g;
-                }
-                row[t as usize] -= g;
-            }
+            fused::for_each_row(&mut values, vocab, |i, row| {
+                hexacoder_engine::nn::exp_shifted_in_place(row, lse[i]);
+                row.iter_mut().for_each(|x| *x *= grad[i]);
+                row[self.targets[i] as usize] -= grad[i];
+            });
             return Ok(Some(Tensor::from_vec(
                 values,
                 (rows, vocab),
@@ -865,9 +924,18 @@ impl CustomOp1 for CrossEntropy {
     }
 }
 
+/// `ln Σ exp(x)` of a row, its exponentials taken a stack buffer at a time.
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
+    let mut buffer = [0f32; 512];
+    let mut sum = 0f32;
+    for chunk in row.chunks(buffer.len()) {
+        let buffer = &mut buffer[..chunk.len()];
+        buffer.copy_from_slice(chunk);
+        hexacoder_engine::nn::exp_shifted_in_place(buffer, max);
+        sum += fused::sum_in_lanes(buffer);
+    }
+    max + sum.ln()
 }
 
 /// RoPE and causal attention for one sequence length: fused nodes on the CPU
@@ -922,13 +990,4 @@ impl Attention {
             .transpose(0, 1)?
             .reshape((n, heads * d))?)
     }
-}
-
-fn dropout_mask(xs: &Tensor, p: f64, rng: &mut StdRng) -> Result<Tensor> {
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let values: Vec<f32> = (0..xs.elem_count())
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
-    let mask = Tensor::from_vec(values, xs.shape(), xs.device())?;
-    Ok((xs * mask)?)
 }
