@@ -14,10 +14,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use hexacoder_engine::nn::Isa;
 
-use super::fused::{contiguous, for_each_piece, for_each_row};
+use super::fused::{contiguous, cpu_values, for_each_piece, for_each_row};
 use super::model::PackedPair;
 
 /// The golden-ratio increment of SplitMix64.
@@ -272,17 +272,6 @@ fn sum_over_rows(lanes: Lanes, coef: &[f32], r: usize, x: &[f32], cols: usize) -
     out
 }
 
-fn tensor_values<'a>(
-    storage: &'a Storage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(cpu) => contiguous(cpu, layout, what),
-        _ => candle_core::bail!("{what} wants a CPU tensor"),
-    }
-}
-
 impl CustomOp3 for LoraProjection {
     fn name(&self) -> &'static str {
         "lora-projection"
@@ -370,10 +359,10 @@ impl CustomOp3 for LoraProjection {
         let (a_storage, a_layout) = a.storage_and_layout();
         let (b_storage, b_layout) = b.storage_and_layout();
         let (g_storage, g_layout) = grad_y.storage_and_layout();
-        let xs = tensor_values(&x_storage, x_layout, "LoRA projection (x)")?;
-        let a_values = tensor_values(&a_storage, a_layout, "LoRA projection (A)")?;
-        let b_values = tensor_values(&b_storage, b_layout, "LoRA projection (B)")?;
-        let g = tensor_values(&g_storage, g_layout, "LoRA projection (dy)")?;
+        let xs = cpu_values(&x_storage, x_layout, "LoRA projection (x)")?;
+        let a_values = cpu_values(&a_storage, a_layout, "LoRA projection (A)")?;
+        let b_values = cpu_values(&b_storage, b_layout, "LoRA projection (B)")?;
+        let g = cpu_values(&g_storage, g_layout, "LoRA projection (dy)")?;
         if g.len() / n.max(1) != xs.len() / k.max(1) {
             candle_core::bail!("LoRA projection: dy {g_layout:?} against x {x_layout:?}");
         }

@@ -22,13 +22,15 @@ pub(super) fn contiguous<'a>(
     }
 }
 
-/// The f32 values of a CPU tensor, in order.
-fn values(t: &Tensor, op: &str) -> candle_core::Result<Vec<f32>> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => Ok(contiguous(cpu, layout, op)?.to_vec()),
-        _ => candle_core::bail!("{op} runs on the CPU"),
+/// The f32 values of a contiguous CPU tensor's storage, borrowed.
+pub(super) fn cpu_values<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => contiguous(cpu, layout, op),
+        _ => candle_core::bail!("{op} wants a CPU tensor"),
     }
 }
 
@@ -68,19 +70,27 @@ impl CustomOp1 for RmsNorm {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let width = self.check(layout.shape())?;
         let xs = contiguous(storage, layout, self.name())?;
-        let mut ys = Vec::with_capacity(xs.len());
-        for row in xs.chunks_exact(width) {
+        let mut ys = vec![0f32; xs.len()];
+        for_each_row(&mut ys, width, |i, y| {
+            let row = &xs[i * width..][..width];
             let inv = self.inverse_rms(row);
-            ys.extend(row.iter().zip(&self.weight).map(|(x, w)| x * inv * w));
-        }
+            for ((y, x), w) in y.iter_mut().zip(row).zip(&self.weight) {
+                *y = x * inv * w;
+            }
+        });
         Ok((CpuStorage::F32(ys), layout.shape().clone()))
     }
 
     fn bwd(&self, xs: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let width = self.check(xs.shape())?;
-        let (x, g) = (values(xs, self.name())?, values(grad, self.name())?);
-        let mut gx = Vec::with_capacity(x.len());
-        for (row, grow) in x.chunks_exact(width).zip(g.chunks_exact(width)) {
+        let (xs_t, grad_t) = (xs.contiguous()?, grad.contiguous()?);
+        let (x_storage, x_layout) = xs_t.storage_and_layout();
+        let (g_storage, g_layout) = grad_t.storage_and_layout();
+        let x = cpu_values(&x_storage, x_layout, self.name())?;
+        let g = cpu_values(&g_storage, g_layout, self.name())?;
+        let mut gx = vec![0f32; x.len()];
+        for_each_row(&mut gx, width, |i, gx| {
+            let (row, grow) = (&x[i * width..][..width], &g[i * width..][..width]);
             // y_j = x_j·r·w_j with r = (Σx²/h + ε)^-½, so
             // ∂L/∂x_j = r·w_j·g_j − x_j·r³/h · Σ_i g_i·w_i·x_i.
             let inv = self.inverse_rms(row);
@@ -91,13 +101,10 @@ impl CustomOp1 for RmsNorm {
                 .map(|((x, g), w)| x * g * w)
                 .sum();
             let coefficient = inv * inv * inv * dot / width as f32;
-            gx.extend(
-                row.iter()
-                    .zip(grow)
-                    .zip(&self.weight)
-                    .map(|((x, g), w)| inv * w * g - x * coefficient),
-            );
-        }
+            for (((gx, x), g), w) in gx.iter_mut().zip(row).zip(grow).zip(&self.weight) {
+                *gx = inv * w * g - x * coefficient;
+            }
+        });
         Ok(Some(Tensor::from_vec(gx, xs.shape(), xs.device())?))
     }
 }
@@ -157,8 +164,10 @@ impl CustomOp1 for Rope {
     }
 
     fn bwd(&self, xs: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let g = values(grad, self.name())?;
-        let gx = self.rotate(&g, xs.shape(), -1.0)?;
+        let grad = grad.contiguous()?;
+        let (g_storage, g_layout) = grad.storage_and_layout();
+        let g = cpu_values(&g_storage, g_layout, self.name())?;
+        let gx = self.rotate(g, xs.shape(), -1.0)?;
         Ok(Some(Tensor::from_vec(gx, xs.shape(), xs.device())?))
     }
 }
@@ -243,7 +252,11 @@ impl CustomOp1 for CausalSoftmax {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let n = Self::width(scores.shape())?;
-        let (p, g) = (values(probs, self.name())?, values(grad, self.name())?);
+        let (probs, grad) = (probs.contiguous()?, grad.contiguous()?);
+        let (p_storage, p_layout) = probs.storage_and_layout();
+        let (g_storage, g_layout) = grad.storage_and_layout();
+        let p = cpu_values(&p_storage, p_layout, self.name())?;
+        let g = cpu_values(&g_storage, g_layout, self.name())?;
         let mut gs = vec![0f32; p.len()];
         for_each_row(&mut gs, n, |index, gs| {
             let seen = index % n + 1;
@@ -331,7 +344,13 @@ impl CustomOp2 for SwiGlu {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let name = self.name();
-        let (g, u, dy) = (values(gate, name)?, values(up, name)?, values(grad, name)?);
+        let (gate_t, up_t, grad_t) = (gate.contiguous()?, up.contiguous()?, grad.contiguous()?);
+        let (g_storage, g_layout) = gate_t.storage_and_layout();
+        let (u_storage, u_layout) = up_t.storage_and_layout();
+        let (dy_storage, dy_layout) = grad_t.storage_and_layout();
+        let g = cpu_values(&g_storage, g_layout, name)?;
+        let u = cpu_values(&u_storage, u_layout, name)?;
+        let dy = cpu_values(&dy_storage, dy_layout, name)?;
         // y = g·σ(g)·u: ∂y/∂u = g·σ(g), ∂y/∂g = u·σ(g)·(1 + g·(1 − σ(g))).
         let mut d_gate = vec![0f32; g.len()];
         let mut d_up = vec![0f32; g.len()];
