@@ -493,6 +493,17 @@ impl TrainModel {
     /// # Errors
     /// Tensor failures.
     pub fn new(model: &Model, device: &Device) -> Result<Self> {
+        Self::build(model, device, device.is_cpu())
+    }
+
+    /// On the CPU with the projections dense and the LoRA branches composed of candle ops, as
+    /// a GPU runs them: the reference the fused CPU nodes are tested against.
+    #[cfg(test)]
+    pub(crate) fn with_composed_projections(model: &Model) -> Result<Self> {
+        Self::build(model, &Device::Cpu, false)
+    }
+
+    fn build(model: &Model, device: &Device, pack: bool) -> Result<Self> {
         let config = model.config().clone();
         let mut dense = model.dense_weights()?;
         let on = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(device)?) };
@@ -510,7 +521,14 @@ impl TrainModel {
                     projections: layer
                         .projections
                         .iter()
-                        .map(|(w, b)| FrozenLinear::new(on(w)?, b.as_ref().map(on).transpose()?))
+                        .map(|(w, b)| {
+                            let (w, b) = (on(w)?, b.as_ref().map(on).transpose()?);
+                            if pack {
+                                FrozenLinear::new(w, b)
+                            } else {
+                                Ok(FrozenLinear::dense(w, b))
+                            }
+                        })
                         .collect::<Result<Vec<_>>>()?,
                 })
             })

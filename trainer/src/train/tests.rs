@@ -172,6 +172,49 @@ fn lora_gradients_match_finite_differences() {
 }
 
 #[test]
+fn fused_cpu_branches_equal_the_composed_ones_a_gpu_runs_dropout_included() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let (_dir, engine) = engine(Tiny::small(arch), 6);
+        let fused = TrainModel::new(engine.model(), &Device::Cpu).expect("train model");
+        let composed =
+            TrainModel::with_composed_projections(engine.model()).expect("composed train model");
+        let all = ["q", "k", "v", "o", "gate", "up", "down"];
+        let lora = Lora::new(&fused, &settings(&all), 2).expect("lora");
+        randomize_b(&lora, 8);
+        let mask: Vec<bool> = (0..IDS.len()).map(|i| i % 4 != 1).collect();
+        let dropout = model::Dropout { p: 0.3, seed: 17 };
+        let run = |model: &TrainModel| {
+            let (nll, _) = model
+                .masked_nll(IDS, &mask, Some(&lora), Some(&dropout))
+                .expect("loss");
+            let grads = model::gradients(&lora, &nll.backward().expect("backward")).expect("grads");
+            (nll.to_scalar::<f32>().expect("scalar"), grads)
+        };
+        let ((fused_loss, fused_grads), (composed_loss, composed_grads)) =
+            (run(&fused), run(&composed));
+        assert!(
+            (fused_loss - composed_loss).abs() < 1e-4 * composed_loss.abs(),
+            "{arch:?}: loss {fused_loss} fused, {composed_loss} composed"
+        );
+        for ((name, _), (f, c)) in lora
+            .named_vars()
+            .iter()
+            .zip(fused_grads.iter().zip(&composed_grads))
+        {
+            let scale = c
+                .abs()
+                .and_then(|a| a.max_all())
+                .and_then(|m| m.to_scalar::<f32>());
+            let diff = max_abs_diff(f, c);
+            assert!(
+                diff <= 1e-4 * (1.0 + scale.expect("scale")),
+                "{arch:?} {name}: gradients differ by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
 fn every_var_gets_a_nonzero_gradient_and_b_alone_at_the_start() {
     let (_dir, engine) = engine(Tiny::small(Arch::Llama), 7);
     let model = TrainModel::new(engine.model(), &Device::Cpu).expect("train model");
