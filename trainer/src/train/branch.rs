@@ -15,7 +15,6 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use hexacoder_engine::nn::Isa;
 
 use super::fused::{contiguous, cpu_values, for_each_piece, for_each_row};
 use super::model::PackedPair;
@@ -133,112 +132,10 @@ fn transposed(values: &[f32], rows: usize, cols: usize, scale: f32) -> Vec<f32> 
     out
 }
 
-/// The element-wise loops, compiled once for AVX2 and once for any x86-64 (or other) CPU.
-/// Sixteen lanes in both, so that the sums do not depend on which one runs.
-mod lanes {
-    #[inline(always)]
-    fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 16];
-        let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail: f32 = a_chunks
-            .remainder()
-            .iter()
-            .zip(b_chunks.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        for (x, y) in a_chunks.zip(b_chunks) {
-            for l in 0..16 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        let mut half = [0f32; 8];
-        for l in 0..8 {
-            half[l] = acc[l] + acc[l + 8];
-        }
-        half.iter().sum::<f32>() + tail
-    }
-
-    #[inline(always)]
-    fn axpy_generic(y: &mut [f32], alpha: f32, x: &[f32]) {
-        for (y, x) in y.iter_mut().zip(x) {
-            *y += alpha * x;
-        }
-    }
-
-    #[inline(always)]
-    fn mul_add_generic(y: &mut [f32], x: &[f32], m: &[f32]) {
-        for ((y, x), m) in y.iter_mut().zip(x).zip(m) {
-            *y += x * m;
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        dot_generic(a, b)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn axpy_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
-        axpy_generic(y, alpha, x)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn mul_add_avx2(y: &mut [f32], x: &[f32], m: &[f32]) {
-        mul_add_generic(y, x, m)
-    }
-
-    /// Which build of the loops runs.
-    #[derive(Clone, Copy)]
-    pub(super) struct Lanes {
-        avx2: bool,
-    }
-
-    impl Lanes {
-        pub(super) fn new(avx2: bool) -> Self {
-            Lanes {
-                avx2: avx2 && cfg!(target_arch = "x86_64"),
-            }
-        }
-
-        /// `Σ a·b`.
-        pub(super) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-            #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
-                // SAFETY: `avx2` is set only when CPUID reported AVX2 and FMA (`Isa::best`).
-                return unsafe { dot_avx2(a, b) };
-            }
-            dot_generic(a, b)
-        }
-
-        /// `y += alpha · x`.
-        pub(super) fn axpy(self, y: &mut [f32], alpha: f32, x: &[f32]) {
-            #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
-                // SAFETY: as in `dot`.
-                return unsafe { axpy_avx2(y, alpha, x) };
-            }
-            axpy_generic(y, alpha, x)
-        }
-
-        /// `y += x ⊙ m`.
-        pub(super) fn mul_add(self, y: &mut [f32], x: &[f32], m: &[f32]) {
-            #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
-                // SAFETY: as in `dot`.
-                return unsafe { mul_add_avx2(y, x, m) };
-            }
-            mul_add_generic(y, x, m)
-        }
-    }
-}
-
-use lanes::Lanes;
+use super::lanes::Lanes;
 
 fn lanes() -> Lanes {
-    Lanes::new(Isa::best().is_some())
+    Lanes::detect()
 }
 
 /// Columns per piece when a product sums over the rows (`hᵀ·x`): each piece's `r` rows of

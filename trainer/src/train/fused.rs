@@ -11,6 +11,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tens
 
 use hexacoder_engine::config::RopeStyle;
 
+use super::lanes::Lanes;
+
 pub(super) fn contiguous<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
@@ -258,24 +260,12 @@ impl CustomOp1 for CausalSoftmax {
         let p = cpu_values(&p_storage, p_layout, self.name())?;
         let g = cpu_values(&g_storage, g_layout, self.name())?;
         let mut gs = vec![0f32; p.len()];
+        let lanes = Lanes::detect();
         for_each_row(&mut gs, n, |index, gs| {
             let seen = index % n + 1;
             let (p, g) = (&p[index * n..][..seen], &g[index * n..][..seen]);
             // ∂L/∂s_j = scale · p_j · (g_j − Σ_k p_k·g_k); masked columns stay 0.
-            let mut products = [0f32; 8];
-            let (p_chunks, g_chunks) = (p.chunks_exact(8), g.chunks_exact(8));
-            let tail: f32 = p_chunks
-                .remainder()
-                .iter()
-                .zip(g_chunks.remainder())
-                .map(|(p, g)| p * g)
-                .sum();
-            for (p, g) in p_chunks.zip(g_chunks) {
-                for ((acc, p), g) in products.iter_mut().zip(p).zip(g) {
-                    *acc += p * g;
-                }
-            }
-            let dot = products.iter().sum::<f32>() + tail;
+            let dot = lanes.dot(p, g);
             for ((gs, p), g) in gs[..seen].iter_mut().zip(p).zip(g) {
                 *gs = self.scale * p * (g - dot);
             }

@@ -12,6 +12,7 @@ mod branch;
 pub mod checkpoint;
 pub mod data;
 mod fused;
+mod lanes;
 pub mod model;
 pub mod optim;
 pub mod packed;
